@@ -1,0 +1,69 @@
+import type { Command } from 'commander';
+import { stackContext, stackDown, stackEnv, stackStatus, stackUp } from '../lib/stack/index.ts';
+
+const elapsed = (since: number) => `${((Date.now() - since) / 1000).toFixed(1)}s`;
+
+function progressPrinter(): (line: string) => void {
+  const started = Date.now();
+  return (line) => console.log(`[stack +${elapsed(started)}] ${line}`);
+}
+
+/** `stack up`: returns false when a component failed (each failure was already reported). */
+export async function runStackUp(root: string): Promise<boolean> {
+  const started = Date.now();
+  const ctx = stackContext(root, progressPrinter());
+  const results = await stackUp(ctx);
+  const failed = results.filter((r) => r.outcome === 'failed');
+  console.log(
+    failed.length === 0
+      ? `stack up: all ${results.length} components healthy in ${elapsed(started)}`
+      : `stack up: ${failed.length} of ${results.length} components failed (${failed.map((f) => f.component).join(', ')}); see the lines above`,
+  );
+  return failed.length === 0;
+}
+
+/** Prints one line per component; returns whether all are healthy. */
+export async function printStatus(root: string): Promise<boolean> {
+  const statuses = await stackStatus(stackContext(root, () => undefined));
+  const rows = statuses.map((s) => [s.name, s.health, s.address, s.owner === 'stack' ? `pid ${s.pid}` : s.owner, s.version]);
+  const header = ['COMPONENT', 'HEALTH', 'ADDRESS', 'OWNER', 'VERSION'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  for (const row of [header, ...rows]) console.log(row.map((cell, i) => String(cell).padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+  return statuses.every((s) => s.health === 'healthy');
+}
+
+export function registerStackCommands(program: Command, root: string, setExitCode: (code: number) => void): void {
+  const stack = program
+    .command('stack')
+    .description('The local stack: real Kafka, Schema Registry, Postgres, Redis and S3 on loopback, data in .stack/.');
+
+  stack
+    .command('up')
+    .description('Install what is missing and start every component (reuses what already runs).')
+    .action(async () => {
+      setExitCode((await runStackUp(root)) ? 0 : 1);
+    });
+
+  stack
+    .command('down')
+    .description('Stop the components this stack started (servers it reused are left alone).')
+    .action(async () => {
+      await stackDown(stackContext(root, progressPrinter()));
+    });
+
+  stack
+    .command('status')
+    .description('Print each component with its address and health; exits 1 unless all are healthy.')
+    .action(async () => {
+      setExitCode((await printStatus(root)) ? 0 : 1);
+    });
+
+  stack
+    .command('env')
+    .description('Print the environment variables that point the services at the stack.')
+    .option('--export', 'print `export KEY=value` lines, for `eval "$(npx agent-manager stack env --export)"`')
+    .action((options: { export?: boolean }) => {
+      const env = stackEnv(stackContext(root, () => undefined));
+      for (const [key, value] of Object.entries(env)) console.log(options.export ? `export ${key}='${value}'` : `${key}=${value}`);
+    });
+}

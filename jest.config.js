@@ -1,0 +1,18 @@
+// Tests are TypeScript compiled by swc to CommonJS (ts-jest does not support TypeScript 7, and
+// swc is much faster); `tsc --noEmit` does the type-checking separately.
+/** @type {import('jest').Config} */
+export default {
+  testEnvironment: 'node',
+  roots: ['<rootDir>/test'],
+  testMatch: ['**/*.test.ts'],
+  moduleFileExtensions: ['ts', 'js', 'json'],
+  transform: {
+    '^.+\\.ts$': [
+      '@swc/jest',
+      { jsc: { target: 'es2023', parser: { syntax: 'typescript' } }, module: { type: 'commonjs' } },
+    ],
+  },
+  // Integration tests share one local stack; two workers keep the 2-core machines responsive.
+  maxWorkers: 2,
+  testTimeout: 120_000,
+};

@@ -1,0 +1,74 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { errorMessage } from '../errors.ts';
+import { kafkaComponent } from './kafka.ts';
+import { postgresComponent } from './postgres.ts';
+import { redisComponent } from './redis.ts';
+import { s3Component } from './s3.ts';
+import { schemaRegistryComponent } from './schema-registry.ts';
+import type { ComponentStatus, StackComponent, StackContext } from './types.ts';
+
+export type { ComponentStatus, StackContext } from './types.ts';
+export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
+
+export function stackComponents(): StackComponent[] {
+  return [kafkaComponent(), schemaRegistryComponent(), postgresComponent(), redisComponent(), s3Component()];
+}
+
+export function stackContext(root: string, progress: (line: string) => void, env: NodeJS.ProcessEnv = process.env): StackContext {
+  const stackDir = join(root, '.stack');
+  mkdirSync(join(stackDir, 'logs'), { recursive: true });
+  return { root, stackDir, progress, env };
+}
+
+export interface UpResult {
+  readonly component: string;
+  readonly outcome: 'started' | 'reused' | 'external' | 'failed';
+  readonly seconds: number;
+  readonly error?: string;
+}
+
+/**
+ * Installs and starts every component, all at once (each waits only for itself), and reports each
+ * outcome; one failing component does not stop the others from coming up.
+ */
+export async function stackUp(ctx: StackContext, components = stackComponents()): Promise<UpResult[]> {
+  return Promise.all(
+    components.map(async (component): Promise<UpResult> => {
+      const started = Date.now();
+      const seconds = () => Math.round((Date.now() - started) / 100) / 10;
+      try {
+        await component.install(ctx);
+        const outcome = await component.start(ctx);
+        ctx.progress(`${component.name}: ${outcome === 'reused' ? 'already running' : outcome} at ${component.address} (${seconds()} s)`);
+        return { component: component.name, outcome, seconds: seconds() };
+      } catch (error) {
+        ctx.progress(`${component.name}: FAILED: ${errorMessage(error)}`);
+        return { component: component.name, outcome: 'failed', seconds: seconds(), error: errorMessage(error) };
+      }
+    }),
+  );
+}
+
+export async function stackDown(ctx: StackContext, components = stackComponents()): Promise<void> {
+  // Reverse order: clients of Kafka (none here) first, Kafka last so it can flush cleanly.
+  for (const component of [...components].reverse()) {
+    const stopped = await component.stop(ctx).catch((error: unknown) => {
+      ctx.progress(`${component.name}: stop failed: ${errorMessage(error)}`);
+      return false;
+    });
+    ctx.progress(`${component.name}: ${stopped ? 'stopped' : 'was not started by this stack'}`);
+  }
+}
+
+export function stackStatus(ctx: StackContext, components = stackComponents()): Promise<ComponentStatus[]> {
+  return Promise.all(components.map((component) => component.status(ctx)));
+}
+
+export function stackEnv(ctx: StackContext, components = stackComponents()): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const component of components) Object.assign(env, component.env());
+  if (ctx.env.DATABASE_URL) env.DATABASE_URL = ctx.env.DATABASE_URL;
+  if (ctx.env.REDIS_URL) env.REDIS_URL = ctx.env.REDIS_URL;
+  return env;
+}
