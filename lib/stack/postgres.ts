@@ -37,7 +37,7 @@ function findPostgresBin(): { bin: string; version: string } | undefined {
 const isRoot = () => process.getuid?.() === 0;
 
 /** Postgres refuses to run as root: as root, the cluster runs as Debian's `postgres` user. */
-async function asServerUser(command: string, args: string[]): Promise<[string, string[]]> {
+function asServerUser(command: string, args: string[]): [string, string[]] {
   return isRoot() ? ['runuser', ['-u', SUPERUSER, '--', command, ...args]] : [command, args];
 }
 
@@ -108,11 +108,11 @@ export function postgresComponent(): StackComponent {
       }
       if (!existsSync(join(data, 'PG_VERSION'))) {
         ctx.progress(`postgres: creating a cluster in ${data}`);
-        const [cmd, args] = await asServerUser(join(found.bin, 'initdb'), ['-D', data, '-U', SUPERUSER, '--auth=trust', '-E', 'UTF8', '--no-locale']);
+        const [cmd, args] = asServerUser(join(found.bin, 'initdb'), ['-D', data, '-U', SUPERUSER, '--auth=trust', '-E', 'UTF8', '--no-locale']);
         await run('postgres: initdb', cmd, args, { logFile: f.log });
       }
       ctx.progress(`postgres: starting on ${address}`);
-      const [cmd, args] = await asServerUser(join(found.bin, 'postgres'), [
+      const [cmd, args] = asServerUser(join(found.bin, 'postgres'), [
         '-D', data,
         '-h', host,
         '-p', String(port),

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LOCAL_STACK } from './endpoints.ts';
 import { ensureMaven, findJava } from './install.ts';
