@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { LOCAL_STACK } from './endpoints.ts';
 import { aptInstall } from './install.ts';
@@ -100,6 +100,7 @@ export function postgresComponent(): StackComponent {
       const found = findPostgresBin();
       if (!found) throw permanentError('STACK_MISSING', 'postgres: no PostgreSQL server binaries under /usr/lib/postgresql after install');
       const data = await dataDir(ctx);
+      mkdirSync(dirname(data), { recursive: true, mode: 0o755 });
       mkdirSync(data, { recursive: true, mode: 0o700 });
       if (isRoot()) {
         const { stdout } = await run('postgres: id', 'id', ['-u', SUPERUSER]);
@@ -109,7 +110,8 @@ export function postgresComponent(): StackComponent {
       if (!existsSync(join(data, 'PG_VERSION'))) {
         ctx.progress(`postgres: creating a cluster in ${data}`);
         const [cmd, args] = asServerUser(join(found.bin, 'initdb'), ['-D', data, '-U', SUPERUSER, '--auth=trust', '-E', 'UTF8', '--no-locale']);
-        await run('postgres: initdb', cmd, args, { logFile: f.log });
+        // cwd: a folder the server's user can enter (the checkout may be private to root).
+        await run('postgres: initdb', cmd, args, { logFile: f.log, cwd: dirname(data) });
       }
       ctx.progress(`postgres: starting on ${address}`);
       const [cmd, args] = asServerUser(join(found.bin, 'postgres'), [
@@ -123,7 +125,7 @@ export function postgresComponent(): StackComponent {
         '-c', 'full_page_writes=off',
         '-c', 'max_connections=300',
       ]);
-      const pid = spawnDetached({ command: cmd, args, cwd: ctx.stackDir, logFile: f.log, pidFile: f.pid });
+      const pid = spawnDetached({ command: cmd, args, cwd: dirname(data), logFile: f.log, pidFile: f.pid });
       await waitUntil(name, () => canConnect(superUrl), { timeoutMs: 60_000, logFile: f.log, pid });
       await ensureDatabase();
       return 'started';

@@ -1,0 +1,66 @@
+import { z } from 'zod';
+import { localStackEnv } from './stack/endpoints.ts';
+import { permanentError } from './errors.ts';
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Validates a process's configuration once, at start-up. Keys of `shape` are environment variable
+ * names; the error names every bad or missing variable and what it expected.
+ */
+export function loadConfig<Shape extends z.ZodRawShape>(shape: Shape, env: Env): z.infer<z.ZodObject<Shape>> {
+  const result = z.object(shape).safeParse(env);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const variable = issue.path.join('.');
+    const got = env[variable];
+    return `${variable}: ${issue.message}${got === undefined ? ' (not set)' : ` (got ${JSON.stringify(redactIfSecret(variable, got))})`}`;
+  });
+  throw permanentError('CONFIG_INVALID', `invalid configuration:\n  ${problems.join('\n  ')}`);
+}
+
+const SECRET_NAME = /(PASSWORD|SECRET|TOKEN|KEY)(_|$)/;
+function redactIfSecret(variable: string, value: string): string {
+  return SECRET_NAME.test(variable) ? '[redacted]' : value;
+}
+
+const stack = localStackEnv();
+
+/** Reusable field definitions; defaults point at the local stack so development needs no setup. */
+export const configFields = {
+  brokers: z
+    .string()
+    .default(stack.KAFKA_BROKERS ?? '')
+    .transform((value) => value.split(',').map((b) => b.trim()).filter(Boolean))
+    .refine((list) => list.length > 0 && list.every((b) => /^[^:\s]+:\d+$/.test(b)), 'expected a comma-separated list of host:port'),
+  url: (fallback: string | undefined) => z.url('expected a URL').default(fallback ?? ''),
+  positiveInt: (fallback: number) => z.coerce.number().int('expected an integer').positive('expected a positive integer').default(fallback),
+  nonNegativeInt: (fallback: number) => z.coerce.number().int('expected an integer').min(0, 'expected 0 or more').default(fallback),
+  port: (fallback: number) => z.coerce.number().int().min(0).max(65535, 'expected a TCP port (0-65535)').default(fallback),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  boolean: (fallback: boolean) =>
+    z
+      .enum(['true', 'false', '1', '0', 'yes', 'no'], 'expected true or false')
+      .default(fallback ? 'true' : 'false')
+      .transform((v) => v === 'true' || v === '1' || v === 'yes'),
+};
+
+/** What every service process needs. */
+export const commonConfigShape = {
+  KAFKA_BROKERS: configFields.brokers,
+  KAFKA_CLIENT_ID: z.string().min(1).default('agent-manager'),
+  SCHEMA_REGISTRY_URL: configFields.url(stack.SCHEMA_REGISTRY_URL),
+  LOG_LEVEL: configFields.logLevel,
+  HTTP_PORT: configFields.port(9464),
+  SHUTDOWN_GRACE_MS: configFields.positiveInt(25_000),
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.url('expected the OTLP/HTTP endpoint URL').optional(),
+};
+
+export const databaseConfigShape = {
+  DATABASE_URL: configFields.url(stack.DATABASE_URL),
+  DATABASE_POOL_MAX: configFields.positiveInt(10),
+};
+
+export const redisConfigShape = {
+  REDIS_URL: configFields.url(stack.REDIS_URL),
+};

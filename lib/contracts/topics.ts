@@ -1,0 +1,223 @@
+/**
+ * The Kafka topics of the contracts: every topic in `TOPICS` and its dead-letter topic `<topic>.dlq`,
+ * with partitions, replication factor, `min.insync.replicas` and retention from configuration.
+ * Records are keyed by the agentId (see `recordKey`), so partitions are the unit of scaling and
+ * every agent's events stay in order.
+ */
+import kafkajs, { type Admin } from 'kafkajs';
+import { z } from 'zod';
+import { errorMessage, permanentError, retryableError } from '../errors.ts';
+import { dlqTopic, TOPICS, type TopicName } from './schemas.ts';
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/** The least audit retention allowed: how many days the archiver may fall behind without losing events. */
+export const MIN_AUDIT_RETENTION_DAYS = 3;
+
+export const TopicSettingsSchema = z
+  .object({
+    /** Partitions of every topic and DLQ (the most consumers one group can use). */
+    partitions: z.int().min(1, { error: 'must be at least 1' }).max(10_000, { error: 'must be at most 10000' }).default(12),
+    /** 1 on the single-broker local stack; 3 in production. */
+    replicationFactor: z.int().min(1, { error: 'must be at least 1' }).max(32_767, { error: 'must be at most 32767' }).default(1),
+    /** With acks=all, how many replicas must have a write; at most the replication factor. */
+    minInsyncReplicas: z.int().min(1, { error: 'must be at least 1' }).default(1),
+    /** retention.ms of the work topics (requests, commands, status, heartbeats). */
+    retentionMs: z.int().min(60_000, { error: 'must be at least one minute' }).default(7 * DAY_MS),
+    /** retention.ms of audit-events: long enough for the archiver to fall behind by days. */
+    auditRetentionMs: z
+      .int()
+      .min(MIN_AUDIT_RETENTION_DAYS * DAY_MS, { error: `must be at least ${MIN_AUDIT_RETENTION_DAYS} days, so the archiver can fall behind by days without losing events` })
+      .default(30 * DAY_MS),
+    /** retention.ms of every `.dlq` topic: time for an operator to inspect and replay. */
+    dlqRetentionMs: z.int().min(60_000, { error: 'must be at least one minute' }).default(30 * DAY_MS),
+  })
+  .refine((s) => s.minInsyncReplicas <= s.replicationFactor, {
+    error: 'must be at most the replication factor, or no write with acks=all could succeed',
+    path: ['minInsyncReplicas'],
+  });
+
+export type TopicSettings = z.output<typeof TopicSettingsSchema>;
+export type TopicSettingsInput = z.input<typeof TopicSettingsSchema>;
+
+type SettingKey = keyof TopicSettings;
+
+/** The environment variable of each setting, and how its value is written. */
+const ENV_VARIABLES: Record<SettingKey, { name: string; unit: 'count' | 'days'; example: string }> = {
+  partitions: { name: 'TOPIC_PARTITIONS', unit: 'count', example: '12' },
+  replicationFactor: { name: 'TOPIC_REPLICATION_FACTOR', unit: 'count', example: '3' },
+  minInsyncReplicas: { name: 'TOPIC_MIN_INSYNC_REPLICAS', unit: 'count', example: '2' },
+  retentionMs: { name: 'TOPIC_RETENTION_DAYS', unit: 'days', example: '7' },
+  auditRetentionMs: { name: 'AUDIT_RETENTION_DAYS', unit: 'days', example: '30' },
+  dlqRetentionMs: { name: 'DLQ_RETENTION_DAYS', unit: 'days', example: '30' },
+};
+
+/** The environment variables `topicSettingsFromEnv` reads. */
+export const TOPIC_ENV_VARIABLES: readonly string[] = Object.values(ENV_VARIABLES).map((v) => v.name);
+
+/** Validates settings given in code (defaults fill what is missing); throws CONFIG_INVALID. */
+export function topicSettings(input: TopicSettingsInput = {}): TopicSettings {
+  const result = TopicSettingsSchema.safeParse(input);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => `${issue.path.join('.') || 'settings'} ${issue.message}`);
+  throw permanentError('CONFIG_INVALID', `invalid topic settings: ${problems.join('; ')}`);
+}
+
+/**
+ * Topic settings from environment variables (unset or empty = default): TOPIC_PARTITIONS,
+ * TOPIC_REPLICATION_FACTOR, TOPIC_MIN_INSYNC_REPLICAS (whole numbers), TOPIC_RETENTION_DAYS,
+ * AUDIT_RETENTION_DAYS, DLQ_RETENTION_DAYS (days, decimals allowed). Throws a permanent
+ * CONFIG_INVALID error naming every bad variable, the value it had and what is expected.
+ */
+export function topicSettingsFromEnv(env: Record<string, string | undefined>): TopicSettings {
+  const input: Partial<Record<SettingKey, number>> = {};
+  const problems: string[] = [];
+  for (const [key, variable] of Object.entries(ENV_VARIABLES) as [SettingKey, (typeof ENV_VARIABLES)[SettingKey]][]) {
+    const raw = env[variable.name]?.trim();
+    if (raw === undefined || raw === '') continue;
+    if (variable.unit === 'count') {
+      if (!/^\d+$/.test(raw)) {
+        problems.push(`${variable.name} must be a positive whole number (e.g. ${variable.example}), got '${raw}'`);
+        continue;
+      }
+      input[key] = Number(raw);
+    } else {
+      if (!/^\d+(\.\d+)?$/.test(raw) || Number(raw) <= 0) {
+        problems.push(`${variable.name} must be a positive number of days (e.g. ${variable.example}), got '${raw}'`);
+        continue;
+      }
+      input[key] = Math.round(Number(raw) * DAY_MS);
+    }
+  }
+  if (problems.length === 0) {
+    const result = TopicSettingsSchema.safeParse(input);
+    if (result.success) return result.data;
+    for (const issue of result.error.issues) {
+      const key = issue.path[0];
+      const variable = typeof key === 'string' && key in ENV_VARIABLES ? ENV_VARIABLES[key as SettingKey] : undefined;
+      if (!variable) {
+        problems.push(issue.message);
+        continue;
+      }
+      const raw = env[variable.name]?.trim();
+      const given = raw === undefined || raw === '' ? 'unset (the default)' : `'${raw}'`;
+      const message =
+        key === 'minInsyncReplicas'
+          ? `must be at most the replication factor (TOPIC_REPLICATION_FACTOR is ${input.replicationFactor ?? 'unset, default 1'}), or no write with acks=all could succeed`
+          : issue.message;
+      problems.push(`${variable.name} is ${given} but ${message}`);
+    }
+  }
+  throw permanentError('CONFIG_INVALID', `invalid topic configuration: ${problems.join('; ')}`, undefined, { variables: TOPIC_ENV_VARIABLES });
+}
+
+export interface TopicPlan {
+  /** The full topic name, prefix included. */
+  topic: string;
+  /** The contract topic it belongs to. */
+  contract: TopicName;
+  kind: 'topic' | 'dlq';
+  numPartitions: number;
+  replicationFactor: number;
+  configEntries: { name: string; value: string }[];
+}
+
+export interface CreateTopicsOptions {
+  /** Defaults to every topic of the contracts. */
+  topics?: readonly TopicName[];
+  /** Prepended to every topic name (tests use a random one). */
+  prefix?: string;
+}
+
+/** What `createTopics` creates: each topic followed by its DLQ, with their configs. */
+export function topicPlan(settings: TopicSettings, options: CreateTopicsOptions = {}): TopicPlan[] {
+  const prefix = options.prefix ?? '';
+  return (options.topics ?? TOPICS).flatMap((contract) => {
+    const entries = (retentionMs: number) => [
+      { name: 'cleanup.policy', value: 'delete' },
+      { name: 'min.insync.replicas', value: String(settings.minInsyncReplicas) },
+      { name: 'retention.ms', value: String(retentionMs) },
+    ];
+    const common = { contract, numPartitions: settings.partitions, replicationFactor: settings.replicationFactor };
+    return [
+      { ...common, topic: `${prefix}${contract}`, kind: 'topic' as const, configEntries: entries(contract === 'audit-events' ? settings.auditRetentionMs : settings.retentionMs) },
+      { ...common, topic: dlqTopic(`${prefix}${contract}`), kind: 'dlq' as const, configEntries: entries(settings.dlqRetentionMs) },
+    ];
+  });
+}
+
+export interface TopicCreation {
+  topic: string;
+  kind: 'topic' | 'dlq';
+  /** `exists` when the topic was already there: it is left as it is (see `drift`). */
+  status: 'created' | 'exists';
+  partitions: number;
+  replicationFactor: number;
+  config: Record<string, string>;
+  /** For an existing topic, how it differs from the configuration (nothing is changed). */
+  drift: string[];
+}
+
+function kafkaProblem(error: unknown): string {
+  const nested = typeof error === 'object' && error !== null && 'errors' in error ? error.errors : undefined;
+  if (Array.isArray(nested) && nested.length > 0) return nested.map((e) => errorMessage(e)).join('; ');
+  return errorMessage(error);
+}
+
+function isRetriable(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && 'retriable' in error && error.retriable === true;
+}
+
+async function driftOf(admin: Admin, plans: TopicPlan[]): Promise<Map<string, string[]>> {
+  const drift = new Map<string, string[]>(plans.map((p) => [p.topic, []]));
+  if (plans.length === 0) return drift;
+  const metadata = await admin.fetchTopicMetadata({ topics: plans.map((p) => p.topic) });
+  const configs = await admin.describeConfigs({
+    includeSynonyms: false,
+    resources: plans.map((p) => ({ type: kafkajs.ConfigResourceTypes.TOPIC, name: p.topic, configNames: p.configEntries.map((e) => e.name) })),
+  });
+  for (const plan of plans) {
+    const notes = drift.get(plan.topic) ?? [];
+    const partitions = metadata.topics.find((t) => t.name === plan.topic)?.partitions ?? [];
+    if (partitions.length !== plan.numPartitions) notes.push(`partitions ${partitions.length} (configured ${plan.numPartitions})`);
+    const replicas = partitions[0]?.replicas.length;
+    if (replicas !== undefined && replicas !== plan.replicationFactor) notes.push(`replication factor ${replicas} (configured ${plan.replicationFactor})`);
+    const entries = configs.resources.find((r) => r.resourceName === plan.topic)?.configEntries ?? [];
+    for (const wanted of plan.configEntries) {
+      const actual = entries.find((e) => e.configName === wanted.name)?.configValue;
+      if (actual !== undefined && actual !== wanted.value) notes.push(`${wanted.name}=${actual} (configured ${wanted.value})`);
+    }
+  }
+  return drift;
+}
+
+/**
+ * Creates every topic and its DLQ that does not exist yet (the admin must be connected). Idempotent:
+ * an existing topic is reported `exists`, with how it differs from the configuration, and left alone.
+ */
+export async function createTopics(admin: Admin, settings: TopicSettings, options: CreateTopicsOptions = {}): Promise<TopicCreation[]> {
+  const plans = topicPlan(settings, options);
+  try {
+    const existing = new Set(await admin.listTopics());
+    const missing = plans.filter((p) => !existing.has(p.topic));
+    if (missing.length > 0) {
+      await admin.createTopics({
+        waitForLeaders: true,
+        topics: missing.map((p) => ({ topic: p.topic, numPartitions: p.numPartitions, replicationFactor: p.replicationFactor, configEntries: p.configEntries })),
+      });
+    }
+    const drift = await driftOf(admin, plans.filter((p) => existing.has(p.topic)));
+    return plans.map((p) => ({
+      topic: p.topic,
+      kind: p.kind,
+      status: existing.has(p.topic) ? 'exists' : 'created',
+      partitions: p.numPartitions,
+      replicationFactor: p.replicationFactor,
+      config: Object.fromEntries(p.configEntries.map((e) => [e.name, e.value])),
+      drift: drift.get(p.topic) ?? [],
+    }));
+  } catch (error) {
+    const message = `creating topics ${plans.map((p) => p.topic).join(', ')} failed: ${kafkaProblem(error)}`;
+    throw isRetriable(error) ? retryableError('TOPIC_CREATE_FAILED', message, error) : permanentError('TOPIC_CREATE_FAILED', message, error);
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * The runtime's own small view of a Kafka client. Only `lib/kafka/` knows which client library
+ * implements it (kafkajs today); switching clients touches nothing outside this folder.
+ */
+export type Headers = Record<string, string>;
+
+export interface KafkaRecord {
+  readonly topic: string;
+  readonly partition: number;
+  readonly offset: string;
+  readonly key: Buffer | null;
+  readonly value: Buffer | null;
+  readonly headers: Headers;
+  readonly timestamp: string;
+}
+
+export interface RecordBatch {
+  readonly topic: string;
+  readonly partition: number;
+  readonly highWatermark: string;
+  readonly records: readonly KafkaRecord[];
+}
+
+export interface BatchControl {
+  /** False once the consumer is stopping or the batch went stale (rebalance, seek): stop early. */
+  isActive(): boolean;
+  /** Keeps group membership alive during a long batch. */
+  heartbeat(): Promise<void>;
+}
+
+export interface TopicPartitionOffset {
+  readonly topic: string;
+  readonly partition: number;
+  /** The next offset to read (last processed + 1). */
+  readonly offset: string;
+}
+
+export interface ConsumerOptions {
+  readonly groupId: string;
+  readonly sessionTimeoutMs?: number;
+  readonly heartbeatIntervalMs?: number;
+  readonly maxBytesPerPartition?: number;
+}
+
+export interface ConsumerClient {
+  connect(): Promise<void>;
+  subscribe(topics: readonly string[], fromBeginning: boolean): Promise<void>;
+  /** Starts the fetch loop; `onBatch` runs for up to `concurrency` partitions at once, in order within one. */
+  run(options: { concurrency: number; onBatch: (batch: RecordBatch, control: BatchControl) => Promise<void> }): Promise<void>;
+  commit(offsets: readonly TopicPartitionOffset[]): Promise<void>;
+  /** Pauses fetching `partitions` of `topic`, or the whole topic when omitted. */
+  pause(topic: string, partitions?: readonly number[]): void;
+  resume(topic: string, partitions?: readonly number[]): void;
+  /** Next fetch of the partition starts at `offset`. */
+  seek(topic: string, partition: number, offset: string): void;
+  /** Called with the partitions this member owns after every rebalance. */
+  onAssignment(listener: (assignment: Record<string, number[]>) => void): void;
+  /** Stops fetching and waits for in-flight batches to return, then leaves the group. */
+  disconnect(): Promise<void>;
+}
+
+export interface OutgoingRecord {
+  readonly key: string | Buffer | null;
+  readonly value: Buffer | null;
+  readonly headers?: Headers;
+}
+
+export interface ProducerClient {
+  connect(): Promise<void>;
+  /** Idempotent, acks from all in-sync replicas. */
+  send(topic: string, records: readonly OutgoingRecord[]): Promise<void>;
+  disconnect(): Promise<void>;
+}
+
+export interface KafkaClient {
+  consumer(options: ConsumerOptions): ConsumerClient;
+  producer(): ProducerClient;
+  /** A connectivity probe for readiness checks. */
+  ping(timeoutMs: number): Promise<boolean>;
+}

@@ -1,0 +1,43 @@
+import { randomUUID } from 'node:crypto';
+import type { AvroCodec } from '../kafka/avro.ts';
+import type { Headers } from '../kafka/types.ts';
+import type { PoolClient } from '../db/pool.ts';
+import { childTrace, formatTraceparent, type TraceContext } from '../tracing.ts';
+
+export const OUTBOX_CHANNEL = 'agent_manager_outbox';
+
+export interface OutboxEvent {
+  readonly topic: string;
+  /** The agentId. */
+  readonly key: string;
+  readonly value: unknown;
+  /** Consumers de-duplicate by this id (delivery is at-least-once); generated when absent. */
+  readonly eventId?: string;
+  readonly headers?: Headers;
+  readonly trace?: TraceContext;
+}
+
+/**
+ * Writes events to the outbox inside the caller's transaction (`client` must be in BEGIN): they are
+ * published if and only if the transaction commits. Values are Avro-encoded now, so a value that
+ * does not fit its schema fails the transaction instead of the relay.
+ */
+export async function enqueueEvents(client: PoolClient, codec: AvroCodec, events: readonly OutboxEvent[]): Promise<string[]> {
+  const ids: string[] = [];
+  for (const event of events) {
+    const eventId = event.eventId ?? randomUUID();
+    const value = await codec.encode(`${event.topic}-value`, event.value);
+    const headers = { ...event.headers, traceparent: formatTraceparent(childTrace(event.trace)), 'event-id': eventId };
+    await client.query('INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING', [
+      eventId,
+      event.topic,
+      event.key,
+      value,
+      JSON.stringify(headers),
+    ]);
+    ids.push(eventId);
+  }
+  // Delivered on commit only: wakes the relay without polling.
+  await client.query('SELECT pg_notify($1, $2)', [OUTBOX_CHANNEL, '']);
+  return ids;
+}

@@ -1,0 +1,59 @@
+import { createServer, type Server } from 'node:http';
+import type { Registry } from 'prom-client';
+import { errorMessage } from '../errors.ts';
+
+/** A named dependency check for `/readyz`; resolves true when the dependency answers. */
+export type ReadinessCheck = readonly [name: string, check: () => Promise<boolean>];
+
+export interface OpsServerOptions {
+  readonly port: number;
+  readonly host?: string;
+  readonly registry: Registry;
+  readonly checks: readonly ReadinessCheck[];
+  /** False while draining: readiness fails so no new traffic is routed here. */
+  readonly accepting: () => boolean;
+  readonly checkTimeoutMs?: number;
+}
+
+async function runCheck([name, check]: ReadinessCheck, timeoutMs: number): Promise<[string, string]> {
+  const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('timeout'), timeoutMs).unref());
+  const result = check().then(
+    (ok) => (ok ? 'ok' : 'failing'),
+    (error: unknown) => `error: ${errorMessage(error)}`,
+  );
+  return [name, await Promise.race([result, timeout])];
+}
+
+/** `/livez`, `/readyz` and `/metrics` on one small listener per process. */
+export async function startOpsServer(options: OpsServerOptions): Promise<{ server: Server; port: number; close: () => Promise<void> }> {
+  const server = createServer((request, response) => {
+    const path = (request.url ?? '/').split('?')[0];
+    const reply = (status: number, body: string, type = 'application/json') => {
+      response.writeHead(status, { 'content-type': type }).end(body);
+    };
+    if (path === '/livez') return reply(200, '{"status":"ok"}');
+    if (path === '/readyz') {
+      void Promise.all(options.checks.map((c) => runCheck(c, options.checkTimeoutMs ?? 2000))).then((results) => {
+        const checks = Object.fromEntries(results);
+        const ready = options.accepting() && results.every(([, r]) => r === 'ok');
+        reply(ready ? 200 : 503, JSON.stringify({ status: ready ? 'ready' : 'not ready', draining: !options.accepting(), checks }));
+      });
+      return;
+    }
+    if (path === '/metrics') {
+      void options.registry.metrics().then(
+        (text) => reply(200, text, options.registry.contentType),
+        (error: unknown) => reply(500, JSON.stringify({ error: errorMessage(error) })),
+      );
+      return;
+    }
+    reply(404, '{"error":"not found"}');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host ?? '0.0.0.0', resolve);
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  return { server, port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}

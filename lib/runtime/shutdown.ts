@@ -1,0 +1,46 @@
+import type { Logger } from '../logger.ts';
+import { errorMessage } from '../errors.ts';
+
+export type CleanupStep = readonly [name: string, run: () => Promise<void>];
+
+/**
+ * Runs every cleanup step in order, each even when an earlier one failed, within one grace period;
+ * returns the failures instead of throwing half-way.
+ */
+export async function runCleanup(steps: readonly CleanupStep[], graceMs: number, log: Logger): Promise<string[]> {
+  const deadline = Date.now() + graceMs;
+  const failures: string[] = [];
+  for (const [name, step] of steps) {
+    const remaining = Math.max(1, deadline - Date.now());
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`did not finish within the shutdown grace (${graceMs} ms)`)), remaining);
+    });
+    try {
+      await Promise.race([step(), timeout]);
+      log.info({ step: name }, 'shutdown step done');
+    } catch (error) {
+      failures.push(`${name}: ${errorMessage(error)}`);
+      log.error({ step: name, err: errorMessage(error) }, 'shutdown step failed');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return failures;
+}
+
+/** Calls `shutdown` once on the first SIGTERM or SIGINT; a second signal exits at once. */
+export function onTerminationSignal(shutdown: (signal: NodeJS.Signals) => Promise<void>, log: Logger): void {
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting without draining');
+      process.exit(130);
+    }
+    stopping = true;
+    log.info({ signal }, 'draining');
+    void shutdown(signal);
+  };
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+}
