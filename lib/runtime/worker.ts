@@ -93,6 +93,9 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
    * below this position were already handled (or are waiting for their retry) and are skipped.
    */
   const positions = new Map<number, bigint>();
+  /** Batches being processed: a drain waits for them, while the client is still in the group, so their commits land. */
+  const inFlight = new Set<Promise<void>>();
+  let draining = false;
 
   const isPaused = (partition: number) => topicPauseReasons.size > 0 || (pauseReasons.get(partition)?.size ?? 0) > 0;
   const updatePausedGauge = () =>
@@ -184,11 +187,18 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     retryTimers.add(timer);
   }
 
-  async function onBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
+  function onBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
+    if (draining) return Promise.resolve();
+    const work = processBatch(batch, control);
+    inFlight.add(work);
+    return work.finally(() => inFlight.delete(work));
+  }
+
+  async function processBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
     let committable: string | undefined;
     let lastHeartbeat = Date.now();
     for (const record of batch.records) {
-      if (!control.isActive() || isPaused(batch.partition)) break;
+      if (draining || !control.isActive() || isPaused(batch.partition)) break;
       const position = positions.get(batch.partition);
       if (position !== undefined && BigInt(record.offset) < position) continue;
       let outcome: Outcome;
@@ -248,9 +258,13 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     async stop() {
       if (state === 'STOPPED' || state === 'STOPPING') return;
       state = 'STOPPING';
+      draining = true;
       for (const timer of retryTimers) clearTimeout(timer);
       retryTimers.clear();
       try {
+        // Stop fetching, let each in-flight batch finish its current record and commit, then leave.
+        consumer.pause(topic);
+        await Promise.allSettled([...inFlight]);
         await consumer.disconnect();
       } finally {
         state = 'STOPPED';

@@ -1,0 +1,61 @@
+import kafkajs, { Kafka, logLevel, type Admin } from 'kafkajs';
+import { createTopics, topicPlan, topicSettingsFromEnv } from '../../../../lib/contracts/topics.ts';
+import { brokers, uniqueName } from '../../../support/stack.ts';
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+describe('createTopics against the real Kafka broker', () => {
+  const kafka = new Kafka({ clientId: 'it-contracts-topics', brokers: brokers(), logLevel: logLevel.NOTHING });
+  const prefix = `${uniqueName('it-topics')}.`;
+  const settings = topicSettingsFromEnv({ TOPIC_PARTITIONS: '3', AUDIT_RETENTION_DAYS: '10' });
+  const names = topicPlan(settings, { prefix }).map((p) => p.topic);
+  let admin: Admin;
+
+  beforeAll(async () => {
+    admin = kafka.admin();
+    await admin.connect();
+  });
+
+  afterAll(async () => {
+    const existing = new Set(await admin.listTopics());
+    const mine = names.filter((n) => existing.has(n));
+    if (mine.length > 0) await admin.deleteTopics({ topics: mine });
+    await admin.disconnect();
+  });
+
+  it('creates every topic and its .dlq with partitions, min.insync.replicas and retention', async () => {
+    const results = await createTopics(admin, settings, { prefix });
+    expect(results.map((r) => [r.topic, r.status])).toEqual(names.map((n) => [n, 'created']));
+
+    const metadata = await admin.fetchTopicMetadata({ topics: names });
+    for (const name of names) expect({ name, partitions: metadata.topics.find((t) => t.name === name)?.partitions.length }).toEqual({ name, partitions: 3 });
+
+    const described = await admin.describeConfigs({
+      includeSynonyms: false,
+      resources: names.map((name) => ({ type: kafkajs.ConfigResourceTypes.TOPIC, name, configNames: ['min.insync.replicas', 'retention.ms', 'cleanup.policy'] })),
+    });
+    const config = (name: string, key: string) =>
+      described.resources.find((r) => r.resourceName === name)?.configEntries.find((e) => e.configName === key)?.configValue;
+    for (const name of names) {
+      expect(config(name, 'min.insync.replicas')).toBe('1');
+      expect(config(name, 'cleanup.policy')).toBe('delete');
+    }
+    expect(config(`${prefix}agent-requests`, 'retention.ms')).toBe(String(7 * DAY_MS));
+    expect(config(`${prefix}audit-events`, 'retention.ms')).toBe(String(10 * DAY_MS));
+    expect(config(`${prefix}agent-requests.dlq`, 'retention.ms')).toBe(String(30 * DAY_MS));
+  });
+
+  it('is idempotent: a second run reports every topic as existing, unchanged', async () => {
+    const results = await createTopics(admin, settings, { prefix });
+    expect(results.map((r) => [r.topic, r.status, r.drift])).toEqual(names.map((n) => [n, 'exists', []]));
+  });
+
+  it('reports how an existing topic differs from the configuration, and leaves it alone', async () => {
+    const other = topicSettingsFromEnv({ TOPIC_PARTITIONS: '4', AUDIT_RETENTION_DAYS: '20' });
+    const results = await createTopics(admin, other, { prefix, topics: ['audit-events'] });
+    expect(results.map((r) => r.status)).toEqual(['exists', 'exists']);
+    expect(results[0]?.drift).toEqual(['partitions 3 (configured 4)', `retention.ms=${10 * DAY_MS} (configured ${20 * DAY_MS})`]);
+    const metadata = await admin.fetchTopicMetadata({ topics: [`${prefix}audit-events`] });
+    expect(metadata.topics[0]?.partitions).toHaveLength(3);
+  });
+});
