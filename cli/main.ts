@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../lib/errors.ts';
+import { registerContractCommands } from './contracts.ts';
 import { registerStackCommands, runStackUp, printStatus } from './stack.ts';
 
 /** Builds the `agent-manager` command tree; `root` is the project folder (where `.stack/` lives). */
@@ -10,6 +11,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
     .exitOverride();
 
   registerStackCommands(program, root, setExitCode);
+  registerContractCommands(program, root, setExitCode);
 
   program
     .command('demo')

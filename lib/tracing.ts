@@ -19,11 +19,25 @@ export function formatTraceparent(context: TraceContext): string {
   return `00-${context.traceId}-${context.spanId}-${context.flags}`;
 }
 
+// Random ids come from a pooled buffer: one getrandom call per 512 ids instead of one per id.
+const POOL_SIZE = 8192;
+let pool = randomBytes(POOL_SIZE);
+let used = 0;
+function randomHex(bytes: number): string {
+  if (used + bytes > POOL_SIZE) {
+    pool = randomBytes(POOL_SIZE);
+    used = 0;
+  }
+  const hex = pool.toString('hex', used, used + bytes);
+  used += bytes;
+  return hex;
+}
+
 /** A child span of `parent` (same trace), or the root of a new trace when there is none. */
 export function childTrace(parent?: TraceContext): TraceContext {
   return {
-    traceId: parent?.traceId ?? randomBytes(16).toString('hex'),
-    spanId: randomBytes(8).toString('hex'),
+    traceId: parent?.traceId ?? randomHex(16),
+    spanId: randomHex(8),
     flags: parent?.flags ?? '01',
   };
 }

@@ -2,10 +2,13 @@ import { Kafka, logLevel, type Consumer, type IHeaders, type Producer } from 'ka
 import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient } from './types.ts';
 import type { Logger } from '../logger.ts';
 
+const NO_HEADERS: Headers = Object.freeze({});
+
 function toHeaders(headers: IHeaders | undefined): Headers {
+  if (!headers) return NO_HEADERS;
   const result: Headers = {};
-  if (!headers) return result;
-  for (const [name, value] of Object.entries(headers)) {
+  for (const name in headers) {
+    const value = headers[name];
     if (value === undefined) continue;
     const first = Array.isArray(value) ? value[value.length - 1] : value;
     if (first !== undefined) result[name] = first.toString();
@@ -86,10 +89,12 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
             headers: toHeaders(m.headers),
             timestamp: m.timestamp,
           }));
-          await onBatch(
+          const lastHandled = await onBatch(
             { topic: batch.topic, partition: batch.partition, highWatermark: batch.highWatermark, records },
             { isActive: () => payload.isRunning() && !payload.isStale(), heartbeat: () => payload.heartbeat() },
           );
+          // Without this kafkajs fetches the unresolved part of the batch again.
+          if (lastHandled !== undefined) payload.resolveOffset(lastHandled);
         },
       }),
     commit: (offsets) => consumer.commitOffsets(offsets.map((o) => ({ topic: o.topic, partition: o.partition, offset: o.offset }))),

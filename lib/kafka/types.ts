@@ -45,8 +45,11 @@ export interface ConsumerOptions {
 export interface ConsumerClient {
   connect(): Promise<void>;
   subscribe(topics: readonly string[], fromBeginning: boolean): Promise<void>;
-  /** Starts the fetch loop; `onBatch` runs for up to `concurrency` partitions at once, in order within one. */
-  run(options: { concurrency: number; onBatch: (batch: RecordBatch, control: BatchControl) => Promise<void> }): Promise<void>;
+  /**
+   * Starts the fetch loop; `onBatch` runs for up to `concurrency` partitions at once, in order within
+   * one, and resolves with the offset of the last record it handled (fetching goes on after it).
+   */
+  run(options: { concurrency: number; onBatch: (batch: RecordBatch, control: BatchControl) => Promise<string | undefined> }): Promise<void>;
   commit(offsets: readonly TopicPartitionOffset[]): Promise<void>;
   /** Pauses fetching `partitions` of `topic`, or the whole topic when omitted. */
   pause(topic: string, partitions?: readonly number[]): void;

@@ -40,6 +40,11 @@ export interface WorkerOptions<Value, Deps> {
   /** Start from the earliest offset when the group has none committed. Default true. */
   readonly fromBeginning?: boolean;
   readonly sessionTimeoutMs?: number;
+  /**
+   * Offsets are committed at most this often (and always on drain): one commit per batch costs a
+   * round trip per batch. A crash re-delivers at most this window (handlers are idempotent). Default 1000 ms.
+   */
+  readonly commitIntervalMs?: number;
 }
 
 export interface WorkerRuntimeDeps {
@@ -66,6 +71,42 @@ export interface Worker {
   assignment(): readonly number[];
 }
 
+/** The handler's context; a class so that per-record laziness costs no closures. */
+class RecordContext<Deps> implements MessageContext<Deps> {
+  readonly topic: string;
+  readonly partition: number;
+  readonly offset: string;
+  readonly key: string | null;
+  readonly headers: Headers;
+  readonly timestamp: string;
+  readonly attempt: number;
+  readonly deps: Deps;
+  #workerLog: Logger;
+  #trace: TraceContext | undefined;
+  #log: Logger | undefined;
+
+  constructor(record: KafkaRecord, attempt: number, workerLog: Logger, deps: Deps) {
+    this.topic = record.topic;
+    this.partition = record.partition;
+    this.offset = record.offset;
+    this.key = record.key === null ? null : record.key.toString();
+    this.headers = record.headers;
+    this.timestamp = record.timestamp;
+    this.attempt = attempt;
+    this.deps = deps;
+    this.#workerLog = workerLog;
+  }
+
+  // Trace and logger are built on first use: most records need neither.
+  get trace(): TraceContext {
+    return (this.#trace ??= childTrace(parseTraceparent(this.headers.traceparent)));
+  }
+
+  get log(): Logger {
+    return (this.#log ??= this.#workerLog.child({ agentId: this.key ?? undefined, traceId: this.trace.traceId, partition: this.partition, offset: this.offset }));
+  }
+}
+
 type Outcome = { readonly kind: 'done' } | { readonly kind: 'retry'; readonly delayMs: number };
 const DONE: Outcome = { kind: 'done' };
 const HEARTBEAT_EVERY_MS = 1_000;
@@ -77,6 +118,9 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
   const retryPolicy: RetryPolicy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
   const log = runtime.logger.child({ topic, groupId: options.groupId });
   const metrics = runtime.metrics;
+  // Label children bound once: the hot path skips label hashing.
+  const handlerSeconds = metrics.handlerSeconds.labels(topic);
+  const recordsProcessed = metrics.recordsProcessed.labels(topic);
   const consumer: ConsumerClient = runtime.kafka.consumer({ groupId: options.groupId, sessionTimeoutMs: options.sessionTimeoutMs });
   const validate = options.validate ?? ((value: unknown) => value as Value);
 
@@ -96,6 +140,24 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
   /** Batches being processed: a drain waits for them, while the client is still in the group, so their commits land. */
   const inFlight = new Set<Promise<void>>();
   let draining = false;
+  /** Offsets handled but not yet committed, by partition. */
+  const pendingCommits = new Map<number, string>();
+  const commitIntervalMs = options.commitIntervalMs ?? 1_000;
+  let lastCommitAt = Date.now();
+  let commitTimer: NodeJS.Timeout | undefined;
+
+  async function flushCommits(): Promise<void> {
+    lastCommitAt = Date.now();
+    if (pendingCommits.size === 0) return;
+    const offsets = [...pendingCommits.entries()].map(([partition, offset]) => ({ topic, partition, offset }));
+    pendingCommits.clear();
+    try {
+      await consumer.commit(offsets);
+    } catch (error) {
+      // A rebalance took a partition: its next owner re-reads from the last commit (at-least-once).
+      log.warn({ offsets, err: errorMessage(error) }, 'offset commit failed');
+    }
+  }
 
   const isPaused = (partition: number) => topicPauseReasons.size > 0 || (pauseReasons.get(partition)?.size ?? 0) > 0;
   const updatePausedGauge = () =>
@@ -138,27 +200,10 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       } catch (error) {
         throw permanentError(errorCode(error) === 'UNEXPECTED' ? 'VALIDATION_FAILED' : errorCode(error), errorMessage(error), error);
       }
-      const trace = childTrace(parseTraceparent(record.headers.traceparent));
-      const key = record.key === null ? null : record.key.toString();
-      let recordLog: Logger | undefined;
-      const ctx: MessageContext<Deps> = {
-        topic,
-        partition: record.partition,
-        offset: record.offset,
-        key,
-        headers: record.headers,
-        timestamp: record.timestamp,
-        attempt,
-        trace,
-        // Built on first use: most records are handled without logging.
-        get log() {
-          return (recordLog ??= log.child({ agentId: key ?? undefined, traceId: trace.traceId, partition: record.partition, offset: record.offset }));
-        },
-        deps: options.deps,
-      };
+      const ctx = new RecordContext<Deps>(record, attempt, log, options.deps);
       await options.handler(value, ctx);
-      metrics.handlerSeconds.observe({ topic }, (performance.now() - started) / 1000);
-      metrics.recordsProcessed.inc({ topic });
+      handlerSeconds.observe((performance.now() - started) / 1000);
+      recordsProcessed.inc();
       if (previous) failures.delete(record.partition);
       return DONE;
     } catch (error) {
@@ -187,20 +232,22 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     retryTimers.add(timer);
   }
 
-  function onBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
-    if (draining) return Promise.resolve();
+  function onBatch(batch: RecordBatch, control: BatchControl): Promise<string | undefined> {
+    if (draining) return Promise.resolve(undefined);
     const work = processBatch(batch, control);
-    inFlight.add(work);
-    return work.finally(() => inFlight.delete(work));
+    const tracked = work.then(() => undefined);
+    inFlight.add(tracked);
+    return work.finally(() => inFlight.delete(tracked));
   }
 
-  async function processBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
-    let committable: string | undefined;
+  async function processBatch(batch: RecordBatch, control: BatchControl): Promise<string | undefined> {
+    let lastHandled: string | undefined;
     let lastHeartbeat = Date.now();
     for (const record of batch.records) {
       if (draining || !control.isActive() || isPaused(batch.partition)) break;
+      const offset = BigInt(record.offset);
       const position = positions.get(batch.partition);
-      if (position !== undefined && BigInt(record.offset) < position) continue;
+      if (position !== undefined && offset < position) continue;
       let outcome: Outcome;
       try {
         outcome = await processRecord(record);
@@ -213,22 +260,20 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
         scheduleRetry(record, outcome.delayMs);
         break;
       }
-      committable = nextOffset(record.offset);
-      positions.set(batch.partition, BigInt(committable));
+      lastHandled = record.offset;
+      positions.set(batch.partition, offset + 1n);
       if (Date.now() - lastHeartbeat > HEARTBEAT_EVERY_MS) {
         lastHeartbeat = Date.now();
         await control.heartbeat().catch(() => undefined);
       }
     }
-    if (committable !== undefined) {
-      try {
-        await consumer.commit([{ topic, partition: batch.partition, offset: committable }]);
-      } catch (error) {
-        // A rebalance took the partition: its next owner re-reads from the last commit (at-least-once).
-        log.warn({ partition: batch.partition, err: errorMessage(error) }, 'offset commit failed');
-      }
+    if (lastHandled !== undefined) {
+      const committable = nextOffset(lastHandled);
+      pendingCommits.set(batch.partition, committable);
+      if (draining || Date.now() - lastCommitAt >= commitIntervalMs) await flushCommits();
       metrics.consumerLag.set({ topic, partition: String(batch.partition) }, Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(committable))));
     }
+    return lastHandled;
   }
 
   return {
@@ -241,6 +286,8 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
         assigned = assignment[topic] ?? [];
         failures.clear();
         positions.clear();
+        // Offsets of partitions this member no longer owns cannot be committed by it.
+        for (const partition of pendingCommits.keys()) if (!assigned.includes(partition)) pendingCommits.delete(partition);
         log.info({ partitions: assigned }, 'partitions assigned');
       });
       try {
@@ -248,6 +295,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
         await consumer.subscribe([topic], options.fromBeginning ?? true);
         state = 'RUNNING';
         await consumer.run({ concurrency: options.concurrency ?? 4, onBatch });
+        commitTimer = setInterval(() => void flushCommits(), commitIntervalMs);
         if (topicPauseReasons.size > 0) consumer.pause(topic);
         log.info({ concurrency: options.concurrency ?? 4 }, 'worker running');
       } catch (error) {
@@ -264,7 +312,9 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       try {
         // Stop fetching, let each in-flight batch finish its current record and commit, then leave.
         consumer.pause(topic);
+        clearInterval(commitTimer);
         await Promise.allSettled([...inFlight]);
+        await flushCommits();
         await consumer.disconnect();
       } finally {
         state = 'STOPPED';

@@ -1,0 +1,12 @@
+// `npm run bench -- <name> [options]`: runs one benchmark against the local stack (`stack up` first).
+const benches: Record<string, () => Promise<{ run: (args: string[]) => Promise<void> }>> = {
+  runtime: () => import('./runtime.ts'),
+};
+
+const [name, ...args] = process.argv.slice(2);
+const load = name === undefined ? undefined : benches[name];
+if (!load) {
+  console.error(`usage: npm run bench -- <${Object.keys(benches).join('|')}> [options]`);
+  process.exit(2);
+}
+await (await load()).run(args);

@@ -1,0 +1,68 @@
+import type { Command } from 'commander';
+import { Kafka, logLevel } from 'kafkajs';
+import { registerSchemas } from '../lib/contracts/registry.ts';
+import { defaultSchemasDir } from '../lib/contracts/schemas.ts';
+import { createTopics, topicSettingsFromEnv } from '../lib/contracts/topics.ts';
+import { localStackEnv } from '../lib/stack/endpoints.ts';
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/** A variable from the environment, else the local stack's value. */
+function envOrLocal(name: string): string {
+  const value = process.env[name]?.trim();
+  return value !== undefined && value !== '' ? value : (localStackEnv()[name] ?? '');
+}
+
+function days(ms: number): string {
+  const d = ms / DAY_MS;
+  return Number.isInteger(d) ? `${d}d` : `${ms}ms`;
+}
+
+export function registerContractCommands(program: Command, root: string, setExitCode: (code: number) => void): void {
+  const schemas = program.command('schemas').description('The Avro topic contracts in schemas/ and the Schema Registry.');
+
+  schemas
+    .command('register')
+    .description(
+      'Register every topic schema as subject <topic>-value (SCHEMA_REGISTRY_URL, default the local stack). ' +
+        'Each is first checked locally for BACKWARD compatibility with the latest registered version; nothing is registered if any fails.',
+    )
+    .action(async () => {
+      const registryUrl = envOrLocal('SCHEMA_REGISTRY_URL');
+      const results = await registerSchemas({ registryUrl, schemasDir: defaultSchemasDir(root) });
+      const width = Math.max(...results.map((r) => r.subject.length));
+      for (const r of results) console.log(`${r.subject.padEnd(width)}  ${r.status.padEnd(10)}  id ${r.id}`);
+      setExitCode(0);
+    });
+
+  const topics = program.command('topics').description('The Kafka topics of the contracts and their dead-letter topics.');
+
+  topics
+    .command('create')
+    .description(
+      'Create every topic and its .dlq that does not exist yet (KAFKA_BROKERS, default the local stack), with partitions, replication factor, ' +
+        'min.insync.replicas and retention from TOPIC_PARTITIONS, TOPIC_REPLICATION_FACTOR, TOPIC_MIN_INSYNC_REPLICAS, TOPIC_RETENTION_DAYS, ' +
+        'AUDIT_RETENTION_DAYS and DLQ_RETENTION_DAYS. Existing topics are left alone and reported, with any difference from the configuration.',
+    )
+    .action(async () => {
+      const settings = topicSettingsFromEnv(process.env);
+      const brokers = envOrLocal('KAFKA_BROKERS')
+        .split(',')
+        .map((b) => b.trim())
+        .filter((b) => b !== '');
+      const admin = new Kafka({ clientId: 'agent-manager-topics', brokers, logLevel: logLevel.NOTHING }).admin();
+      await admin.connect();
+      try {
+        const results = await createTopics(admin, settings);
+        const width = Math.max(...results.map((r) => r.topic.length));
+        for (const r of results) {
+          const config = `partitions=${r.partitions} rf=${r.replicationFactor} min.insync.replicas=${r.config['min.insync.replicas']} retention=${days(Number(r.config['retention.ms']))}`;
+          const drift = r.drift.length > 0 ? `  differs: ${r.drift.join(', ')}` : '';
+          console.log(`${r.topic.padEnd(width)}  ${r.status.padEnd(7)}  ${config}${drift}`);
+        }
+        setExitCode(0);
+      } finally {
+        await admin.disconnect();
+      }
+    });
+}

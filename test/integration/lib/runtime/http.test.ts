@@ -1,0 +1,37 @@
+import { createMetrics } from '../../../../lib/metrics.ts';
+import { startOpsServer } from '../../../../lib/runtime/http.ts';
+import { createKafkajsClient } from '../../../../lib/kafka/kafkajs.ts';
+import { createLogger } from '../../../../lib/logger.ts';
+import { brokers } from '../../../support/stack.ts';
+
+describe('ops HTTP listener', () => {
+  it('serves /livez, /readyz with a real Kafka check, and /metrics', async () => {
+    const metrics = createMetrics('ops-test', { defaultMetrics: false });
+    metrics.recordsProcessed.inc({ topic: 't' }, 3);
+    const kafka = createKafkajsClient({ clientId: 'ops-test', brokers: brokers(), logger: createLogger('ops-test', 'silent') });
+    let accepting = true;
+    const ops = await startOpsServer({
+      port: 0,
+      host: '127.0.0.1',
+      registry: metrics.registry,
+      accepting: () => accepting,
+      checks: [
+        ['kafka', () => kafka.ping(3000)],
+        ['unreachable', async () => false],
+      ],
+    });
+    const base = `http://127.0.0.1:${ops.port}`;
+    try {
+      expect((await fetch(`${base}/livez`)).status).toBe(200);
+      const notReady = await fetch(`${base}/readyz`);
+      expect(notReady.status).toBe(503);
+      expect(await notReady.json()).toMatchObject({ checks: { kafka: 'ok', unreachable: 'failing' } });
+      const text = await (await fetch(`${base}/metrics`)).text();
+      expect(text).toContain('agent_manager_records_processed_total{topic="t",service="ops-test"} 3');
+      accepting = false;
+      expect(await (await fetch(`${base}/readyz`)).json()).toMatchObject({ draining: true });
+    } finally {
+      await ops.close();
+    }
+  });
+});
