@@ -20,23 +20,11 @@
  * rejected as `STALE_EVENT` instead of acting twice.
  */
 
-export const AGENT_STATES = [
-  'PENDING',
-  'PROVISIONING',
-  'STARTING',
-  'RUNNING',
-  'UNHEALTHY',
-  'STOPPING',
-  'STOPPED',
-  'DESTROYING',
-  'DESTROYED',
-  'REJECTED',
-  'FAILED',
-] as const;
-export type AgentState = (typeof AGENT_STATES)[number];
-
-export const LIFECYCLE_COMMANDS = ['INSTANTIATE', 'START', 'STOP', 'RESTART', 'DESTROY', 'RECOVER'] as const;
-export type LifecycleCommand = (typeof LIFECYCLE_COMMANDS)[number];
+// States and commands are the topic contracts' enums: one list, shared with the Avro schemas.
+import { AGENT_STATES, AGENT_COMMAND_TYPES as LIFECYCLE_COMMANDS } from '../../lib/contracts/types.ts';
+import type { AgentState, AgentCommandType as LifecycleCommand } from '../../lib/contracts/types.ts';
+export { AGENT_STATES, LIFECYCLE_COMMANDS };
+export type { AgentState, LifecycleCommand };
 
 export const INTERNAL_EVENTS = [
   'POLICY_ALLOWED',
