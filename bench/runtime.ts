@@ -116,7 +116,7 @@ export async function run(args: string[]): Promise<void> {
   console.log(`runtime benchmark: ${count} records, ${partitions} partitions, topic ${topic}`);
   await produce(kafka, registry, topic, count, partitions);
   try {
-    const rawRate = process.env.BENCH_SKIP_RAW ? 1 : await raw(kafka, codec, topic, count);
+    const rawRate = await raw(kafka, codec, topic, count);
     console.log(`raw kafkajs eachBatch + decode: ${Math.round(rawRate)} records/s`);
     const runtimeRate = await runtime(codec, topic, count);
     console.log(`runtime, no-op handler:        ${Math.round(runtimeRate)} records/s`);

@@ -2,6 +2,7 @@ import { spawn, execFile } from 'node:child_process';
 import { openSync, closeSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { permanentError, retryableError } from '../errors.ts';
+import type { ComponentStatus } from './types.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -141,7 +142,7 @@ export async function processStatus(
   component: { name: string; address: string; version: string },
   pidFile: string,
   healthy: () => Promise<boolean>,
-): Promise<import('./types.ts').ComponentStatus> {
+): Promise<ComponentStatus> {
   const pid = readPid(pidFile);
   const owned = pid !== undefined && isAlive(pid);
   const up = await healthy().catch(() => false);
@@ -153,4 +154,14 @@ export async function processStatus(
     owner: owned ? 'stack' : up ? 'external' : 'none',
     pid: owned ? pid : undefined,
   };
+}
+
+/** True when `url` answers 2xx within the timeout (an HTTP server's health check). */
+export async function httpOk(url: string, timeoutMs = 2000): Promise<boolean> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+    return response.ok;
+  } catch {
+    return false;
+  }
 }

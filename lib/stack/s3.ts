@@ -2,21 +2,12 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LOCAL_STACK } from './endpoints.ts';
 import { ensureVenv } from './install.ts';
-import { processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
+import { httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
 
 // moto enforces Object Lock retention on DeleteObject of a locked version (S3Mock does not).
 const MOTO_VERSION = '5.2.5';
 const { host, port, region, accessKeyId, secretAccessKey } = LOCAL_STACK.s3;
-
-async function s3Healthy(endpoint: string): Promise<boolean> {
-  try {
-    const response = await fetch(`${endpoint}/`, { signal: AbortSignal.timeout(2000) });
-    return response.ok;
-  } catch {
-    return false;
-  }
-}
 
 export function s3Component(): StackComponent {
   const name = 's3';
@@ -27,7 +18,7 @@ export function s3Component(): StackComponent {
     pid: join(ctx.stackDir, 's3', 'pid'),
     log: join(ctx.stackDir, 'logs', 's3.log'),
   });
-  const healthy = () => s3Healthy(endpoint);
+  const healthy = () => httpOk(`${endpoint}/`);
 
   return {
     name,

@@ -2,22 +2,13 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LOCAL_STACK } from './endpoints.ts';
 import { ensureMaven, findJava } from './install.ts';
-import { processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
+import { httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
 import { retryableError } from '../errors.ts';
 
 const APICURIO_VERSION = '3.3.3';
 const { host, port } = LOCAL_STACK.schemaRegistry;
 const base = `http://${host}:${port}`;
-
-async function httpOk(url: string, timeoutMs = 2000): Promise<boolean> {
-  try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-    return response.ok;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Sets the global compatibility rule to BACKWARD. Storage is in memory, so this runs after every
