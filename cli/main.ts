@@ -1,7 +1,9 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../lib/errors.ts';
 import { registerContractCommands } from './contracts.ts';
-import { registerStackCommands, runStackUp, printStatus } from './stack.ts';
+import { registerStackCommands } from './stack.ts';
+import { registerServiceCommands } from './services.ts';
+import { formatSummary, runDemo } from './demo.ts';
 
 /** Builds the `agent-manager` command tree; `root` is the project folder (where `.stack/` lives). */
 export function buildCli(root: string, setExitCode: (code: number) => void): Command {
@@ -13,13 +15,23 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
   registerStackCommands(program, root, setExitCode);
   registerContractCommands(program, root, setExitCode);
 
+  registerServiceCommands(program, root, setExitCode);
+
   program
     .command('demo')
-    .description('Bring up the local stack and show it (later: run the whole fleet with a scripted Kernel).')
-    .action(async () => {
-      const ok = await runStackUp(root);
-      const healthy = await printStatus(root);
-      setExitCode(ok && healthy ? 0 : 1);
+    .description(
+      'The whole fleet on the local stack with a scripted Kernel: stack up, migrate, topics and schemas, run ingest and provisioner, ' +
+        'instantiate a batch of agents (real processes), watch them reach RUNNING, stop and destroy them, print a summary.',
+    )
+    .option('--agents <n>', 'how many agents', '10')
+    .option('--phase-timeout <seconds>', 'longest wait for each phase', '120')
+    .action(async (options: { agents: string; phaseTimeout: string }) => {
+      const agents = Number(options.agents);
+      const phaseTimeoutMs = Number(options.phaseTimeout) * 1000;
+      if (!Number.isInteger(agents) || agents < 1 || agents > 500) throw new CommanderError(2, 'USAGE', '--agents expects an integer from 1 to 500');
+      const summary = await runDemo(root, { agents, phaseTimeoutMs });
+      console.log(formatSummary(summary));
+      setExitCode(summary.failed === 0 && summary.destroyed === agents ? 0 : 1);
     });
 
   return program;

@@ -1,0 +1,324 @@
+import { randomUUID } from 'node:crypto';
+import { buildAuditEvent } from '../../lib/audit.ts';
+import type { AgentCommand, AgentSpec, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
+import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.ts';
+import { errorCode, errorMessage, isRetryable } from '../../lib/errors.ts';
+import type { AvroCodec } from '../../lib/kafka/avro.ts';
+import type { Logger } from '../../lib/logger.ts';
+import { enqueueEvents, type OutboxEvent } from '../../lib/outbox/outbox.ts';
+import type { TopicNames } from '../../lib/service/context.ts';
+import type { TraceContext } from '../../lib/tracing.ts';
+import type { AgentWorkload, AllocatorDriver, DriverEvent } from './drivers/types.ts';
+import { transition, type AgentSnapshot, type Effect, type LifecycleInput, type RestartPolicy, type RetryPolicy, type TransitionResult } from './lifecycle.ts';
+import type { AgentResourceSpec, PolicyDecision, PolicyInput, DivisionUsage } from './policy.ts';
+import { divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, updateAgent, type AgentRecord } from './store.ts';
+
+/**
+ * The provisioner's I/O around the pure lifecycle: one input → (lock the agent row, transition,
+ * persist version-checked, enqueue the status and audit events through the outbox) in ONE
+ * transaction, then apply the effects through the driver, the policy decision point and the timers.
+ * Effects that answer at once (policy, provision, destroy) feed their answer back as the next
+ * input; slow ones (start, stop) answer later through the driver's events.
+ */
+export interface PolicyDecider {
+  decide(input: PolicyInput, usage: DivisionUsage): Promise<PolicyDecision>;
+}
+
+export type TimerKind = 'start-timeout' | 'retry';
+
+/** Delayed jobs (BullMQ in production) that come back as START_TIMEOUT / RETRY_DUE inputs. */
+export interface TimerScheduler {
+  schedule(agentId: string, kind: TimerKind, fence: { generation: number; attempt: number }, delayMs: number): Promise<void>;
+  /** Best effort: the lifecycle's fence rejects a timer that fires anyway. */
+  cancel(agentId: string, fence: { generation: number; attempt: number }): Promise<void>;
+}
+
+export interface ApplierDeps {
+  readonly pool: Pool;
+  readonly codec: AvroCodec;
+  readonly topics: TopicNames;
+  readonly logger: Logger;
+  readonly driver: AllocatorDriver;
+  readonly policy: PolicyDecider;
+  readonly timers: TimerScheduler;
+  readonly retryPolicy: RetryPolicy;
+  readonly restartPolicy: RestartPolicy;
+}
+
+/** Where an input came from: a Kafka command (with its ids), a driver report, a timer, the reconciler. */
+export interface InputOrigin {
+  readonly actor: string;
+  readonly command?: AgentCommand;
+  readonly requestId?: string | null;
+  readonly trace?: TraceContext;
+  /** Extra facts for the audit event (e.g. the policy decision and its reasons). */
+  readonly audit?: Record<string, unknown>;
+}
+
+export interface ApplyOutcome {
+  readonly agentId: string;
+  readonly result: TransitionResult | { readonly ok: true; readonly noop: true; readonly duplicate: true };
+}
+
+export interface LifecycleApplier {
+  /** Applies an input and every immediate follow-up; serialized per agent within this process. */
+  apply(agentId: string, input: LifecycleInput, origin: InputOrigin): Promise<ApplyOutcome[]>;
+  /** Re-applies the effects a state is waiting on (the reconciler's repair after a crash). */
+  redrive(agent: AgentRecord, effects: readonly Effect[], origin: InputOrigin): Promise<void>;
+  /** Turns a driver's report into a lifecycle input (wire it to the driver's `onEvent`). */
+  onDriverEvent(agentId: string, event: DriverEvent): void;
+  /** Resolves when every input accepted so far has been applied. */
+  idle(): Promise<void>;
+}
+
+interface Step {
+  readonly input: LifecycleInput;
+  readonly origin: InputOrigin;
+}
+
+function imageOf(spec: AgentSpec): string {
+  // A template without an image runs the template's image from the internal registry.
+  return spec.image ?? `registry.internal/agent-templates/${spec.template ?? 'default'}:latest`;
+}
+
+export function policyResourceSpec(spec: AgentSpec): AgentResourceSpec {
+  return {
+    image: imageOf(spec),
+    gpuCount: spec.resources.gpuCount,
+    gpuType: spec.resources.gpuType,
+    cpu: spec.resources.cpuMillicores / 1000,
+    memoryMb: spec.resources.memoryMiB,
+  };
+}
+
+export function workloadOf(agent: Pick<AgentRecord, 'id' | 'spec' | 'division' | 'region' | 'labels'>): AgentWorkload {
+  return { agentId: agent.id, spec: agent.spec, division: agent.division, region: agent.region, labels: agent.labels };
+}
+
+export function driverEventInput(event: DriverEvent): LifecycleInput {
+  switch (event.type) {
+    case 'STARTED':
+      return { type: 'STARTED', generation: event.generation, attempt: event.attempt, reason: `instance ${event.instanceId} is up` };
+    case 'PROCESS_EXITED':
+      return { type: 'PROCESS_EXITED', generation: event.generation, attempt: event.attempt, exitCode: event.exitCode, signal: event.signal };
+    case 'DRIVER_FAILED':
+      return { type: 'DRIVER_FAILED', generation: event.generation, attempt: event.attempt, retryable: event.retryable, reason: event.reason };
+    case 'STOPPED':
+      return { type: 'STOPPED' };
+  }
+}
+
+export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
+  const log = deps.logger;
+  // One chain per agent: inputs about one agent are applied one at a time, in arrival order.
+  const chains = new Map<string, Promise<unknown>>();
+
+  function exclusive<T>(agentId: string, work: () => Promise<T>): Promise<T> {
+    const previous = chains.get(agentId) ?? Promise.resolve();
+    const next = previous.then(work, work);
+    const settled = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    chains.set(agentId, settled);
+    void settled.then(() => {
+      if (chains.get(agentId) === settled) chains.delete(agentId);
+    });
+    return next;
+  }
+
+  function statusEvent(agentId: string, state: AgentState, previous: AgentState | null, reason: string, version: number, origin: InputOrigin): OutboxEvent {
+    const value: AgentStatus = {
+      eventId: randomUUID(),
+      agentId,
+      state,
+      previousState: previous,
+      reason,
+      requestId: origin.command?.requestId ?? origin.requestId ?? null,
+      commandId: origin.command?.commandId ?? null,
+      version,
+      time: new Date(),
+    };
+    return { topic: deps.topics['agent-status'], key: agentId, value, eventId: value.eventId, ...(origin.trace ? { trace: origin.trace } : {}) };
+  }
+
+  function auditEvent(agentId: string, action: string, payload: Record<string, unknown>, origin: InputOrigin): OutboxEvent {
+    const value = buildAuditEvent({
+      actor: origin.actor,
+      action,
+      agentId,
+      requestId: origin.command?.requestId ?? origin.requestId ?? null,
+      traceId: origin.trace?.traceId ?? null,
+      payload: { ...payload, ...origin.audit, commandId: origin.command?.commandId ?? null },
+    });
+    return { topic: deps.topics['audit-events'], key: agentId, value, eventId: value.eventId, ...(origin.trace ? { trace: origin.trace } : {}) };
+  }
+
+  /** One input in one transaction. Returns the result and, when accepted, the agent as written. */
+  async function applyOnce(agentId: string, step: Step): Promise<{ outcome: ApplyOutcome; agent?: AgentRecord; before?: AgentSnapshot }> {
+    const { input, origin } = step;
+    return withTransaction(deps.pool, async (client: PoolClient) => {
+      const command = origin.command;
+      if (command && !(await markCommandApplied(client, command.commandId, agentId))) {
+        return { outcome: { agentId, result: { ok: true, noop: true, duplicate: true } } };
+      }
+      const current = await lockAgent(client, agentId);
+      const result = transition(current?.snapshot, input, deps.retryPolicy);
+      if (!result.ok) {
+        // A command is answered on agent-status; a late or stale internal event only logged.
+        if (command) {
+          const state = current?.snapshot.state ?? 'REJECTED';
+          const reason = `${command.command} rejected: ${result.rejection.code}: ${result.rejection.reason}`;
+          await enqueueEvents(client, deps.codec, [
+            statusEvent(agentId, state, current?.snapshot.state ?? null, reason, current?.version ?? 0, origin),
+            auditEvent(agentId, 'command.rejected', { command: command.command, code: result.rejection.code, reason: result.rejection.reason, state }, origin),
+          ]);
+        } else {
+          log.debug({ agentId, input: input.type, code: result.rejection.code, reason: result.rejection.reason }, 'internal event not applied');
+        }
+        return { outcome: { agentId, result } };
+      }
+      if (result.noop) return { outcome: { agentId, result } };
+
+      let agent: AgentRecord;
+      const ids = { requestId: command?.requestId ?? origin.requestId ?? null, commandId: command?.commandId ?? null };
+      if (current === undefined) {
+        if (!command?.spec) {
+          // Lifecycle only creates on INSTANTIATE; without a spec there is nothing to run.
+          await enqueueEvents(client, deps.codec, [
+            statusEvent(agentId, 'REJECTED', null, 'INSTANTIATE rejected: the command carries no agent spec', 0, origin),
+            auditEvent(agentId, 'command.rejected', { command: 'INSTANTIATE', code: 'INVALID_INPUT', reason: 'no spec' }, origin),
+          ]);
+          return { outcome: { agentId, result: { ok: false, rejection: { code: 'INVALID_INPUT', reason: 'INSTANTIATE without a spec' } } } };
+        }
+        const snapshot = { ...result.snapshot, restartPolicy: input.type === 'INSTANTIATE' && input.restartPolicy ? input.restartPolicy : deps.restartPolicy };
+        await insertAgent(client, {
+          id: agentId,
+          snapshot,
+          spec: command.spec,
+          division: command.division ?? 'default',
+          region: command.region,
+          labels: command.labels,
+          ...ids,
+        });
+        agent = { id: agentId, snapshot, spec: command.spec, division: command.division ?? 'default', region: command.region, labels: command.labels, version: 1, updatedAt: new Date() };
+      } else {
+        const version = await updateAgent(client, agentId, current.version, result.snapshot, ids);
+        agent = { ...current, snapshot: result.snapshot, version };
+      }
+      await enqueueEvents(client, deps.codec, [
+        statusEvent(agentId, result.state, result.previous ?? null, result.reason, agent.version, origin),
+        auditEvent(agentId, 'agent.state_changed', { from: result.previous ?? null, to: result.state, input: input.type, reason: result.reason, version: agent.version }, origin),
+      ]);
+      return { outcome: { agentId, result }, agent, ...(current ? { before: current.snapshot } : {}) };
+    });
+  }
+
+  /** Applies one effect; returns the input it answers with at once, if any. */
+  async function runEffect(agent: AgentRecord, effect: Effect, before: AgentSnapshot | undefined, origin: InputOrigin): Promise<Step | undefined> {
+    const follow = (input: LifecycleInput, audit?: Record<string, unknown>): Step => ({
+      input,
+      origin: { actor: 'provisioner', requestId: origin.command?.requestId ?? origin.requestId ?? null, ...(origin.trace ? { trace: origin.trace } : {}), ...(audit ? { audit } : {}) },
+    });
+    switch (effect.type) {
+      case 'CHECK_POLICY': {
+        const usage = { gpus: await divisionGpuUsage(deps.pool, agent.division, agent.id) };
+        const decision = await deps.policy.decide(
+          {
+            agentId: agent.id,
+            action: origin.command?.command ?? 'INSTANTIATE',
+            spec: policyResourceSpec(agent.spec),
+            division: agent.division,
+            region: agent.region ?? 'default',
+            requestedBy: origin.command?.issuedBy ?? origin.actor,
+          },
+          usage,
+        );
+        const audit = { policy: { allow: decision.allow, reasons: decision.reasons, source: decision.source } };
+        return decision.allow
+          ? follow({ type: 'POLICY_ALLOWED', reason: `${decision.source} policy` }, audit)
+          : follow({ type: 'POLICY_DENIED', reason: decision.reasons.join('; ') }, audit);
+      }
+      case 'PROVISION':
+        try {
+          await deps.driver.provision(workloadOf(agent));
+          return follow({ type: 'PROVISIONED' });
+        } catch (error) {
+          return follow({ type: 'DRIVER_FAILED', retryable: isRetryable(error), reason: `provision failed: ${errorMessage(error)}` });
+        }
+      case 'START_PROCESS':
+        try {
+          await deps.driver.start(workloadOf(agent), { generation: effect.generation, attempt: effect.attempt });
+          return undefined;
+        } catch (error) {
+          return follow({ type: 'DRIVER_FAILED', generation: effect.generation, attempt: effect.attempt, retryable: isRetryable(error), reason: `start failed: ${errorMessage(error)}` });
+        }
+      case 'STOP_PROCESS':
+        await deps.driver.stop(agent.id, effect.graceMs);
+        return undefined;
+      case 'DESTROY_RESOURCES':
+        try {
+          await deps.driver.destroy(agent.id);
+          return follow({ type: 'DESTROYED' });
+        } catch (error) {
+          // Left in DESTROYING: the reconciler repeats the destroy.
+          log.warn({ agentId: agent.id, err: errorMessage(error) }, 'destroy failed; the reconciler will retry');
+          return undefined;
+        }
+      case 'SCHEDULE_TIMEOUT':
+        await deps.timers.schedule(agent.id, 'start-timeout', { generation: effect.generation, attempt: effect.attempt }, effect.delayMs);
+        return undefined;
+      case 'SCHEDULE_RETRY':
+        await deps.timers.schedule(agent.id, 'retry', { generation: effect.generation, attempt: effect.attempt }, effect.delayMs);
+        return undefined;
+      case 'CANCEL_TIMERS':
+        if (before) await deps.timers.cancel(agent.id, { generation: before.generation, attempt: before.startAttempt });
+        return undefined;
+    }
+  }
+
+  async function runEffects(agent: AgentRecord, effects: readonly Effect[], before: AgentSnapshot | undefined, origin: InputOrigin): Promise<Step[]> {
+    const next: Step[] = [];
+    for (const effect of effects) {
+      const step = await runEffect(agent, effect, before, origin);
+      if (step) next.push(step);
+    }
+    return next;
+  }
+
+  async function applyChain(agentId: string, first: Step): Promise<ApplyOutcome[]> {
+    const outcomes: ApplyOutcome[] = [];
+    const queue: Step[] = [first];
+    for (let step = queue.shift(); step !== undefined; step = queue.shift()) {
+      const { outcome, agent, before } = await applyOnce(agentId, step);
+      outcomes.push(outcome);
+      const result = outcome.result;
+      if (agent && result.ok && !result.noop && 'effects' in result) {
+        queue.push(...(await runEffects(agent, result.effects, before, step.origin)));
+      }
+    }
+    return outcomes;
+  }
+
+  return {
+    apply(agentId, input, origin) {
+      return exclusive(agentId, () => applyChain(agentId, { input, origin }));
+    },
+    redrive(agent, effects, origin) {
+      return exclusive(agent.id, async () => {
+        const steps = await runEffects(agent, effects, undefined, origin);
+        for (const step of steps) await applyChain(agent.id, step);
+      });
+    },
+    onDriverEvent(id, event) {
+      const input = driverEventInput(event);
+      void exclusive(id, () => applyChain(id, { input, origin: { actor: 'provisioner/driver' } })).catch((error: unknown) => {
+        // The reconciler compares the driver's view with the stored state and repairs what this lost.
+        log.error({ agentId: id, event: event.type, code: errorCode(error), err: errorMessage(error) }, 'driver event not applied');
+      });
+    },
+    async idle() {
+      while (chains.size > 0) await Promise.all([...chains.values()]);
+    },
+  };
+}

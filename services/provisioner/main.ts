@@ -1,0 +1,196 @@
+import { join } from 'node:path';
+import { z } from 'zod';
+import { configFields, loadConfig, type Env } from '../../lib/config.ts';
+import type { AgentCommand } from '../../lib/contracts/types.ts';
+import { readSafeMode, watchSafeMode } from '../../lib/control/safe-mode.ts';
+import { permanentError } from '../../lib/errors.ts';
+import { createPostgresLease } from '../../lib/leader/postgres-lease.ts';
+import type { LeaderElector } from '../../lib/leader/types.ts';
+import { createWorker } from '../../lib/runtime/worker.ts';
+import type { ServiceContext } from '../../lib/service/context.ts';
+import { createLifecycleApplier, type LifecycleApplier } from './apply.ts';
+import { createDriver } from './drivers/index.ts';
+import type { AllocatorDriver, DriverName } from './drivers/types.ts';
+import { handleCommand } from './handler.ts';
+import type { RestartMode, RetryPolicy } from './lifecycle.ts';
+import { createPolicyDecider, loadLocalPolicyFile } from './policy-client.ts';
+import { createReconciler } from './reconciler.ts';
+import { createBullmqTimers } from './timers.ts';
+
+/** Provisioner settings (environment variables), validated at start-up. */
+export const provisionerConfigShape = {
+  PROVISIONER_DRIVER: z.enum(['local', 'kubernetes', 'simulated'], 'expected local, kubernetes or simulated').default('local'),
+  /** The local driver's folder of agents (pid and log files). */
+  PROVISIONER_STATE_DIR: z.string().min(1).default(join(process.cwd(), '.stack', 'agents')),
+  PROVISIONER_CONCURRENCY: configFields.positiveInt(4),
+  /** SentinelNet (any OPA-compatible Data API). Unset: the local policy file is evaluated in-process. */
+  SENTINELNET_URL: z.url('expected the policy decision point base URL, e.g. http://127.0.0.1:18181').optional(),
+  SENTINELNET_POLICY_PATH: z.string().regex(/^[a-zA-Z0-9_/]+$/, 'expected a data path such as agentmanager/provisioning').default('agentmanager/provisioning'),
+  SENTINELNET_TIMEOUT_MS: configFields.positiveInt(2_000),
+  POLICY_FILE: z.string().min(1).default(join(process.cwd(), 'policies', 'local-policy.json')),
+  START_TIMEOUT_MS: configFields.positiveInt(30_000),
+  MAX_START_ATTEMPTS: configFields.positiveInt(3),
+  RETRY_BASE_DELAY_MS: configFields.positiveInt(1_000),
+  RETRY_MAX_DELAY_MS: configFields.positiveInt(30_000),
+  STOP_GRACE_MS: configFields.nonNegativeInt(10_000),
+  RESTART_POLICY: z.enum(['always', 'on-failure', 'never'], 'expected always, on-failure or never').default('on-failure'),
+  MAX_RESTARTS: configFields.nonNegativeInt(3),
+  RECONCILE_INTERVAL_MS: configFields.positiveInt(5_000),
+  RECONCILE_STUCK_AFTER_MS: configFields.positiveInt(15_000),
+  SAFE_MODE_POLL_MS: configFields.positiveInt(1_000),
+  LEADER_ELECTION: z.enum(['postgres', 'kubernetes'], 'expected postgres or kubernetes').default('postgres'),
+  LEASE_DURATION_MS: configFields.positiveInt(15_000),
+  LEASE_RENEW_MS: configFields.positiveInt(5_000),
+  /** How often local agents heartbeat. */
+  AGENT_HEARTBEAT_INTERVAL_MS: configFields.positiveInt(2_000),
+  AGENT_READY_TIMEOUT_MS: configFields.positiveInt(30_000),
+};
+
+export type ProvisionerConfig = z.infer<z.ZodObject<typeof provisionerConfigShape>>;
+
+export interface RunningProvisioner {
+  readonly applier: LifecycleApplier;
+  readonly driver: AllocatorDriver;
+  readonly leader: LeaderElector;
+}
+
+export interface ProvisionerOptions {
+  /** Consumer group; default `<prefix>agent-manager-provisioner`. */
+  readonly groupId?: string;
+}
+
+export function retryPolicyOf(config: ProvisionerConfig): RetryPolicy {
+  return {
+    startTimeoutMs: config.START_TIMEOUT_MS,
+    maxStartAttempts: config.MAX_START_ATTEMPTS,
+    baseDelayMs: config.RETRY_BASE_DELAY_MS,
+    maxDelayMs: config.RETRY_MAX_DELAY_MS,
+    multiplier: 2,
+    stopGraceMs: config.STOP_GRACE_MS,
+  };
+}
+
+/** Wires the provisioner into a service context: driver, policy, timers, worker, safe mode, leader, reconciler. */
+export async function startProvisioner(ctx: ServiceContext, config: ProvisionerConfig, options: ProvisionerOptions = {}): Promise<RunningProvisioner> {
+  const { pool, redis, logger } = ctx;
+  if (!pool || !redis) throw permanentError('SERVICE_WIRING', 'the provisioner needs a context with Postgres and Redis');
+  const prefix = ctx.config.TOPIC_PREFIX;
+  const retryPolicy = retryPolicyOf(config);
+
+  let applier: LifecycleApplier | undefined;
+  const driver = createDriver(config.PROVISIONER_DRIVER as DriverName, {
+    logger,
+    onEvent: (agentId, event) => applier?.onDriverEvent(agentId, event),
+    stateDir: config.PROVISIONER_STATE_DIR,
+    readyTimeoutMs: config.AGENT_READY_TIMEOUT_MS,
+    agentEnv: {
+      KAFKA_BROKERS: ctx.config.KAFKA_BROKERS.join(','),
+      SCHEMA_REGISTRY_URL: ctx.config.SCHEMA_REGISTRY_URL,
+      HEARTBEAT_TOPIC: ctx.topics['agent-heartbeats'],
+      HEARTBEAT_INTERVAL_MS: String(config.AGENT_HEARTBEAT_INTERVAL_MS),
+      LOG_LEVEL: 'warn',
+    },
+  });
+  ctx.onShutdown(['allocator driver', () => driver.close()]);
+
+  const policy = createPolicyDecider({
+    ...(config.SENTINELNET_URL ? { url: config.SENTINELNET_URL } : {}),
+    path: config.SENTINELNET_POLICY_PATH,
+    timeoutMs: config.SENTINELNET_TIMEOUT_MS,
+    localPolicy: await loadLocalPolicyFile(config.POLICY_FILE),
+  });
+
+  const timers = createBullmqTimers({
+    connection: redis,
+    prefix: prefix ? `agent-manager:${prefix}` : 'agent-manager',
+    logger,
+    onDue: async (agentId, input) => {
+      await applier?.apply(agentId, input, { actor: 'provisioner/timer' });
+    },
+  });
+  const built = createLifecycleApplier({
+    pool,
+    codec: ctx.codec,
+    topics: ctx.topics,
+    logger,
+    driver,
+    policy,
+    timers,
+    retryPolicy,
+    restartPolicy: { mode: config.RESTART_POLICY as RestartMode, maxRestarts: config.MAX_RESTARTS },
+  });
+  applier = built;
+
+  const worker = createWorker<AgentCommand, { applier: LifecycleApplier }>(
+    {
+      service: ctx.service,
+      topic: ctx.topics['agent-commands'],
+      groupId: options.groupId ?? `${prefix}agent-manager-provisioner`,
+      handler: handleCommand,
+      deps: { applier: built },
+      concurrency: config.PROVISIONER_CONCURRENCY,
+    },
+    { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger, metrics: ctx.metrics },
+  );
+
+  // Safe mode is read before the first fetch, so no command slips through at start-up.
+  const SAFE_MODE = 'safe-mode';
+  if ((await readSafeMode(pool)).enabled) worker.pauseAll(SAFE_MODE);
+  const safeMode = watchSafeMode(pool, {
+    intervalMs: config.SAFE_MODE_POLL_MS,
+    logger,
+    onChange: async (state) => {
+      if (state.enabled) {
+        worker.pauseAll(SAFE_MODE);
+        await timers.pause();
+      } else {
+        worker.resumeAll(SAFE_MODE);
+        timers.resume();
+      }
+    },
+  });
+
+  if (config.LEADER_ELECTION === 'kubernetes') {
+    throw permanentError('CONFIG_INVALID', 'LEADER_ELECTION=kubernetes needs the in-cluster wiring (see docs); use postgres outside a cluster');
+  }
+  const leader = createPostgresLease({
+    pool,
+    name: `${prefix}provisioner-reconciler`,
+    identity: ctx.config.INSTANCE_ID,
+    logger,
+    timing: { leaseDurationMs: config.LEASE_DURATION_MS, renewIntervalMs: config.LEASE_RENEW_MS },
+  });
+  const reconciler = createReconciler({
+    pool,
+    driver,
+    applier: built,
+    logger,
+    retryPolicy,
+    stuckAfterMs: config.RECONCILE_STUCK_AFTER_MS,
+    intervalMs: config.RECONCILE_INTERVAL_MS,
+    isLeader: () => leader.state().leader,
+  });
+
+  timers.start();
+  await worker.start();
+  leader.start();
+  reconciler.start();
+  // Cleanup runs in reverse: stop taking commands first, then let in-flight inputs settle.
+  ctx.onShutdown(['timers', () => timers.close()]);
+  ctx.onShutdown(['leader lease', () => leader.stop()]);
+  ctx.onShutdown(['lifecycle inputs in flight', () => built.idle()]);
+  ctx.onShutdown(['reconciler', () => reconciler.stop()]);
+  ctx.onShutdown(['safe mode watcher', async () => safeMode.stop()]);
+  ctx.onShutdown(['agent-commands worker', () => worker.stop()]);
+  logger.info({ driver: driver.name, policy: config.SENTINELNET_URL ? 'remote' : 'local' }, 'provisioner running');
+
+  return {
+    applier: built,
+    driver,
+    leader,
+  };
+}
+
+export function loadProvisionerConfig(env: Env): ProvisionerConfig {
+  return loadConfig(provisionerConfigShape, env);
+}

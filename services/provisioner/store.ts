@@ -1,0 +1,150 @@
+import type { AgentSpec, AgentState } from '../../lib/contracts/types.ts';
+import type { Pool, PoolClient } from '../../lib/db/pool.ts';
+import { retryableError } from '../../lib/errors.ts';
+import { DEFAULT_RESTART_POLICY, type AgentSnapshot, type RestartPolicy } from './lifecycle.ts';
+
+/** An agent row as the provisioner reads it. */
+export interface AgentRecord {
+  readonly id: string;
+  readonly snapshot: AgentSnapshot;
+  readonly spec: AgentSpec;
+  readonly division: string;
+  readonly region: string | null;
+  readonly labels: Record<string, string>;
+  readonly version: number;
+  readonly updatedAt: Date;
+}
+
+/** The lifecycle bookkeeping kept in the `lifecycle` JSON column. */
+interface LifecycleColumn {
+  restartPolicy: RestartPolicy;
+  generation: number;
+  startAttempt: number;
+  awaitingRetry: boolean;
+  restarts: number;
+  afterStop: 'START' | 'DESTROY' | null;
+}
+
+interface AgentRow {
+  id: string;
+  state: string;
+  reason: string;
+  spec: AgentSpec;
+  lifecycle: Partial<LifecycleColumn>;
+  division: string;
+  region: string | null;
+  labels: Record<string, string>;
+  version: string;
+  updated_at: Date;
+}
+
+const COLUMNS = 'id, state, reason, spec, lifecycle, division, region, labels, version, updated_at';
+
+function toRecord(row: AgentRow): AgentRecord {
+  const l = row.lifecycle;
+  return {
+    id: row.id,
+    snapshot: {
+      // An unknown stored state is passed through: the lifecycle rejects it as INVALID_STATE.
+      state: row.state as AgentState,
+      reason: row.reason,
+      restartPolicy: l.restartPolicy ?? DEFAULT_RESTART_POLICY,
+      generation: l.generation ?? 0,
+      startAttempt: l.startAttempt ?? 0,
+      awaitingRetry: l.awaitingRetry ?? false,
+      restarts: l.restarts ?? 0,
+      afterStop: l.afterStop ?? null,
+    },
+    spec: row.spec,
+    division: row.division,
+    region: row.region,
+    labels: row.labels,
+    version: Number(row.version),
+    updatedAt: row.updated_at,
+  };
+}
+
+function lifecycleColumn(s: AgentSnapshot): LifecycleColumn {
+  return { restartPolicy: s.restartPolicy, generation: s.generation, startAttempt: s.startAttempt, awaitingRetry: s.awaitingRetry, restarts: s.restarts, afterStop: s.afterStop };
+}
+
+/** Reads the agent and locks its row until the transaction ends: one writer per agent at a time. */
+export async function lockAgent(client: PoolClient, agentId: string): Promise<AgentRecord | undefined> {
+  const { rows } = await client.query<AgentRow>(`SELECT ${COLUMNS} FROM agents WHERE id = $1 FOR UPDATE`, [agentId]);
+  return rows[0] ? toRecord(rows[0]) : undefined;
+}
+
+export async function readAgent(pool: Pool, agentId: string): Promise<AgentRecord | undefined> {
+  const { rows } = await pool.query<AgentRow>(`SELECT ${COLUMNS} FROM agents WHERE id = $1`, [agentId]);
+  return rows[0] ? toRecord(rows[0]) : undefined;
+}
+
+export interface NewAgent {
+  readonly id: string;
+  readonly snapshot: AgentSnapshot;
+  readonly spec: AgentSpec;
+  readonly division: string;
+  readonly region: string | null;
+  readonly labels: Record<string, string>;
+  readonly requestId: string | null;
+  readonly commandId: string | null;
+}
+
+export async function insertAgent(client: PoolClient, agent: NewAgent): Promise<number> {
+  await client.query(
+    `INSERT INTO agents (id, state, reason, spec, lifecycle, division, region, labels, version, last_request_id, last_command_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10)`,
+    [agent.id, agent.snapshot.state, agent.snapshot.reason, JSON.stringify(agent.spec), JSON.stringify(lifecycleColumn(agent.snapshot)), agent.division, agent.region, JSON.stringify(agent.labels), agent.requestId, agent.commandId],
+  );
+  return 1;
+}
+
+/** Version-checked update; returns the new version. A lost race is a retryable conflict. */
+export async function updateAgent(
+  client: PoolClient,
+  agentId: string,
+  expectedVersion: number,
+  snapshot: AgentSnapshot,
+  ids: { requestId: string | null; commandId: string | null },
+): Promise<number> {
+  const { rows } = await client.query<{ version: string }>(
+    `UPDATE agents SET state = $3, reason = $4, lifecycle = $5, version = version + 1, updated_at = now(),
+       last_request_id = COALESCE($6, last_request_id), last_command_id = COALESCE($7, last_command_id)
+     WHERE id = $1 AND version = $2 RETURNING version`,
+    [agentId, expectedVersion, snapshot.state, snapshot.reason, JSON.stringify(lifecycleColumn(snapshot)), ids.requestId, ids.commandId],
+  );
+  const row = rows[0];
+  if (!row) throw retryableError('VERSION_CONFLICT', `agent ${agentId} changed concurrently (expected version ${expectedVersion})`);
+  return Number(row.version);
+}
+
+/** Records a command as applied; false when it was applied before (a redelivery). */
+export async function markCommandApplied(client: PoolClient, commandId: string, agentId: string): Promise<boolean> {
+  const { rowCount } = await client.query('INSERT INTO applied_commands (command_id, agent_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [commandId, agentId]);
+  return rowCount === 1;
+}
+
+/** GPUs held by the division's live agents, other than `exceptAgentId` (the policy's quota input). */
+export async function divisionGpuUsage(pool: Pool, division: string, exceptAgentId: string): Promise<number> {
+  const { rows } = await pool.query<{ gpus: string | null }>(
+    `SELECT COALESCE(SUM((spec->'resources'->>'gpuCount')::int), 0) AS gpus FROM agents
+     WHERE division = $1 AND id <> $2 AND state NOT IN ('DESTROYED', 'REJECTED', 'FAILED')`,
+    [division, exceptAgentId],
+  );
+  return Number(rows[0]?.gpus ?? 0);
+}
+
+/** Agents not in a terminal state, oldest change first (the reconciler's work list). */
+export async function listLiveAgents(pool: Pool, limit: number): Promise<AgentRecord[]> {
+  const { rows } = await pool.query<AgentRow>(
+    `SELECT ${COLUMNS} FROM agents WHERE state NOT IN ('DESTROYED', 'REJECTED') ORDER BY updated_at LIMIT $1`,
+    [limit],
+  );
+  return rows.map(toRecord);
+}
+
+export async function knownAgentIds(pool: Pool, ids: readonly string[]): Promise<Set<string>> {
+  if (ids.length === 0) return new Set();
+  const { rows } = await pool.query<{ id: string }>(`SELECT id FROM agents WHERE id = ANY($1::uuid[]) AND state <> 'DESTROYED'`, [ids]);
+  return new Set(rows.map((r) => r.id));
+}

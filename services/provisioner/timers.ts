@@ -1,0 +1,99 @@
+import { Queue, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { errorMessage, retryableError } from '../../lib/errors.ts';
+import type { Logger } from '../../lib/logger.ts';
+import type { TimerKind, TimerScheduler } from './apply.ts';
+import type { LifecycleInput } from './lifecycle.ts';
+
+/**
+ * The lifecycle's waits as BullMQ delayed jobs in Redis: a start deadline and the backoff before a
+ * retry. Nothing sleeps in a handler, and a pending wait survives a provisioner restart. Job ids are
+ * deterministic (kind, agent, fence), so scheduling twice is one job.
+ */
+export interface TimerJob {
+  readonly agentId: string;
+  readonly kind: TimerKind;
+  readonly generation: number;
+  readonly attempt: number;
+}
+
+export interface BullmqTimers extends TimerScheduler {
+  start(): void;
+  pause(): Promise<void>;
+  resume(): void;
+  close(): Promise<void>;
+}
+
+export interface BullmqTimersOptions {
+  readonly connection: Redis;
+  /** Key prefix in Redis (tests isolate themselves with one). */
+  readonly prefix: string;
+  readonly queueName?: string;
+  /** Applies a due timer as a lifecycle input; a throw retries the job with backoff. */
+  readonly onDue: (agentId: string, input: LifecycleInput) => Promise<void>;
+  readonly logger: Logger;
+  readonly concurrency?: number;
+}
+
+export function timerJobId(job: TimerJob): string {
+  return `${job.kind}-${job.agentId}-${job.generation}-${job.attempt}`;
+}
+
+export function timerInput(job: TimerJob): LifecycleInput {
+  return job.kind === 'start-timeout'
+    ? { type: 'START_TIMEOUT', generation: job.generation, attempt: job.attempt }
+    : { type: 'RETRY_DUE', generation: job.generation, attempt: job.attempt };
+}
+
+export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
+  const name = options.queueName ?? 'agent-timers';
+  const log = options.logger.child({ component: 'timers' });
+  const queue = new Queue<TimerJob>(name, { connection: options.connection, prefix: options.prefix });
+  let worker: Worker<TimerJob> | undefined;
+
+  return {
+    async schedule(agentId, kind, fence, delayMs) {
+      const job: TimerJob = { agentId, kind, generation: fence.generation, attempt: fence.attempt };
+      try {
+        await queue.add(kind, job, {
+          jobId: timerJobId(job),
+          delay: Math.max(0, delayMs),
+          attempts: 10,
+          backoff: { type: 'exponential', delay: 500 },
+          removeOnComplete: true,
+          removeOnFail: 1000,
+        });
+      } catch (error) {
+        throw retryableError('TIMER_SCHEDULE_FAILED', `could not schedule ${kind} for agent ${agentId}: ${errorMessage(error)}`, error);
+      }
+    },
+    async cancel(agentId, fence) {
+      for (const kind of ['start-timeout', 'retry'] as const) {
+        await queue.remove(timerJobId({ agentId, kind, generation: fence.generation, attempt: fence.attempt })).catch((error: unknown) => {
+          log.debug({ agentId, kind, err: errorMessage(error) }, 'timer not removed (the fence catches it)');
+        });
+      }
+    },
+    start() {
+      worker = new Worker<TimerJob>(
+        name,
+        async (job: Job<TimerJob>) => {
+          await options.onDue(job.data.agentId, timerInput(job.data));
+        },
+        { connection: options.connection.duplicate({ maxRetriesPerRequest: null }), prefix: options.prefix, concurrency: options.concurrency ?? 16 },
+      );
+      worker.on('failed', (job, error) => log.warn({ jobId: job?.id, err: errorMessage(error) }, 'timer job failed; BullMQ retries it'));
+      worker.on('error', (error) => log.error({ err: errorMessage(error) }, 'timer worker error'));
+    },
+    async pause() {
+      await worker?.pause(true);
+    },
+    resume() {
+      worker?.resume();
+    },
+    async close() {
+      await worker?.close();
+      await queue.close();
+    },
+  };
+}

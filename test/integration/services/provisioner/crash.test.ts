@@ -1,0 +1,95 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { AgentRequest } from '../../../../lib/contracts/types.ts';
+import type { ServiceContext } from '../../../../lib/service/context.ts';
+import { startServices } from '../../../../cli/services.ts';
+import { eventually } from '../../../support/runtime.ts';
+import { waitForExit } from '../../../support/processes.ts';
+import { connectKernel, createFleetWorld, watchStatus, type FleetWorld, type KernelClient, type StatusWatcher } from '../../../support/fleet.ts';
+
+jest.setTimeout(240_000);
+
+/** Live processes whose environment names the agent: exactly one per running agent, none leaked. */
+function agentProcesses(agentId: string): number {
+  let count = 0;
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (readFileSync(join('/proc', pid, 'environ'), 'latin1').includes(`AGENT_ID=${agentId}\0`)) count += 1;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return count;
+}
+
+function startProvisionerProcess(env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', 'provisioner'], {
+    env: { ...process.env, ...env, LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.stderr?.resume();
+  return child;
+}
+
+describe('kill -9 of the provisioner mid-way', () => {
+  let world: FleetWorld;
+  let ingest: ServiceContext;
+  let kernel: KernelClient;
+  let status: StatusWatcher;
+  let provisioner: ChildProcess | undefined;
+
+  beforeAll(async () => {
+    world = await createFleetWorld('crash', { START_TIMEOUT_MS: '20000' });
+    ingest = await startServices(['ingest'], world.env, { opsServer: false });
+    kernel = await connectKernel(world);
+    status = await watchStatus(world);
+  });
+
+  afterAll(async () => {
+    provisioner?.kill('SIGKILL');
+    await status?.stop();
+    await kernel?.disconnect();
+    await ingest?.shutdown();
+    await world?.teardown();
+  });
+
+  it('converges after a restart: every agent RUNNING once, then destroyed', async () => {
+    const run = randomUUID().slice(0, 8);
+    const requests: AgentRequest[] = Array.from({ length: 12 }, (_, i) => ({
+      requestId: randomUUID(),
+      idempotencyKey: `crash-${run}-${i}`,
+      action: 'INSTANTIATE',
+      agentId: null,
+      spec: { template: null, image: 'registry.internal/agents/echo:1.0', command: [], environment: [], resources: { cpuMillicores: 100, memoryMiB: 64, gpuCount: 0, gpuType: null } },
+      division: 'platform',
+      region: null,
+      labels: {},
+      requestedBy: 'kernel',
+      createdAt: new Date(),
+    }));
+    const agentOf = (requestId: string) => [...status.states.values()].flat().find((s) => s.requestId === requestId)?.agentId;
+
+    provisioner = startProvisionerProcess({ ...world.env, INSTANCE_ID: 'provisioner-a' });
+    await kernel.send(requests);
+    await eventually(() => requests.every((r) => agentOf(r.requestId) !== undefined), 60_000, 'requests accepted');
+    const agents = requests.map((r) => agentOf(r.requestId) ?? '');
+    // Kill it as soon as the first agents run: others are still being provisioned or started.
+    await eventually(() => agents.some((id) => status.lastState(id) === 'RUNNING'), 90_000, 'a first agent RUNNING');
+    provisioner.kill('SIGKILL');
+    expect((await waitForExit(provisioner)).signal).toBe('SIGKILL');
+    const runningAtCrash = agents.filter((id) => status.lastState(id) === 'RUNNING').length;
+    expect(runningAtCrash).toBeLessThan(agents.length);
+
+    provisioner = startProvisionerProcess({ ...world.env, INSTANCE_ID: 'provisioner-b' });
+    await eventually(() => agents.every((id) => status.lastState(id) === 'RUNNING'), 120_000, 'every agent RUNNING after the restart');
+    for (const id of agents) expect({ id, processes: agentProcesses(id) }).toEqual({ id, processes: 1 });
+
+    await kernel.send(agents.map((agentId, i) => ({ ...requests[i]!, requestId: randomUUID(), idempotencyKey: `crash-${run}-destroy-${i}`, action: 'DESTROY' as const, agentId, spec: null })));
+    await eventually(() => agents.every((id) => status.lastState(id) === 'DESTROYED'), 90_000, 'every agent DESTROYED');
+    for (const id of agents) expect(agentProcesses(id)).toBe(0);
+    provisioner.kill('SIGTERM');
+    expect((await waitForExit(provisioner)).code).toBe(0);
+  });
+});

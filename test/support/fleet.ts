@@ -1,0 +1,101 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Kafka, logLevel } from 'kafkajs';
+import pg from 'pg';
+import { avroTypeOptions } from '../../lib/contracts/schemas.ts';
+import { createAvroCodec, type AvroCodec } from '../../lib/kafka/avro.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { bootstrapFleet } from '../../lib/service/bootstrap.ts';
+import { KernelClient, StatusWatcher } from '../../lib/kernel/client.ts';
+import { loadServiceConfig, topicNames, type TopicNames } from '../../lib/service/context.ts';
+import { brokers, testEnv, uniqueName } from './stack.ts';
+
+/**
+ * A whole fleet's isolated world for one test file: its own topic prefix (topics, DLQs and schema
+ * subjects), Postgres schema, Redis key prefix and agents folder, all removed by `teardown`.
+ */
+export interface FleetWorld {
+  readonly env: Record<string, string>;
+  readonly topics: TopicNames;
+  readonly codec: AvroCodec;
+  readonly stateDir: string;
+  readonly schema: string;
+  teardown(): Promise<void>;
+}
+
+export async function createFleetWorld(name: string, extraEnv: Record<string, string> = {}): Promise<FleetWorld> {
+  const prefix = `${uniqueName(name)}.`;
+  const schema = uniqueName(name).replace(/[^a-z0-9_]/g, '_');
+  const stateDir = mkdtempSync(join(tmpdir(), `${name}-agents-`));
+  const env: Record<string, string> = {
+    ...testEnv(),
+    TOPIC_PREFIX: prefix,
+    TOPIC_PARTITIONS: '4',
+    DATABASE_SCHEMA: schema,
+    HTTP_PORT: '0',
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    PROVISIONER_STATE_DIR: stateDir,
+    RECONCILE_INTERVAL_MS: '1000',
+    RECONCILE_STUCK_AFTER_MS: '3000',
+    SAFE_MODE_POLL_MS: '300',
+    LEASE_DURATION_MS: '3000',
+    LEASE_RENEW_MS: '1000',
+    STOP_GRACE_MS: '3000',
+    AGENT_HEARTBEAT_INTERVAL_MS: '1000',
+    SHUTDOWN_GRACE_MS: '15000',
+    ...extraEnv,
+  };
+  const config = loadServiceConfig(env);
+  await bootstrapFleet(process.cwd(), config, env, createLogger('bootstrap', 'silent'));
+  const topics = topicNames(prefix);
+  return {
+    env,
+    topics,
+    codec: createAvroCodec({ registryUrl: env.SCHEMA_REGISTRY_URL ?? '', avroOptions: avroTypeOptions() }),
+    stateDir,
+    schema,
+    async teardown() {
+      killAgents(stateDir);
+      rmSync(stateDir, { recursive: true, force: true });
+      const client = new pg.Client({ connectionString: env.DATABASE_URL });
+      await client.connect();
+      await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => undefined);
+      await client.end();
+      const admin = new Kafka({ clientId: 'fleet-teardown', brokers: brokers(), logLevel: logLevel.NOTHING }).admin();
+      await admin.connect();
+      const mine = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
+      if (mine.length > 0) await admin.deleteTopics({ topics: mine }).catch(() => undefined);
+      await admin.disconnect();
+    },
+  };
+}
+
+/** Kills every agent process a local driver left in `stateDir` (a failed test must not leak them). */
+export function killAgents(stateDir: string): void {
+  let entries: string[] = [];
+  try {
+    entries = readdirSync(stateDir);
+  } catch {
+    return;
+  }
+  for (const entry of entries) {
+    try {
+      const state = JSON.parse(readFileSync(join(stateDir, entry, 'state.json'), 'utf8')) as { pid?: number };
+      if (typeof state.pid === 'number') process.kill(-state.pid, 'SIGKILL');
+    } catch {
+      // not running, or no state file
+    }
+  }
+}
+
+
+export function connectKernel(world: FleetWorld): Promise<KernelClient> {
+  return KernelClient.connect({ brokers: brokers(), topics: world.topics, codec: world.codec });
+}
+
+export function watchStatus(world: FleetWorld): Promise<StatusWatcher> {
+  return StatusWatcher.start({ brokers: brokers(), topics: world.topics, codec: world.codec, groupId: uniqueName('status-watcher') });
+}
+
+export type { KernelClient, StatusWatcher };

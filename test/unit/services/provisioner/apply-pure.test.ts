@@ -1,0 +1,37 @@
+import { driverEventInput, policyResourceSpec } from '../../../../services/provisioner/apply.ts';
+import { commandInput } from '../../../../services/provisioner/handler.ts';
+import { timerInput, timerJobId } from '../../../../services/provisioner/timers.ts';
+
+describe('provisioner mappings', () => {
+  it('turns driver reports into fenced lifecycle inputs', () => {
+    expect(driverEventInput({ type: 'STARTED', generation: 3, attempt: 2, instanceId: 'h:1' })).toEqual({ type: 'STARTED', generation: 3, attempt: 2, reason: 'instance h:1 is up' });
+    expect(driverEventInput({ type: 'PROCESS_EXITED', generation: 1, attempt: 1, exitCode: 1, signal: null })).toEqual({ type: 'PROCESS_EXITED', generation: 1, attempt: 1, exitCode: 1, signal: null });
+    expect(driverEventInput({ type: 'DRIVER_FAILED', generation: 1, attempt: 1, reason: 'no', retryable: false })).toMatchObject({ type: 'DRIVER_FAILED', retryable: false, reason: 'no' });
+    expect(driverEventInput({ type: 'STOPPED', exitCode: 0, signal: null })).toEqual({ type: 'STOPPED' });
+  });
+
+  it('maps timers to deterministic job ids and fenced inputs', () => {
+    const job = { agentId: 'a1', kind: 'start-timeout' as const, generation: 2, attempt: 3 };
+    expect(timerJobId(job)).toBe('start-timeout-a1-2-3');
+    expect(timerJobId(job)).not.toContain(':');
+    expect(timerInput(job)).toEqual({ type: 'START_TIMEOUT', generation: 2, attempt: 3 });
+    expect(timerInput({ ...job, kind: 'retry' })).toEqual({ type: 'RETRY_DUE', generation: 2, attempt: 3 });
+  });
+
+  it('builds the policy input from the spec; a template runs the internal registry image', () => {
+    const resources = { cpuMillicores: 1500, memoryMiB: 2048, gpuCount: 1, gpuType: 'A100' };
+    expect(policyResourceSpec({ template: 'support', image: null, command: [], environment: [], resources })).toEqual({
+      image: 'registry.internal/agent-templates/support:latest',
+      gpuCount: 1,
+      gpuType: 'A100',
+      cpu: 1.5,
+      memoryMb: 2048,
+    });
+  });
+
+  it('turns a command into its lifecycle input with the reason', () => {
+    const base = { commandId: 'c', agentId: 'a', requestId: null, spec: null, division: null, region: null, labels: {}, issuedBy: 'k', issuedAt: new Date(0), attempt: 1 };
+    expect(commandInput({ ...base, command: 'STOP', reason: 'maintenance' })).toEqual({ type: 'STOP', reason: 'maintenance' });
+    expect(commandInput({ ...base, command: 'INSTANTIATE', reason: null })).toEqual({ type: 'INSTANTIATE' });
+  });
+});
