@@ -10,7 +10,8 @@ import type { TopicNames } from '../../lib/service/context.ts';
 import type { TraceContext } from '../../lib/tracing.ts';
 import type { AgentWorkload, AllocatorDriver, DriverEvent } from './drivers/types.ts';
 import { transition, type AgentSnapshot, type Effect, type LifecycleInput, type RestartPolicy, type RetryPolicy, type TransitionResult } from './lifecycle.ts';
-import type { AgentResourceSpec, PolicyDecision, PolicyInput, DivisionUsage } from './policy.ts';
+import type { AgentResourceSpec } from './policy.ts';
+import type { PolicyDecider } from './policy-client.ts';
 import { divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, updateAgent, type AgentRecord } from './store.ts';
 
 /**
@@ -20,10 +21,6 @@ import { divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, updateAge
  * Effects that answer at once (policy, provision, destroy) feed their answer back as the next
  * input; slow ones (start, stop) answer later through the driver's events.
  */
-export interface PolicyDecider {
-  decide(input: PolicyInput, usage: DivisionUsage): Promise<PolicyDecision>;
-}
-
 export type TimerKind = 'start-timeout' | 'retry';
 
 /** Delayed jobs (BullMQ in production) that come back as START_TIMEOUT / RETRY_DUE inputs. */

@@ -44,6 +44,8 @@ export const provisionerConfigShape = {
   /** How often local agents heartbeat. */
   AGENT_HEARTBEAT_INTERVAL_MS: configFields.positiveInt(2_000),
   AGENT_READY_TIMEOUT_MS: configFields.positiveInt(30_000),
+  /** The simulated driver's delay before an agent reports STARTED (benchmarks, timeout tests). */
+  SIMULATED_START_DELAY_MS: configFields.nonNegativeInt(0),
 };
 
 export type ProvisionerConfig = z.infer<z.ZodObject<typeof provisionerConfigShape>>;
@@ -90,6 +92,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
       HEARTBEAT_INTERVAL_MS: String(config.AGENT_HEARTBEAT_INTERVAL_MS),
       LOG_LEVEL: 'warn',
     },
+    simulated: { startDelayMs: config.SIMULATED_START_DELAY_MS },
   });
   ctx.onShutdown(['allocator driver', () => driver.close()]);
 
@@ -97,7 +100,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     ...(config.SENTINELNET_URL ? { url: config.SENTINELNET_URL } : {}),
     path: config.SENTINELNET_POLICY_PATH,
     timeoutMs: config.SENTINELNET_TIMEOUT_MS,
-    localPolicy: await loadLocalPolicyFile(config.POLICY_FILE),
+    localPolicy: loadLocalPolicyFile(config.POLICY_FILE),
   });
 
   const timers = createBullmqTimers({

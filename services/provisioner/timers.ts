@@ -50,6 +50,8 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
   const log = options.logger.child({ component: 'timers' });
   const queue = new Queue<TimerJob>(name, { connection: options.connection, prefix: options.prefix });
   let worker: Worker<TimerJob> | undefined;
+  // BullMQ closes only the connections it created; this one is ours to close.
+  let workerConnection: Redis | undefined;
 
   return {
     async schedule(agentId, kind, fence, delayMs) {
@@ -75,12 +77,13 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
       }
     },
     start() {
+      workerConnection = options.connection.duplicate({ maxRetriesPerRequest: null });
       worker = new Worker<TimerJob>(
         name,
         async (job: Job<TimerJob>) => {
           await options.onDue(job.data.agentId, timerInput(job.data));
         },
-        { connection: options.connection.duplicate({ maxRetriesPerRequest: null }), prefix: options.prefix, concurrency: options.concurrency ?? 16 },
+        { connection: workerConnection, prefix: options.prefix, concurrency: options.concurrency ?? 16 },
       );
       worker.on('failed', (job, error) => log.warn({ jobId: job?.id, err: errorMessage(error) }, 'timer job failed; BullMQ retries it'));
       worker.on('error', (error) => log.error({ err: errorMessage(error) }, 'timer worker error'));
@@ -94,6 +97,7 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
     async close() {
       await worker?.close();
       await queue.close();
+      workerConnection?.disconnect();
     },
   };
 }

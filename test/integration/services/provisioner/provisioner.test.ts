@@ -1,0 +1,117 @@
+import { randomUUID } from 'node:crypto';
+import { Kafka, logLevel, type Producer } from 'kafkajs';
+import type { AgentCommand } from '../../../../lib/contracts/types.ts';
+import { createServiceContext, loadServiceConfig, type ServiceContext } from '../../../../lib/service/context.ts';
+import { loadProvisionerConfig, startProvisioner } from '../../../../services/provisioner/main.ts';
+import { eventually } from '../../../support/runtime.ts';
+import { brokers } from '../../../support/stack.ts';
+import { createFleetWorld, watchStatus, type FleetWorld, type StatusWatcher } from '../../../support/fleet.ts';
+
+jest.setTimeout(120_000);
+
+// The provisioner alone, fed agent-commands directly, with the simulated driver: the lifecycle's
+// I/O (transactions, outbox, redelivery, rejections, delayed jobs) without agent processes.
+async function startWorld(name: string, extra: Record<string, string>) {
+  const world = await createFleetWorld(name, { PROVISIONER_DRIVER: 'simulated', ...extra });
+  const ctx = await createServiceContext({ service: 'provisioner', config: loadServiceConfig(world.env), database: true, redis: true, opsServer: false });
+  await startProvisioner(ctx, loadProvisionerConfig(world.env));
+  const producer = new Kafka({ clientId: 'test-commands', brokers: brokers(), logLevel: logLevel.NOTHING }).producer({ idempotent: true });
+  await producer.connect();
+  const status = await watchStatus(world);
+  return { world, ctx, producer, status };
+}
+
+function command(agentId: string, type: AgentCommand['command'], commandId = randomUUID()): AgentCommand {
+  return {
+    commandId,
+    agentId,
+    command: type,
+    requestId: randomUUID(),
+    spec:
+      type === 'INSTANTIATE'
+        ? { template: null, image: 'registry.internal/agents/echo:1.0', command: [], environment: [], resources: { cpuMillicores: 100, memoryMiB: 64, gpuCount: 0, gpuType: null } }
+        : null,
+    division: 'platform',
+    region: null,
+    labels: {},
+    issuedBy: 'kernel',
+    issuedAt: new Date(),
+    reason: null,
+    attempt: 1,
+  };
+}
+
+async function send(world: FleetWorld, producer: Producer, commands: readonly AgentCommand[]) {
+  const topic = world.topics['agent-commands'];
+  await producer.send({ topic, acks: -1, messages: await Promise.all(commands.map(async (c) => ({ key: c.agentId, value: await world.codec.encode(`${topic}-value`, c) }))) });
+}
+
+describe('provisioner with the simulated driver', () => {
+  let world: FleetWorld;
+  let ctx: ServiceContext;
+  let producer: Producer;
+  let status: StatusWatcher;
+
+  beforeAll(async () => {
+    ({ world, ctx, producer, status } = await startWorld('prov', {}));
+  });
+
+  afterAll(async () => {
+    await status?.stop();
+    await producer?.disconnect();
+    await ctx?.shutdown();
+    await world?.teardown();
+  });
+
+  it('applies a redelivered command once, and answers an impossible one with the reason', async () => {
+    const agentId = randomUUID();
+    const instantiate = command(agentId, 'INSTANTIATE');
+    await send(world, producer, [instantiate, instantiate]);
+    await eventually(() => status.lastState(agentId) === 'RUNNING', 30_000, 'RUNNING');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(status.history(agentId)).toEqual(['PENDING', 'PROVISIONING', 'STARTING', 'RUNNING']);
+
+    const unknown = randomUUID();
+    await send(world, producer, [command(unknown, 'STOP')]);
+    await eventually(() => status.lastState(unknown) !== undefined, 30_000, 'rejection');
+    expect(status.last(unknown)).toMatchObject({ state: 'REJECTED', reason: expect.stringContaining('UNKNOWN_AGENT') });
+
+    await send(world, producer, [command(agentId, 'DESTROY')]);
+    await eventually(() => status.lastState(agentId) === 'DESTROYED', 30_000, 'DESTROYED');
+    await send(world, producer, [command(agentId, 'START')]);
+    await eventually(() => (status.last(agentId)?.reason ?? '').includes('TERMINAL_STATE'), 30_000, 'terminal rejection');
+    expect(status.lastState(agentId)).toBe('DESTROYED');
+  });
+});
+
+describe('provisioner start deadlines (BullMQ delayed jobs)', () => {
+  let world: FleetWorld;
+  let ctx: ServiceContext;
+  let producer: Producer;
+  let status: StatusWatcher;
+
+  beforeAll(async () => {
+    ({ world, ctx, producer, status } = await startWorld('prov-timeout', {
+      SIMULATED_START_DELAY_MS: '600000',
+      START_TIMEOUT_MS: '700',
+      MAX_START_ATTEMPTS: '3',
+      RETRY_BASE_DELAY_MS: '200',
+    }));
+  });
+
+  afterAll(async () => {
+    await status?.stop();
+    await producer?.disconnect();
+    await ctx?.shutdown();
+    await world?.teardown();
+  });
+
+  it('retries a start that does not reach RUNNING in time with backoff, then FAILED with the reason', async () => {
+    const agentId = randomUUID();
+    await send(world, producer, [command(agentId, 'INSTANTIATE')]);
+    await eventually(() => status.lastState(agentId) === 'FAILED', 30_000, 'FAILED');
+    const reasons = (status.states.get(agentId) ?? []).map((s) => s.reason ?? '');
+    expect(reasons.filter((r) => /retrying in \d+ ms/.test(r))).toHaveLength(2);
+    expect(status.last(agentId)?.reason).toMatch(/gave up after 3 of 3 attempts/);
+  });
+});
