@@ -23,3 +23,6 @@ process.emitWarning = (warning, ...rest) => {
 
 const { main } = await import('../cli/main.ts');
 process.exitCode = await main(dirname(import.meta.dirname), process.argv);
+// Every command closes what it opened; should a client library still hold a socket or timer, the
+// process ends anyway instead of lingering (a stuck pod is worse than a prompt exit).
+setTimeout(() => process.exit(), 3_000).unref();

@@ -47,7 +47,12 @@ export async function main(root: string, argv: readonly string[]): Promise<numbe
     return exitCode;
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode;
-    console.error(`agent-manager: ${errorMessage(error)}`);
+    const message = errorMessage(error);
+    // kafkajs names a missing topic this way; say what to run.
+    const hint = /does not host this topic-partition|unknown topic/i.test(message)
+      ? ' (a topic is missing: run `agent-manager topics create`, `agent-manager schemas register` and `agent-manager migrate` first)'
+      : '';
+    console.error(`agent-manager: ${message}${hint}`);
     return 1;
   }
 }

@@ -11,8 +11,27 @@ export interface MigrateOptions {
   readonly logger: Logger;
 }
 
+// node-pg-migrate holds one advisory lock per database and fails at once when it is taken (another
+// replica's pre-upgrade hook, or a migration of another schema): wait for it instead.
+const LOCK_TAKEN = 'Another migration is already running';
+const LOCK_WAIT_MS = 120_000;
+
 /** Applies every pending migration, under node-pg-migrate's advisory lock; returns their names. */
 export async function migrateUp(options: MigrateOptions): Promise<string[]> {
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await migrateOnce(options);
+    } catch (error) {
+      const locked = String((error as { cause?: unknown }).cause ?? error).includes(LOCK_TAKEN);
+      if (!locked || Date.now() > deadline) throw error;
+      if (attempt === 1) options.logger.info('another migration holds the lock; waiting for it');
+      await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
+    }
+  }
+}
+
+async function migrateOnce(options: MigrateOptions): Promise<string[]> {
   try {
     const applied = await runner({
       databaseUrl: options.databaseUrl,

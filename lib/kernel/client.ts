@@ -16,6 +16,7 @@ export interface KernelOptions {
 /** Watches `agent-status` and keeps every agent's sequence of states. */
 export class StatusWatcher {
   readonly states = new Map<string, AgentStatus[]>();
+  readonly #listeners: ((status: AgentStatus) => void)[] = [];
   #consumer: Consumer;
   #codec: AvroCodec;
 
@@ -36,9 +37,15 @@ export class StatusWatcher {
         const list = watcher.states.get(status.agentId) ?? [];
         list.push(status);
         watcher.states.set(status.agentId, list);
+        for (const listener of watcher.#listeners) listener(status);
       },
     });
     return watcher;
+  }
+
+  /** Called with every status event as it arrives. */
+  onStatus(listener: (status: AgentStatus) => void): void {
+    this.#listeners.push(listener);
   }
 
   last(agentId: string): AgentStatus | undefined {

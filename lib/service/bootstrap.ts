@@ -21,13 +21,8 @@ export async function bootstrapFleet(root: string, config: ServiceConfig, env: R
   const migrations = await migrateUp({ databaseUrl: config.DATABASE_URL, dir: join(root, 'migrations'), schema: config.DATABASE_SCHEMA, logger });
   const admin = new Kafka({ clientId: `${config.KAFKA_CLIENT_ID}-bootstrap`, brokers: config.KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
   await admin.connect();
-  let topicsCreated = 0;
-  try {
-    const topics = await createTopics(admin, topicSettingsFromEnv(env), { prefix: config.TOPIC_PREFIX });
-    topicsCreated = topics.filter((t) => t.status === 'created').length;
-  } finally {
-    await admin.disconnect();
-  }
+  const topics = await createTopics(admin, topicSettingsFromEnv(env), { prefix: config.TOPIC_PREFIX }).finally(() => admin.disconnect());
+  const topicsCreated = topics.filter((t) => t.status === 'created').length;
   const schemas = await registerSchemas({ registryUrl: config.SCHEMA_REGISTRY_URL, schemasDir: defaultSchemasDir(root), subjectPrefix: config.TOPIC_PREFIX });
   return { migrations, topicsCreated, schemasRegistered: schemas.filter((s) => s.status === 'registered').length };
 }

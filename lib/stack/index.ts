@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { errorMessage } from '../errors.ts';
 import { kafkaComponent } from './kafka.ts';
+import { opaComponent } from './opa.ts';
 import { postgresComponent } from './postgres.ts';
 import { redisComponent } from './redis.ts';
 import { s3Component } from './s3.ts';
@@ -12,7 +13,7 @@ export type { ComponentStatus, StackContext } from './types.ts';
 export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
 
 export function stackComponents(): StackComponent[] {
-  return [kafkaComponent(), schemaRegistryComponent(), postgresComponent(), redisComponent(), s3Component()];
+  return [kafkaComponent(), schemaRegistryComponent(), postgresComponent(), redisComponent(), s3Component(), opaComponent()];
 }
 
 export function stackContext(root: string, progress: (line: string) => void, env: NodeJS.ProcessEnv = process.env): StackContext {

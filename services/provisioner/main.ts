@@ -10,9 +10,9 @@ import { createWorker } from '../../lib/runtime/worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
 import { createLifecycleApplier, type LifecycleApplier } from './apply.ts';
 import { createDriver } from './drivers/index.ts';
-import type { AllocatorDriver, DriverName } from './drivers/types.ts';
+import type { AllocatorDriver } from './drivers/types.ts';
 import { handleCommand } from './handler.ts';
-import type { RestartMode, RetryPolicy } from './lifecycle.ts';
+import type { RetryPolicy } from './lifecycle.ts';
 import { createPolicyDecider, loadLocalPolicyFile } from './policy-client.ts';
 import { createReconciler } from './reconciler.ts';
 import { createBullmqTimers } from './timers.ts';
@@ -79,10 +79,11 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
   const prefix = ctx.config.TOPIC_PREFIX;
   const retryPolicy = retryPolicyOf(config);
 
-  let applier: LifecycleApplier | undefined;
-  const driver = createDriver(config.PROVISIONER_DRIVER as DriverName, {
+  // The driver and the timers report to the applier, which needs both: a late-bound reference.
+  const late: { applier?: LifecycleApplier } = {};
+  const driver = createDriver(config.PROVISIONER_DRIVER, {
     logger,
-    onEvent: (agentId, event) => applier?.onDriverEvent(agentId, event),
+    onEvent: (agentId, event) => late.applier?.onDriverEvent(agentId, event),
     stateDir: config.PROVISIONER_STATE_DIR,
     readyTimeoutMs: config.AGENT_READY_TIMEOUT_MS,
     agentEnv: {
@@ -108,9 +109,10 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     prefix: prefix ? `agent-manager:${prefix}` : 'agent-manager',
     logger,
     onDue: async (agentId, input) => {
-      await applier?.apply(agentId, input, { actor: 'provisioner/timer' });
+      await late.applier?.apply(agentId, input, { actor: 'provisioner/timer' });
     },
   });
+  ctx.onShutdown(['timers', () => timers.close()]);
   const built = createLifecycleApplier({
     pool,
     codec: ctx.codec,
@@ -120,9 +122,9 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     policy,
     timers,
     retryPolicy,
-    restartPolicy: { mode: config.RESTART_POLICY as RestartMode, maxRestarts: config.MAX_RESTARTS },
+    restartPolicy: { mode: config.RESTART_POLICY, maxRestarts: config.MAX_RESTARTS },
   });
-  applier = built;
+  late.applier = built;
 
   const worker = createWorker<AgentCommand, { applier: LifecycleApplier }>(
     {
@@ -152,6 +154,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
       }
     },
   });
+  ctx.onShutdown(['safe mode watcher', async () => safeMode.stop()]);
 
   if (config.LEADER_ELECTION === 'kubernetes') {
     throw permanentError('CONFIG_INVALID', 'LEADER_ELECTION=kubernetes needs the in-cluster wiring (see docs); use postgres outside a cluster');
@@ -174,17 +177,16 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     isLeader: () => leader.state().leader,
   });
 
-  timers.start();
-  await worker.start();
-  leader.start();
-  reconciler.start();
-  // Cleanup runs in reverse: stop taking commands first, then let in-flight inputs settle.
-  ctx.onShutdown(['timers', () => timers.close()]);
+  // Cleanup runs in reverse order of registration: stop taking commands first, then let the
+  // inputs in flight settle, then release the lease and the timers.
   ctx.onShutdown(['leader lease', () => leader.stop()]);
   ctx.onShutdown(['lifecycle inputs in flight', () => built.idle()]);
   ctx.onShutdown(['reconciler', () => reconciler.stop()]);
-  ctx.onShutdown(['safe mode watcher', async () => safeMode.stop()]);
   ctx.onShutdown(['agent-commands worker', () => worker.stop()]);
+  timers.start();
+  leader.start();
+  reconciler.start();
+  await worker.start();
   logger.info({ driver: driver.name, policy: config.SENTINELNET_URL ? 'remote' : 'local' }, 'provisioner running');
 
   return {

@@ -92,7 +92,7 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
       await worker?.pause(true);
     },
     resume() {
-      worker?.resume();
+      void worker?.resume();
     },
     async close() {
       await worker?.close();

@@ -73,7 +73,7 @@ export async function createFleetWorld(name: string, extraEnv: Record<string, st
 
 /** Kills every agent process a local driver left in `stateDir` (a failed test must not leak them). */
 export function killAgents(stateDir: string): void {
-  let entries: string[] = [];
+  let entries: string[];
   try {
     entries = readdirSync(stateDir);
   } catch {

@@ -27,9 +27,18 @@ function agentProcesses(agentId: string): number {
 function startProvisionerProcess(env: Record<string, string>): ChildProcess {
   const child = spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', 'provisioner'], {
     env: { ...process.env, ...env, LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stderr?.resume();
+  // Logs are kept and shown only when the process ends unexpectedly.
+  let output = '';
+  const keep = (chunk: Buffer) => {
+    output = (output + chunk.toString()).slice(-20_000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  child.once('exit', (code, signal) => {
+    if (signal === null && code !== 0) console.error(`provisioner exited ${code}:\n${output}`);
+  });
   return child;
 }
 
@@ -64,7 +73,7 @@ describe('kill -9 of the provisioner mid-way', () => {
       agentId: null,
       spec: { template: null, image: 'registry.internal/agents/echo:1.0', command: [], environment: [], resources: { cpuMillicores: 100, memoryMiB: 64, gpuCount: 0, gpuType: null } },
       division: 'platform',
-      region: null,
+      region: 'local',
       labels: {},
       requestedBy: 'kernel',
       createdAt: new Date(),

@@ -1,7 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { isAppError } from '../../../../lib/errors.ts';
+import { isAppError, permanentError } from '../../../../lib/errors.ts';
+import { stackOpaBinary } from '../../../../lib/stack/opa.ts';
 import {
   evaluateLocalPolicy,
   failClosed,
@@ -247,16 +248,19 @@ describe('remote decisions', () => {
 });
 
 // ------------------------------------------------------------------------------------------------
-// The Rego policy implements the same rules. With an `opa` binary (OPA_BIN or on PATH) every case
-// below is evaluated by both and must agree exactly; without one, only the file's shape is checked.
+// The Rego policy implements the same rules. With an `opa` binary (OPA_BIN, else the local stack's
+// .stack/bin/opa that `stack up` builds, else `opa` on the PATH) every case below is evaluated by
+// both and must agree exactly. Without one, only the file's shape is checked, except in CI
+// (CI=true, where `npm test` has run `stack up`): there a missing binary fails the comparison
+// instead of skipping it.
 
 function findOpa(): string | undefined {
-  const candidate = process.env.OPA_BIN ?? 'opa';
-  const probe = spawnSync(candidate, ['version'], { encoding: 'utf8' });
-  return probe.status === 0 ? candidate : undefined;
+  const candidates = process.env.OPA_BIN ? [process.env.OPA_BIN] : [stackOpaBinary(root), 'opa'];
+  return candidates.find((candidate) => spawnSync(candidate, ['version'], { encoding: 'utf8' }).status === 0);
 }
 
 const opa = findOpa();
+const requireOpa = process.env.CI === 'true' || process.env.CI === '1';
 
 describe('policies/sentinelnet.rego', () => {
   const rego = readFileSync(regoFile, 'utf8');
@@ -288,10 +292,11 @@ describe('policies/sentinelnet.rego', () => {
     ['missing spec fields', { spec: {}, division: 'platform', usage: {} }],
   ];
 
-  (opa === undefined ? it.skip : it).each(cases)('agrees with evaluateLocalPolicy: %s', (_name, input) => {
+  (opa === undefined && !requireOpa ? it.skip : it).each(cases)('agrees with evaluateLocalPolicy: %s', (_name, input) => {
+    if (opa === undefined) throw permanentError('OPA_MISSING', `no opa binary (OPA_BIN, ${stackOpaBinary(root)} or on the PATH): run \`npx agent-manager stack up\``);
     const local = parseLocalPolicy(JSON.parse(readFileSync(policyFile, 'utf8')));
     const result = spawnSync(
-      opa ?? 'opa',
+      opa,
       ['eval', '--format', 'json', '--stdin-input', '-d', `agentmanager.config:${policyFile}`, '-d', regoFile, 'data.agentmanager.provisioning'],
       { input: JSON.stringify(input), encoding: 'utf8' },
     );

@@ -1,0 +1,396 @@
+/**
+ * The HTTPS API of ingest for the Kernel, with mutual TLS.
+ *
+ * - TLS: `requestCert` + `rejectUnauthorized`: a client without a certificate signed by the
+ *   configured CA fails the handshake and never reaches HTTP.
+ * - Identity: the client certificate's subject CN, looked up in the identities configuration (the
+ *   same document that authorizes `requestedBy` on Kafka). A CN with no entry gets 403 everywhere.
+ * - `POST /v1/requests`: an AgentRequest as JSON, decided by the same `processRequest` as the Kafka
+ *   path (so it writes the same request row and events). `requestId` is optional (generated),
+ *   `createdAt` is set by the server (a value in the body is ignored), `requestedBy` is the
+ *   certificate's identity: omit it or send the same value; another value is refused with 400
+ *   REQUESTED_BY_MISMATCH (a client cannot act on behalf of someone else over the API).
+ *   202 `{ requestId, agentId, commandId, outcome, replayed }` when accepted (also for a repeat with the
+ *   same key and payload), else the rejection as an error.
+ * - `GET /v1/agents/:id`, `GET /v1/agents?state=&division=&cursor=&limit=`, `GET /v1/requests/:id`:
+ *   for identities with a reading role, limited to the divisions that role covers (others: 404).
+ *   The list is ordered by (createdAt, agentId) with keyset pagination: `nextCursor` is opaque.
+ * - Errors are `{ error: { code, message } }`: 400 invalid, 403 not allowed, 404 unknown,
+ *   409 conflicting with an earlier request, 503 when a dependency is down (retry later).
+ */
+import { randomUUID } from 'node:crypto';
+import type { Server as HttpsServer } from 'node:https';
+import type { TLSSocket } from 'node:tls';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { QueryResultRow } from 'pg';
+import { z } from 'zod';
+import { AGENT_ACTIONS, AGENT_STATES, type AgentRequest } from '../../lib/contracts/types.ts';
+import { errorCode, errorMessage, isAppError, permanentError, retryableError, type AppError } from '../../lib/errors.ts';
+import type { Logger } from '../../lib/logger.ts';
+import { ANY, isKnownIdentity, mayRead, readableDivisions } from './authz.ts';
+import { isUuid } from './idempotency.ts';
+import { processRequest, type ProcessDeps, type RejectionCode, type RequestOutcome } from './process-request.ts';
+import { parseAgentRequestRecord } from './validation.ts';
+
+export interface ApiTls {
+  /** PEM private key of the server. */
+  readonly key: string | Buffer;
+  /** PEM certificate (chain) of the server. */
+  readonly cert: string | Buffer;
+  /** PEM CA certificate(s) that client certificates must be signed by. */
+  readonly ca: string | Buffer;
+}
+
+export interface ApiOptions {
+  readonly tls: ApiTls;
+  readonly deps: ProcessDeps;
+  readonly logger: Logger;
+  /** Largest accepted request body in bytes. Default 1 MiB. */
+  readonly bodyLimit?: number;
+}
+
+export type IngestApi = FastifyInstance<HttpsServer>;
+
+export const DEFAULT_PAGE_SIZE = 50;
+export const MAX_PAGE_SIZE = 500;
+
+/** HTTP status of each rejection. */
+export const REJECTION_STATUS: Readonly<Record<RejectionCode, number>> = {
+  VALIDATION_FAILED: 400,
+  DIVISION_MISMATCH: 400,
+  UNKNOWN_IDENTITY: 403,
+  UNAUTHORIZED: 403,
+  UNKNOWN_AGENT: 404,
+  IDEMPOTENCY_CONFLICT: 409,
+  AGENT_EXISTS: 409,
+  DUPLICATE_REQUEST_ID: 409,
+};
+
+// -------------------------------------------------------------------------------------------------
+// Bodies and queries (pure, unit-tested)
+
+const specBodySchema = z.strictObject({
+  template: z.string().nullable().default(null),
+  image: z.string().nullable().default(null),
+  command: z.array(z.string()).default([]),
+  environment: z.array(z.strictObject({ name: z.string(), ref: z.string() })).default([]),
+  resources: z.strictObject({
+    cpuMillicores: z.int(),
+    memoryMiB: z.int(),
+    gpuCount: z.int().default(0),
+    gpuType: z.string().nullable().default(null),
+  }),
+});
+
+/** POST /v1/requests: the AgentRequest fields, with the Avro defaults filled (so the payload hash is the Kafka path's). */
+export const requestBodySchema = z.strictObject({
+  requestId: z.string().optional(),
+  idempotencyKey: z.string(),
+  action: z.enum(AGENT_ACTIONS),
+  agentId: z.string().nullable().default(null),
+  spec: specBodySchema.nullable().default(null),
+  division: z.string(),
+  region: z.string().nullable().default(null),
+  labels: z.record(z.string(), z.string()).default({}),
+  requestedBy: z.string().optional(),
+  /** Ignored: the server stamps the request. */
+  createdAt: z.unknown().optional(),
+});
+
+/**
+ * A refusal with its HTTP status: a permanent AppError whose context carries `httpStatus` (and
+ * extra fields for the error body).
+ */
+export function apiError(status: number, code: string, message: string, details: Record<string, unknown> = {}): AppError {
+  return permanentError(code, message, undefined, { ...details, httpStatus: status });
+}
+
+function httpStatusOf(error: unknown): number | undefined {
+  const status = isAppError(error) ? error.context.httpStatus : undefined;
+  return typeof status === 'number' ? status : undefined;
+}
+
+const issuesOf = (error: z.ZodError) => error.issues.map((issue) => (issue.path.length === 0 ? issue.message : `${issue.path.map(String).join('.')}: ${issue.message}`));
+
+/** The AgentRequest a POST body describes, on behalf of `identity`; throws a 400 `apiError` when it cannot be one. */
+export function requestFromBody(body: unknown, identity: string, now: Date, newId: () => string = randomUUID): AgentRequest {
+  const parsed = requestBodySchema.safeParse(body ?? undefined);
+  if (!parsed.success) throw apiError(400, 'VALIDATION_FAILED', `invalid request body: ${issuesOf(parsed.error).join('; ')}`);
+  const { requestedBy, createdAt: _ignored, requestId, ...fields } = parsed.data;
+  if (requestedBy !== undefined && requestedBy !== identity) {
+    throw apiError(400, 'REQUESTED_BY_MISMATCH', `requestedBy ${JSON.stringify(requestedBy)} differs from the identity of the client certificate (${JSON.stringify(identity)}); omit it or send the same value`);
+  }
+  const candidate = { ...fields, requestId: requestId ?? newId(), requestedBy: identity, createdAt: now };
+  try {
+    return parseAgentRequestRecord(candidate);
+  } catch (error) {
+    throw apiError(400, 'VALIDATION_FAILED', errorMessage(error));
+  }
+}
+
+/** The HTTP answer to a decided request. */
+export function outcomeResponse(outcome: RequestOutcome): { status: number; body: Record<string, unknown> } {
+  const ids = { requestId: outcome.requestId, agentId: outcome.agentId, replayed: outcome.replayed };
+  if (outcome.outcome === 'ACCEPTED') return { status: 202, body: { ...ids, outcome: 'ACCEPTED', commandId: outcome.commandId } };
+  const code = outcome.code ?? 'VALIDATION_FAILED';
+  const message = outcome.reason.startsWith(`${code}: `) ? outcome.reason.slice(code.length + 2) : outcome.reason;
+  return { status: REJECTION_STATUS[code], body: { error: { code, message, ...ids } } };
+}
+
+export interface ListQuery {
+  readonly state: string | undefined;
+  readonly division: string | undefined;
+  readonly cursor: Cursor | undefined;
+  readonly limit: number;
+}
+
+export interface Cursor {
+  /** created_at as Postgres text in UTC with microseconds. */
+  readonly createdAt: string;
+  readonly id: string;
+}
+
+const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+
+export function encodeCursor(cursor: Cursor): string {
+  return Buffer.from(JSON.stringify([cursor.createdAt, cursor.id])).toString('base64url');
+}
+
+/** The position a cursor names; undefined when it is not one this API made. */
+export function decodeCursor(text: string): Cursor | undefined {
+  try {
+    const parsed: unknown = JSON.parse(Buffer.from(text, 'base64url').toString('utf8'));
+    if (!Array.isArray(parsed) || parsed.length !== 2) return undefined;
+    const [createdAt, id] = parsed as unknown[];
+    if (typeof createdAt !== 'string' || !CURSOR_TIME.test(createdAt) || !isUuid(id)) return undefined;
+    return { createdAt, id };
+  } catch {
+    return undefined;
+  }
+}
+
+const listQuerySchema = z.strictObject({
+  state: z.enum(AGENT_STATES, { error: `must be one of ${AGENT_STATES.join(', ')}` }).optional(),
+  division: z.string().min(1).max(63).optional(),
+  cursor: z.string().max(512).optional(),
+  limit: z.coerce
+    .number()
+    .int({ error: 'must be a whole number' })
+    .min(1, { error: 'must be at least 1' })
+    .max(MAX_PAGE_SIZE, { error: `must be at most ${MAX_PAGE_SIZE}` })
+    .default(DEFAULT_PAGE_SIZE),
+});
+
+export function parseListQuery(query: unknown): ListQuery {
+  const parsed = listQuerySchema.safeParse(query ?? {});
+  if (!parsed.success) throw apiError(400, 'INVALID_QUERY', `invalid query: ${issuesOf(parsed.error).join('; ')}`);
+  let cursor: Cursor | undefined;
+  if (parsed.data.cursor !== undefined && parsed.data.cursor !== '') {
+    cursor = decodeCursor(parsed.data.cursor);
+    if (!cursor) throw apiError(400, 'INVALID_CURSOR', 'cursor is not one this API returned (use nextCursor of the previous page as it is)');
+  }
+  return { state: parsed.data.state, division: parsed.data.division, cursor, limit: parsed.data.limit };
+}
+
+// -------------------------------------------------------------------------------------------------
+// Rows as JSON
+
+interface AgentRow {
+  id: string;
+  state: string;
+  reason: string;
+  spec: unknown;
+  lifecycle: unknown;
+  division: string;
+  region: string | null;
+  labels: Record<string, string>;
+  version: string;
+  last_request_id: string | null;
+  last_command_id: string | null;
+  created_at: Date;
+  updated_at: Date;
+  cursor_time: string;
+}
+
+const AGENT_COLUMNS = `id, state, reason, spec, lifecycle, division, region, labels, version, last_request_id, last_command_id, created_at, updated_at,
+  to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_time`;
+
+function agentJson(row: AgentRow) {
+  return {
+    agentId: row.id,
+    state: row.state,
+    reason: row.reason,
+    division: row.division,
+    region: row.region,
+    labels: row.labels,
+    spec: row.spec,
+    lifecycle: row.lifecycle,
+    version: Number(row.version),
+    lastRequestId: row.last_request_id,
+    lastCommandId: row.last_command_id,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+  };
+}
+
+interface RequestRow {
+  request_id: string;
+  idempotency_key: string;
+  payload_hash: string;
+  action: string;
+  agent_id: string | null;
+  division: string;
+  requested_by: string;
+  outcome: string;
+  reason: string;
+  command_id: string | null;
+  created_at: Date;
+}
+
+function requestJson(row: RequestRow) {
+  const code = row.outcome === 'REJECTED' ? (/^([A-Z_]+): /.exec(row.reason)?.[1] ?? null) : null;
+  return {
+    requestId: row.request_id,
+    idempotencyKey: row.idempotency_key,
+    action: row.action,
+    agentId: row.agent_id,
+    division: row.division,
+    requestedBy: row.requested_by,
+    outcome: row.outcome,
+    code,
+    reason: code !== null ? row.reason.slice(code.length + 2) : row.reason,
+    commandId: row.command_id,
+    payloadHash: row.payload_hash,
+    createdAt: row.created_at.toISOString(),
+  };
+}
+
+// -------------------------------------------------------------------------------------------------
+// The server
+
+function sendError(reply: FastifyReply, error: AppError) {
+  const { httpStatus, ...details } = error.context;
+  return reply.code(typeof httpStatus === 'number' ? httpStatus : 500).send({ error: { code: error.code, message: error.message, ...details } });
+}
+
+/** The CN of the verified client certificate, or undefined. */
+function peerCommonName(request: FastifyRequest): string | undefined {
+  const socket = request.raw.socket as TLSSocket;
+  if (typeof socket.getPeerCertificate !== 'function' || !socket.authorized) return undefined;
+  const cn: unknown = socket.getPeerCertificate().subject?.CN;
+  if (Array.isArray(cn)) return typeof cn[0] === 'string' ? cn[0] : undefined;
+  return typeof cn === 'string' && cn !== '' ? cn : undefined;
+}
+
+/** Builds the HTTPS server (not listening yet: call `listen`). */
+export function buildApi(options: ApiOptions): IngestApi {
+  const { deps } = options;
+  const log = options.logger.child({ component: 'api' });
+  const app: IngestApi = Fastify({
+    https: { key: options.tls.key, cert: options.tls.cert, ca: options.tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
+    logger: false,
+    bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    return503OnClosing: true,
+  });
+  const identities = new WeakMap<FastifyRequest, string>();
+  /** Reads: a failing Postgres is a 503 (retry later), not a 500. */
+  const read = async <Row extends QueryResultRow>(sql: string, params: unknown[]): Promise<Row[]> => {
+    try {
+      return (await deps.pool.query<Row>(sql, params)).rows;
+    } catch (error) {
+      throw retryableError('DATABASE_UNAVAILABLE', `Postgres read failed: ${errorMessage(error)}`, error);
+    }
+  };
+  const identityOf = (request: FastifyRequest): string => identities.get(request) ?? '';
+
+  app.addHook('onRequest', async (request, reply) => {
+    const cn = peerCommonName(request);
+    if (cn === undefined) return sendError(reply, apiError(403, 'NO_CLIENT_IDENTITY', 'the client certificate has no subject CN'));
+    if (!isKnownIdentity(deps.authz, cn)) return sendError(reply, apiError(403, 'UNKNOWN_IDENTITY', `identity ${JSON.stringify(cn)} (the client certificate's CN) is not configured`));
+    identities.set(request, cn);
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    log.info({ method: request.method, url: request.url, status: reply.statusCode, identity: identities.get(request), ms: Math.round(reply.elapsedTime) }, 'api request');
+  });
+
+  /** For the read routes: the identity must have a reading role. */
+  const requireReader = async (request: FastifyRequest, reply: FastifyReply) => {
+    const identity = identityOf(request);
+    const divisions = readableDivisions(deps.authz, identity);
+    if (divisions !== ANY && divisions.length === 0) return sendError(reply, apiError(403, 'UNAUTHORIZED', `identity ${JSON.stringify(identity)} may not read agents or requests`));
+  };
+
+  app.setErrorHandler(async (error: unknown, request, reply) => {
+    if (isAppError(error) && httpStatusOf(error) !== undefined) return sendError(reply, error);
+    const status = (error as { statusCode?: unknown }).statusCode;
+    if (typeof status === 'number' && status >= 400 && status < 500) {
+      // Fastify's own refusals: malformed JSON, wrong content type, body too large, …
+      const code = (error as { code?: unknown }).code;
+      return sendError(reply, apiError(status, typeof code === 'string' ? code : 'BAD_REQUEST', errorMessage(error)));
+    }
+    if (isAppError(error) && error.retryable) {
+      log.warn({ url: request.url, code: errorCode(error), err: errorMessage(error) }, 'dependency unavailable');
+      void reply.header('retry-after', '5');
+      return sendError(reply, apiError(503, 'UNAVAILABLE', 'a dependency of the service is unavailable; retry later with the same idempotency key'));
+    }
+    log.error({ url: request.url, code: errorCode(error), err: errorMessage(error) }, 'request failed');
+    return sendError(reply, apiError(500, 'INTERNAL', 'the request failed unexpectedly; it is logged'));
+  });
+
+  app.setNotFoundHandler(async (request, reply) => sendError(reply, apiError(404, 'NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`)));
+
+  app.post('/v1/requests', async (request, reply) => {
+    const identity = identityOf(request);
+    const agentRequest = requestFromBody(request.body, identity, (deps.now ?? (() => new Date()))());
+    const outcome = await processRequest(agentRequest, identity, deps, { source: 'api' });
+    const answer = outcomeResponse(outcome);
+    return reply.code(answer.status).send(answer.body);
+  });
+
+  app.get('/v1/agents/:id', { preHandler: requireReader }, async (request, reply) => {
+    const { id } = request.params as { id: string };
+    if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `agent id ${JSON.stringify(id)} is not a lower-case uuid`);
+    const rows = await read<AgentRow>(`SELECT ${AGENT_COLUMNS} FROM agents WHERE id = $1`, [id]);
+    const row = rows[0];
+    if (!row || !mayRead(deps.authz, identityOf(request), row.division)) {
+      throw apiError(404, 'AGENT_NOT_FOUND', `no agent ${id} (an accepted INSTANTIATE appears here once the provisioner has created the agent; GET /v1/requests/:requestId has the request's outcome)`);
+    }
+    return reply.send(agentJson(row));
+  });
+
+  app.get('/v1/agents', { preHandler: requireReader }, async (request, reply) => {
+    const query = parseListQuery(request.query);
+    const readable = readableDivisions(deps.authz, identityOf(request));
+    if (query.division !== undefined && readable !== ANY && !readable.includes(query.division)) {
+      throw apiError(403, 'UNAUTHORIZED', `identity ${JSON.stringify(identityOf(request))} may not read division ${JSON.stringify(query.division)}`);
+    }
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const param = (value: unknown) => `$${params.push(value)}`;
+    if (query.state !== undefined) where.push(`state = ${param(query.state)}`);
+    if (query.division !== undefined) where.push(`division = ${param(query.division)}`);
+    else if (readable !== ANY) where.push(`division = ANY(${param(readable)}::text[])`);
+    if (query.cursor) where.push(`(created_at, id) > (${param(query.cursor.createdAt)}::timestamptz, ${param(query.cursor.id)}::uuid)`);
+    const sql = `SELECT ${AGENT_COLUMNS} FROM agents ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ${param(query.limit + 1)}`;
+    const rows = await read<AgentRow>(sql, params);
+    const page = rows.slice(0, query.limit);
+    const last = page.at(-1);
+    const nextCursor = rows.length > query.limit && last ? encodeCursor({ createdAt: last.cursor_time, id: last.id }) : null;
+    return reply.send({ items: page.map(agentJson), nextCursor });
+  });
+
+  app.get('/v1/requests/:id', { preHandler: requireReader }, async (request, reply) => {
+    const { id } = request.params as { id: string };
+    if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `request id ${JSON.stringify(id)} is not a lower-case uuid`);
+    const rows = await read<RequestRow>(
+      'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id, created_at FROM requests WHERE request_id = $1',
+      [id],
+    );
+    const row = rows[0];
+    if (!row || !mayRead(deps.authz, identityOf(request), row.division)) throw apiError(404, 'REQUEST_NOT_FOUND', `no request ${id}`);
+    return reply.send(requestJson(row));
+  });
+
+  return app;
+}
