@@ -40,13 +40,15 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
   say('demo: bringing up the local stack');
   if (!(await runStackUp(root))) throw new Error('the local stack did not come up; see the messages above');
 
-  const env = { LOG_LEVEL: 'warn', ...serviceEnv() };
+  const stackEnv = serviceEnv();
+  // The stack's OPA stands in for SentinelNet, so the demo's policy decisions come over HTTP.
+  const env = { LOG_LEVEL: 'error', ...stackEnv, ...(stackEnv.SENTINELNET_URL || !stackEnv.OPA_URL ? {} : { SENTINELNET_URL: stackEnv.OPA_URL }) };
   const config = loadServiceConfig(env);
   const report = await bootstrapFleet(root, config, env, createLogger('bootstrap', 'warn'));
   say(`demo: database migrated (${report.migrations.length} new), topics ready (${report.topicsCreated} created), schemas registered`);
 
   const fleet = await startServices(['ingest', 'provisioner'], env);
-  say('demo: fleet running (ingest + provisioner, local driver: each agent is a real process)');
+  say(`demo: fleet running (ingest + provisioner; local driver: each agent is a real process; policy: ${env.SENTINELNET_URL ? `OPA at ${env.SENTINELNET_URL}` : 'local file'})`);
   const topics = topicNames(config.TOPIC_PREFIX);
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
   const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, topics, codec });

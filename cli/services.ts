@@ -10,6 +10,8 @@ import { createLogger } from '../lib/logger.ts';
 import { onTerminationSignal } from '../lib/runtime/shutdown.ts';
 import { createServiceContext, loadServiceConfig, topicNames, type ServiceContext } from '../lib/service/context.ts';
 import { localStackEnv } from '../lib/stack/endpoints.ts';
+import { loadServiceEnv } from '../lib/secrets.ts';
+import { startTelemetry } from '../lib/telemetry.ts';
 import { loadProvisionerConfig, startProvisioner } from '../services/provisioner/main.ts';
 import { loadIngestOptions, startIngest } from '../services/ingest/main.ts';
 
@@ -21,6 +23,11 @@ const LATER = ['heartbeat', 'archiver'];
 /** The process environment over the local stack's defaults (so development needs no setup). */
 export function serviceEnv(): Record<string, string | undefined> {
   return { ...localStackEnv(), ...process.env };
+}
+
+/** `serviceEnv()` with secrets resolved: `<NAME>_FILE` files read, `vault:` references fetched. */
+export async function resolvedServiceEnv(): Promise<Record<string, string | undefined>> {
+  return { ...(await loadServiceEnv(serviceEnv())) };
 }
 
 export async function runMigrations(root: string, env = serviceEnv()): Promise<string[]> {
@@ -37,7 +44,11 @@ export async function startServices(services: readonly ServiceName[], env: Recor
   const provisionerConfig = services.includes('provisioner') ? loadProvisionerConfig(env) : undefined;
   const ingestOptions = services.includes('ingest') ? loadIngestOptions(env) : undefined;
   const name = services.length === 1 ? (services[0] ?? 'agent-manager') : 'agent-manager';
+  // Tracing starts first so the clients below are traced; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+  const telemetry = startTelemetry({ serviceName: `agent-manager-${name}`, ...(config.OTEL_EXPORTER_OTLP_ENDPOINT ? { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT } : {}), logger: createLogger(name, config.LOG_LEVEL) });
+  await telemetry.ready;
   const ctx = await createServiceContext({ service: name, config, database: true, redis: services.includes('provisioner'), opsServer: options.opsServer ?? true });
+  ctx.onShutdown(['telemetry', () => telemetry.shutdown()]);
   try {
     if (ingestOptions) await startIngest(ctx, ingestOptions);
     if (provisionerConfig) await startProvisioner(ctx, provisionerConfig);
@@ -67,7 +78,7 @@ export function registerServiceCommands(program: Command, root: string, setExitC
       if (LATER.includes(service)) throw permanentError('NOT_BUILT', `service "${service}" is part of the architecture but not built yet; run ${SERVICES.join(', ')} or all`);
       const services: readonly ServiceName[] = service === 'all' ? SERVICES : SERVICES.filter((s) => s === service);
       if (services.length === 0) throw permanentError('USAGE', `unknown service "${service}": expected ${SERVICES.join(', ')} or all`);
-      const ctx = await startServices(services, serviceEnv());
+      const ctx = await startServices(services, await resolvedServiceEnv());
       ctx.logger.info({ services }, 'running; SIGTERM or Ctrl-C to stop');
       await new Promise<void>((resolve) => {
         onTerminationSignal(async () => {
@@ -86,7 +97,7 @@ export function registerServiceCommands(program: Command, root: string, setExitC
     .description('Suspend (on) or resume (off) applying commands and signing fleet-wide; every service sees it within seconds. Reads keep working.')
     .action(async (action: string, options: { reason: string; actor: string }) => {
       if (!['on', 'off', 'status'].includes(action)) throw permanentError('USAGE', `unknown action "${action}": expected on, off or status`);
-      const config = loadServiceConfig(serviceEnv());
+      const config = loadServiceConfig(await resolvedServiceEnv());
       const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 2 });
       try {
         if (action !== 'status') {

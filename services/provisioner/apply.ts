@@ -219,7 +219,8 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     });
     switch (effect.type) {
       case 'CHECK_POLICY': {
-        const usage = { gpus: await divisionGpuUsage(deps.pool, agent.division, agent.id) };
+        // A request for no GPU cannot exceed a GPU quota: skip counting the division's GPUs.
+        const usage = { gpus: agent.spec.resources.gpuCount > 0 ? await divisionGpuUsage(deps.pool, agent.division, agent.id) : 0 };
         const decision = await deps.policy.decide(
           {
             agentId: agent.id,

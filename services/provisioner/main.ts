@@ -4,6 +4,7 @@ import { configFields, loadConfig, type Env } from '../../lib/config.ts';
 import type { AgentCommand } from '../../lib/contracts/types.ts';
 import { readSafeMode, watchSafeMode } from '../../lib/control/safe-mode.ts';
 import { permanentError } from '../../lib/errors.ts';
+import { createKubernetesLease } from '../../lib/leader/kubernetes-lease.ts';
 import { createPostgresLease } from '../../lib/leader/postgres-lease.ts';
 import type { LeaderElector } from '../../lib/leader/types.ts';
 import { createWorker } from '../../lib/runtime/worker.ts';
@@ -39,6 +40,8 @@ export const provisionerConfigShape = {
   RECONCILE_STUCK_AFTER_MS: configFields.positiveInt(15_000),
   SAFE_MODE_POLL_MS: configFields.positiveInt(1_000),
   LEADER_ELECTION: z.enum(['postgres', 'kubernetes'], 'expected postgres or kubernetes').default('postgres'),
+  /** Namespace of the agents' Pods and of the Lease (in a cluster: the service account's namespace). */
+  KUBERNETES_NAMESPACE: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'expected a Kubernetes namespace name').optional(),
   LEASE_DURATION_MS: configFields.positiveInt(15_000),
   LEASE_RENEW_MS: configFields.positiveInt(5_000),
   /** How often local agents heartbeat. */
@@ -94,6 +97,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
       LOG_LEVEL: 'warn',
     },
     simulated: { startDelayMs: config.SIMULATED_START_DELAY_MS },
+    kubernetes: config.KUBERNETES_NAMESPACE ? { namespace: config.KUBERNETES_NAMESPACE } : {},
   });
   ctx.onShutdown(['allocator driver', () => driver.close()]);
 
@@ -156,16 +160,12 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
   });
   ctx.onShutdown(['safe mode watcher', async () => safeMode.stop()]);
 
-  if (config.LEADER_ELECTION === 'kubernetes') {
-    throw permanentError('CONFIG_INVALID', 'LEADER_ELECTION=kubernetes needs the in-cluster wiring (see docs); use postgres outside a cluster');
-  }
-  const leader = createPostgresLease({
-    pool,
-    name: `${prefix}provisioner-reconciler`,
-    identity: ctx.config.INSTANCE_ID,
-    logger,
-    timing: { leaseDurationMs: config.LEASE_DURATION_MS, renewIntervalMs: config.LEASE_RENEW_MS },
-  });
+  const leaseName = `${prefix}provisioner-reconciler`;
+  const leaseTiming = { leaseDurationMs: config.LEASE_DURATION_MS, renewIntervalMs: config.LEASE_RENEW_MS };
+  const leader =
+    config.LEADER_ELECTION === 'kubernetes'
+      ? createKubernetesLease({ namespace: config.KUBERNETES_NAMESPACE ?? 'default', name: `agent-manager-${leaseName}`.replace(/[^a-z0-9.-]/g, '-'), identity: ctx.config.INSTANCE_ID, logger, timing: leaseTiming })
+      : createPostgresLease({ pool, name: leaseName, identity: ctx.config.INSTANCE_ID, logger, timing: leaseTiming });
   const reconciler = createReconciler({
     pool,
     driver,
