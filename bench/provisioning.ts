@@ -23,7 +23,7 @@ function request(key: string): AgentRequest {
     agentId: null,
     spec: { template: null, image: 'registry.internal/agents/echo:1.0', command: [], environment: [], resources: { cpuMillicores: 100, memoryMiB: 64, gpuCount: 0, gpuType: null } },
     division: 'bench',
-    region: null,
+    region: 'local',
     labels: {},
     requestedBy: 'kernel',
     createdAt: new Date(),
@@ -36,7 +36,7 @@ function percentile(sorted: readonly number[], p: number): number {
 }
 
 export async function run(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { burst: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' } } });
+  const { values } = parseArgs({ args, options: { burst: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, partitions: { type: 'string', default: '16' }, concurrency: { type: 'string', default: '16' } } });
   const burst = Number(values.burst);
   const paceSeconds = Number(values.seconds);
   const prefix = `bench-prov-${Date.now().toString(36)}.`;
@@ -45,11 +45,12 @@ export async function run(args: string[]): Promise<void> {
     ...localStackEnv(),
     ...process.env,
     TOPIC_PREFIX: prefix,
-    TOPIC_PARTITIONS: '8',
+    TOPIC_PARTITIONS: values.partitions,
     DATABASE_SCHEMA: schema,
-    DATABASE_POOL_MAX: '20',
+    DATABASE_POOL_MAX: String(Number(values.concurrency) * 2 + 4),
     PROVISIONER_DRIVER: 'simulated',
-    PROVISIONER_CONCURRENCY: '8',
+    PROVISIONER_CONCURRENCY: values.concurrency,
+    INGEST_CONCURRENCY: values.concurrency,
     HTTP_PORT: '0',
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'error',
   };
@@ -62,12 +63,14 @@ export async function run(args: string[]): Promise<void> {
   const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, topics, codec, groupId: `${prefix}status` });
 
   const sentAt = new Map<string, number>();
+  const failures: string[] = [];
   const agentRunningMs = new Map<string, number>();
   // Indexes the watcher's events by request as they arrive (a scan per request would be quadratic).
   const requestToAgent = new Map<string, string>();
   status.onStatus((e) => {
     if (e.requestId) requestToAgent.set(e.requestId, e.agentId);
     if (e.state === 'RUNNING' && !agentRunningMs.has(e.agentId)) agentRunningMs.set(e.agentId, Date.now());
+    if (e.state === 'REJECTED' || e.state === 'FAILED') failures.push(`${e.agentId}: ${e.state}: ${e.reason ?? ''}`);
   });
 
   async function waitRunning(ids: readonly string[], timeoutMs: number): Promise<void> {
@@ -78,8 +81,9 @@ export async function run(args: string[]): Promise<void> {
         return agent !== undefined && agentRunningMs.has(agent);
       }).length;
       if (done === ids.length) return;
+      if (failures.length > 0) throw new Error(`agents did not start: ${failures.slice(0, 3).join('; ')}`);
       if (Date.now() > deadline) throw new Error(`only ${done} of ${ids.length} agents reached RUNNING in ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 50));
     }
   }
 
@@ -95,6 +99,7 @@ export async function run(args: string[]): Promise<void> {
     for (let i = 0; i < burstRequests.length; i += 500) await kernel.send(burstRequests.slice(i, i + 500));
     await waitRunning(burstRequests.map((r) => r.requestId), 600_000);
     const saturation = burst / ((Date.now() - t0) / 1000);
+    console.log(`setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, one process`);
     console.log(`saturation: ${burst} requests → RUNNING in ${((Date.now() - t0) / 1000).toFixed(1)} s = ${saturation.toFixed(0)} commands/s`);
 
     // 2. Latency at half the saturation rate, paced in 50 ms ticks.
@@ -121,6 +126,21 @@ export async function run(args: string[]): Promise<void> {
       .sort((a, b) => a - b);
     console.log(`paced: ${paced.length} requests at ${rate.toFixed(0)}/s (half of saturation) for ${paceSeconds} s`);
     console.log(`latency request produced → RUNNING consumed: p50 = ${percentile(latencies, 50).toFixed(0)} ms, p95 = ${percentile(latencies, 95).toFixed(0)} ms, max = ${(latencies.at(-1) ?? NaN).toFixed(0)} ms`);
+    // Where the time goes, from the events' own timestamps (one clock: same machine).
+    const stages = { ingest: [] as number[], handover: [] as number[], lifecycle: [] as number[] };
+    for (const r of paced) {
+      const events = status.states.get(requestToAgent.get(r.requestId) ?? '') ?? [];
+      const accepted = events.find((e) => e.version === 0)?.time.getTime();
+      const created = events.find((e) => e.version === 1)?.time.getTime();
+      const running = events.find((e) => e.state === 'RUNNING')?.time.getTime();
+      const sent = sentAt.get(r.requestId);
+      if (accepted === undefined || created === undefined || running === undefined || sent === undefined) continue;
+      stages.ingest.push(accepted - sent);
+      stages.handover.push(created - accepted);
+      stages.lifecycle.push(running - created);
+    }
+    const median = (list: number[]) => percentile([...list].sort((a, b) => a - b), 50).toFixed(0);
+    console.log(`median stages: produced → ingest accepted ${median(stages.ingest)} ms · accepted → provisioner created ${median(stages.handover)} ms · created → RUNNING ${median(stages.lifecycle)} ms`);
     console.log(`goals: saturation ≥ 2000/s → ${saturation >= 2000 ? 'met' : 'NOT met'}; p95 ≤ 100 ms → ${percentile(latencies, 95) <= 100 ? 'met' : 'NOT met'}`);
   } finally {
     await status.stop();

@@ -1,6 +1,7 @@
 // `npm run bench -- <name> [options]`: runs one benchmark against the local stack (`stack up` first).
 const benches: Record<string, () => Promise<{ run: (args: string[]) => Promise<void> }>> = {
   runtime: () => import('./runtime.ts'),
+  hotpath: () => import('./hotpath.ts'),
   provisioning: () => import('./provisioning.ts'),
 };
 

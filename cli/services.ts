@@ -27,7 +27,8 @@ export function serviceEnv(): Record<string, string | undefined> {
 
 /** `serviceEnv()` with secrets resolved: `<NAME>_FILE` files read, `vault:` references fetched. */
 export async function resolvedServiceEnv(): Promise<Record<string, string | undefined>> {
-  return { ...(await loadServiceEnv(serviceEnv())) };
+  // Stack defaults apply only where neither X nor X_FILE is set.
+  return { ...(await loadServiceEnv(process.env, { defaults: localStackEnv() })) };
 }
 
 export async function runMigrations(root: string, env = serviceEnv()): Promise<string[]> {

@@ -1,6 +1,10 @@
 import { z } from 'zod';
 import { localStackEnv } from './stack/endpoints.ts';
 import { permanentError } from './errors.ts';
+import { isSecretVariable } from './secrets.ts';
+
+/** Reads `<NAME>_FILE` secrets and `vault:` references; validate its result with `loadConfig`. */
+export { loadServiceEnv, resolveSecretFiles } from './secrets.ts';
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -19,9 +23,9 @@ export function loadConfig<Shape extends z.ZodRawShape>(shape: Shape, env: Env):
   throw permanentError('CONFIG_INVALID', `invalid configuration:\n  ${problems.join('\n  ')}`);
 }
 
-const SECRET_NAME = /(PASSWORD|SECRET|TOKEN|KEY)(_|$)/;
+// Secret-bearing values (tokens, keys, URLs with credentials such as DATABASE_URL) are never echoed.
 function redactIfSecret(variable: string, value: string): string {
-  return SECRET_NAME.test(variable) ? '[redacted]' : value;
+  return isSecretVariable(variable) ? '[redacted]' : value;
 }
 
 const stack = localStackEnv();
@@ -59,6 +63,13 @@ export const commonConfigShape = {
 export const databaseConfigShape = {
   DATABASE_URL: configFields.url(stack.DATABASE_URL),
   DATABASE_POOL_MAX: configFields.positiveInt(10),
+};
+
+/** Vault, for services that read from it at run time (start-up `vault:` references need only the environment). */
+export const vaultConfigShape = {
+  VAULT_ADDR: z.url('expected the Vault URL, e.g. https://vault:8200').optional(),
+  VAULT_TOKEN: z.string().min(1).optional(),
+  VAULT_NAMESPACE: z.string().min(1).optional(),
 };
 
 export const redisConfigShape = {

@@ -1,4 +1,6 @@
 import pg from 'pg';
+import { context, type Span } from '@opentelemetry/api';
+import { inSpan, recordSpanError, SpanKind, telemetryActive, tracer } from '../telemetry.ts';
 
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
@@ -12,17 +14,27 @@ export interface PoolOptions {
 }
 
 export function createPool(options: PoolOptions): Pool {
-  return new pg.Pool({
+  const pool = new pg.Pool({
     connectionString: options.connectionString,
     max: options.max ?? 10,
     application_name: options.applicationName ?? 'agent-manager',
     connectionTimeoutMillis: 5_000,
     ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
   });
+  instrumentPool(pool);
+  return pool;
 }
 
 /** Runs `work` in one transaction: committed when it resolves, rolled back when it throws. */
 export async function withTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
+  if (telemetryActive()) {
+    // Its BEGIN, queries and COMMIT are children of one `db transaction` span.
+    return inSpan('db transaction', { kind: SpanKind.INTERNAL, attributes: { 'db.system.name': 'postgresql' } }, () => transaction(pool, work));
+  }
+  return transaction(pool, work);
+}
+
+async function transaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
@@ -35,4 +47,114 @@ export async function withTransaction<T>(pool: Pool, work: (client: PoolClient) 
   } finally {
     client.release();
   }
+}
+
+// --- Database spans, by hand (no pg instrumentation package here) --------------------------------
+//
+// One CLIENT span per query made through `pool.query` or through a client checked out with
+// `pool.connect()`. The query text is recorded (it is parameterized: values are never recorded).
+// With telemetry off each call costs one boolean check.
+
+type AnyFunction = (this: unknown, ...args: unknown[]) => unknown;
+const INSTRUMENTED = Symbol.for('agent-manager.db.instrumented');
+const TRACED = Symbol.for('agent-manager.db.traced');
+interface Instrumentable {
+  query: AnyFunction;
+  [INSTRUMENTED]?: boolean;
+  [TRACED]?: boolean;
+}
+
+function operationOf(text: string): string {
+  const match = /^\s*([A-Za-z]+)/.exec(text);
+  return match?.[1]?.toUpperCase() ?? 'QUERY';
+}
+
+function startQuerySpan(args: unknown[]): Span | undefined {
+  const first = args[0];
+  // Cursors and streams (submittables) run outside a span: their end is not a callback or promise.
+  if (typeof first === 'object' && first !== null && typeof (first as { submit?: unknown }).submit === 'function') return undefined;
+  const configText = typeof first === 'object' && first !== null ? (first as { text?: unknown }).text : undefined;
+  const text = typeof first === 'string' ? first : typeof configText === 'string' ? configText : '';
+  const operation = operationOf(text);
+  return tracer().startSpan(
+    operation,
+    { kind: SpanKind.CLIENT, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': operation, 'db.query.text': text.slice(0, 2_000) } },
+    context.active(),
+  );
+}
+
+/** Calls `original` inside a query span, whichever way it reports its end (callback or promise). */
+function traced(original: AnyFunction, self: unknown, args: unknown[]): unknown {
+  const span = startQuerySpan(args);
+  if (span === undefined) return original.apply(self, args);
+  const last = args.length - 1;
+  const callback = args[last];
+  if (typeof callback === 'function') {
+    args[last] = function (this: unknown, error: unknown, result: unknown) {
+      if (error) recordSpanError(span, error);
+      span.end();
+      return (callback as AnyFunction).call(this, error, result);
+    };
+    return original.apply(self, args);
+  }
+  let result: unknown;
+  try {
+    result = original.apply(self, args);
+  } catch (error) {
+    recordSpanError(span, error);
+    span.end();
+    throw error;
+  }
+  if (result instanceof Promise) {
+    return result.then(
+      (value: unknown) => {
+        span.end();
+        return value;
+      },
+      (error: unknown) => {
+        recordSpanError(span, error);
+        span.end();
+        throw error;
+      },
+    );
+  }
+  span.end();
+  return result;
+}
+
+function instrumentPool(pool: Pool): void {
+  const target = pool as unknown as Instrumentable & { connect: AnyFunction };
+  const poolQuery = target.query;
+  target.query = function (this: unknown, ...args: unknown[]) {
+    return telemetryActive() ? traced(poolQuery, this, args) : poolQuery.apply(this, args);
+  };
+  // A client checked out with `pool.connect()` (a transaction, a handler) traces its queries
+  // until it is released; `pool.query` checks clients out with a callback and is traced above.
+  const poolConnect = target.connect;
+  target.connect = function (this: unknown, ...args: unknown[]) {
+    const result = poolConnect.apply(this, args);
+    if (args.length > 0 || !(result instanceof Promise)) return result;
+    return result.then((client: unknown) => {
+      traceCheckout(client as PoolClient);
+      return client;
+    });
+  };
+}
+
+function traceCheckout(client: PoolClient): void {
+  const target = client as unknown as Instrumentable & { release: AnyFunction };
+  if (!target[INSTRUMENTED]) {
+    target[INSTRUMENTED] = true;
+    const clientQuery = target.query;
+    target.query = function (this: unknown, ...args: unknown[]) {
+      return target[TRACED] === true && telemetryActive() ? traced(clientQuery, this, args) : clientQuery.apply(this, args);
+    };
+  }
+  target[TRACED] = true;
+  // pg-pool gives the client a new `release` on each checkout: wrapped for this checkout only.
+  const release = target.release;
+  target.release = function (this: unknown, ...args: unknown[]) {
+    target[TRACED] = false;
+    return release.apply(this, args);
+  };
 }

@@ -1,5 +1,5 @@
-import { Kafka, logLevel, type Consumer, type IHeaders, type Producer } from 'kafkajs';
-import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient } from './types.ts';
+import { Kafka, logLevel, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
+import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient, RecordBatch } from './types.ts';
 import type { Logger } from '../logger.ts';
 
 const NO_HEADERS: Headers = Object.freeze({});
@@ -14,6 +14,70 @@ function toHeaders(headers: IHeaders | undefined): Headers {
     if (first !== undefined) result[name] = first.toString();
   }
   return result;
+}
+
+/**
+ * A kafkajs message seen through the runtime's `KafkaRecord`: the fields are references to the
+ * message's own (no copies), and the headers are converted to strings only when read.
+ */
+class KafkajsRecord implements KafkaRecord {
+  readonly topic: string;
+  readonly partition: number;
+  readonly offset: string;
+  readonly key: Buffer | null;
+  readonly value: Buffer | null;
+  readonly timestamp: string;
+  #rawHeaders: IHeaders | undefined;
+  #headers: Headers | undefined;
+
+  constructor(topic: string, partition: number, message: KafkaMessage) {
+    this.topic = topic;
+    this.partition = partition;
+    this.offset = message.offset;
+    this.key = message.key;
+    this.value = message.value;
+    this.timestamp = message.timestamp;
+    this.#rawHeaders = message.headers;
+  }
+
+  get headers(): Headers {
+    return (this.#headers ??= toHeaders(this.#rawHeaders));
+  }
+
+  /** JSON (a logged record) shows the headers like a plain record's. */
+  toJSON(): Omit<KafkaRecord, 'headers'> & { headers: Headers } {
+    const { topic, partition, offset, key, value, timestamp, headers } = this;
+    return { topic, partition, offset, key, value, timestamp, headers };
+  }
+}
+
+/** A kafkajs batch behind the runtime's `RecordBatch`: records are read in place, by index. */
+class KafkajsBatch implements RecordBatch {
+  readonly topic: string;
+  readonly partition: number;
+  readonly highWatermark: string;
+  readonly size: number;
+  readonly #messages: KafkaMessage[];
+
+  constructor(topic: string, partition: number, highWatermark: string, messages: KafkaMessage[]) {
+    this.topic = topic;
+    this.partition = partition;
+    this.highWatermark = highWatermark;
+    this.size = messages.length;
+    this.#messages = messages;
+  }
+
+  offsetAt(index: number): string {
+    return (this.#messages[index] as KafkaMessage).offset;
+  }
+
+  valueAt(index: number): Buffer | null {
+    return (this.#messages[index] as KafkaMessage).value;
+  }
+
+  recordAt(index: number): KafkaRecord {
+    return new KafkajsRecord(this.topic, this.partition, this.#messages[index] as KafkaMessage);
+  }
 }
 
 function kafkajsLogLevel(logger: Logger): logLevel {
@@ -63,6 +127,13 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
 }
 
 function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient {
+  /**
+   * Partitions this client sought and kafkajs may not have applied yet. `isStale()` costs a
+   * JSON.stringify and a map lookup, so it is asked only for these: nothing else can seek (kafkajs
+   * only sets a seek offset through `consumer.seek`), so for any other partition it is false.
+   */
+  const pendingSeeks = new Set<string>();
+  const seekKey = (topic: string, partition: number) => `${topic}\u0000${partition}`;
   const consumer: Consumer = kafka.consumer({
     groupId: options.groupId,
     sessionTimeout: options.sessionTimeoutMs ?? 30_000,
@@ -80,18 +151,17 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
         partitionsConsumedConcurrently: concurrency,
         eachBatch: async (payload) => {
           const { batch } = payload;
-          const records: KafkaRecord[] = batch.messages.map((m) => ({
-            topic: batch.topic,
-            partition: batch.partition,
-            offset: m.offset,
-            key: m.key,
-            value: m.value,
-            headers: toHeaders(m.headers),
-            timestamp: m.timestamp,
-          }));
+          const { topic, partition } = batch;
+          const key = seekKey(topic, partition);
+          const isStale = () => {
+            if (!pendingSeeks.has(key)) return false;
+            if (payload.isStale()) return true;
+            pendingSeeks.delete(key); // applied by kafkajs: the answer stays false until the next seek
+            return false;
+          };
           const lastHandled = await onBatch(
-            { topic: batch.topic, partition: batch.partition, highWatermark: batch.highWatermark, records },
-            { isActive: () => payload.isRunning() && !payload.isStale(), heartbeat: () => payload.heartbeat() },
+            new KafkajsBatch(topic, partition, batch.highWatermark, batch.messages),
+            { isActive: () => payload.isRunning() && (pendingSeeks.size === 0 || !isStale()), heartbeat: () => payload.heartbeat() },
           );
           // Without this kafkajs fetches the unresolved part of the batch again.
           if (lastHandled !== undefined) payload.resolveOffset(lastHandled);
@@ -100,7 +170,10 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
     commit: (offsets) => consumer.commitOffsets(offsets.map((o) => ({ topic: o.topic, partition: o.partition, offset: o.offset }))),
     pause: (topic, partitions) => consumer.pause([partitions ? { topic, partitions: [...partitions] } : { topic }]),
     resume: (topic, partitions) => consumer.resume([partitions ? { topic, partitions: [...partitions] } : { topic }]),
-    seek: (topic, partition, offset) => consumer.seek({ topic, partition, offset }),
+    seek(topic, partition, offset) {
+      pendingSeeks.add(seekKey(topic, partition));
+      consumer.seek({ topic, partition, offset });
+    },
     onAssignment(listener) {
       consumer.on(consumer.events.GROUP_JOIN, (event) => listener(event.payload.memberAssignment));
     },

@@ -4,6 +4,7 @@
  */
 export type Headers = Record<string, string>;
 
+/** One record. It may be a class instance with lazy getters (headers): copy fields by name, never by spread. */
 export interface KafkaRecord {
   readonly topic: string;
   readonly partition: number;
@@ -14,11 +15,22 @@ export interface KafkaRecord {
   readonly timestamp: string;
 }
 
+/**
+ * Records of one partition, in offset order. Read by index: the hot path asks only for the offset
+ * and the value, and a full `KafkaRecord` is made on demand (no per-record copies up front).
+ */
 export interface RecordBatch {
   readonly topic: string;
   readonly partition: number;
   readonly highWatermark: string;
-  readonly records: readonly KafkaRecord[];
+  /** How many records the batch holds. */
+  readonly size: number;
+  /** The offset of record `index` (0 ≤ index < size). */
+  offsetAt(index: number): string;
+  /** The value of record `index`. */
+  valueAt(index: number): Buffer | null;
+  /** Record `index` as a `KafkaRecord`, made on each call. */
+  recordAt(index: number): KafkaRecord;
 }
 
 export interface BatchControl {

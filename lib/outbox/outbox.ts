@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import type { AvroCodec } from '../kafka/avro.ts';
 import type { Headers } from '../kafka/types.ts';
 import type { PoolClient } from '../db/pool.ts';
-import { childTrace, formatTraceparent, type TraceContext } from '../tracing.ts';
+import type { TraceContext } from '../tracing.ts';
+import { outgoingTraceparent } from '../runtime/producer.ts';
+import { contextWithParent, inSpan, SpanKind, telemetryActive, traceOfSpan } from '../telemetry.ts';
+import { context, trace } from '@opentelemetry/api';
 
 export const OUTBOX_CHANNEL = 'agent_manager_outbox';
 
@@ -23,11 +26,23 @@ export interface OutboxEvent {
  * does not fit its schema fails the transaction instead of the relay.
  */
 export async function enqueueEvents(client: PoolClient, codec: AvroCodec, events: readonly OutboxEvent[]): Promise<string[]> {
+  if (!telemetryActive()) return enqueue(client, codec, events, undefined);
+  // An `outbox enqueue` span under the active span (or the first event's trace): the published
+  // records carry it as their `traceparent`, so the consumer's `handle` span is its child.
+  const parent = trace.getSpan(context.active()) !== undefined ? context.active() : contextWithParent(events[0]?.trace, context.active());
+  return inSpan(
+    'outbox enqueue',
+    { kind: SpanKind.PRODUCER, parent, attributes: { 'messaging.system': 'kafka', 'messaging.operation.type': 'create', 'messaging.batch.message_count': events.length } },
+    (span) => enqueue(client, codec, events, traceOfSpan(span)),
+  );
+}
+
+async function enqueue(client: PoolClient, codec: AvroCodec, events: readonly OutboxEvent[], span: TraceContext | undefined): Promise<string[]> {
   const ids: string[] = [];
   for (const event of events) {
     const eventId = event.eventId ?? randomUUID();
     const value = await codec.encode(`${event.topic}-value`, event.value);
-    const headers = { ...event.headers, traceparent: formatTraceparent(childTrace(event.trace)), 'event-id': eventId };
+    const headers = { ...event.headers, traceparent: outgoingTraceparent(event, span), 'event-id': eventId };
     await client.query('INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING', [
       eventId,
       event.topic,

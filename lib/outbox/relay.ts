@@ -5,6 +5,9 @@ import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { errorMessage } from '../errors.ts';
 import { OUTBOX_CHANNEL } from './outbox.ts';
+import { parseTraceparent } from '../tracing.ts';
+import { inSpan, linkTo, SpanKind, telemetryActive } from '../telemetry.ts';
+import type { Link } from '@opentelemetry/api';
 
 export interface OutboxRelayOptions {
   readonly pool: Pool;
@@ -31,7 +34,9 @@ interface OutboxRow {
   headers: Headers;
 }
 
-// One relay at a time publishes (a session advisory lock), which keeps the per-key order of the table.
+// One relay at a time publishes each outbox table (a session advisory lock on the pair (this key,
+// the table's schema)), which keeps the per-key order of the table; relays of other schemas (other
+// deployments or tests sharing the database) do not wait for it.
 const RELAY_LOCK_KEY = 0x0a6e_7001;
 
 export interface OutboxRelay {
@@ -56,16 +61,32 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       [batchSize],
     );
     if (rows.length === 0) return 0;
-    // Consecutive rows of one topic go in one send; topics keep the table's order between them.
-    let start = 0;
-    while (start < rows.length) {
-      const topic = rows[start]?.topic ?? '';
-      let end = start;
-      while (end < rows.length && rows[end]?.topic === topic) end++;
-      const slice = rows.slice(start, end);
-      await options.producer.send(topic, slice.map((r) => ({ key: r.key, value: r.value, headers: r.headers })));
-      for (const r of slice) options.metrics.outboxPublished.inc({ topic: r.topic });
-      start = end;
+    // One send per topic, rows in table order within it: that keeps the order per key (a key's
+    // events are ordered within their topic; there is no order across topics to keep).
+    const byTopic = new Map<string, OutboxRow[]>();
+    for (const row of rows) {
+      const list = byTopic.get(row.topic);
+      if (list) list.push(row);
+      else byTopic.set(row.topic, [row]);
+    }
+    for (const [topic, slice] of byTopic) {
+      const records = slice.map((r) => ({ key: r.key, value: r.value, headers: r.headers }));
+      if (telemetryActive()) {
+        // One `produce` span per send, linked to the trace of every event it publishes.
+        const links: Link[] = [];
+        for (const r of slice) {
+          const parent = parseTraceparent(r.headers.traceparent);
+          if (parent) links.push(linkTo(parent));
+        }
+        await inSpan(
+          'produce',
+          { kind: SpanKind.PRODUCER, links, attributes: { 'messaging.system': 'kafka', 'messaging.operation.type': 'send', 'messaging.destination.name': topic, 'messaging.batch.message_count': slice.length } },
+          () => options.producer.send(topic, records),
+        );
+      } else {
+        await options.producer.send(topic, records);
+      }
+      options.metrics.outboxPublished.inc({ topic }, slice.length);
     }
     await options.afterPublish?.(rows.map((r) => r.event_id));
     await options.pool.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)]);
@@ -110,17 +131,27 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
         ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
       });
       await listener.connect();
-      // Waits for the lock: a second relay stands by until the first one goes away.
-      let locked = false;
-      while (!locked) {
-        const { rows } = await listener.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [RELAY_LOCK_KEY]);
-        locked = rows[0]?.locked === true;
-        if (!locked) await new Promise((r) => setTimeout(r, pollIntervalMs));
-      }
-      listener.on('notification', () => wake?.());
-      await listener.query(`LISTEN ${OUTBOX_CHANNEL}`);
+      const client = listener;
       running = true;
-      loop = run();
+      // The lock is waited for in the background: a second relay (another service on the same
+      // database) stands by until the first one goes away, without holding up its service's start.
+      loop = (async () => {
+        let locked = false;
+        while (running && !locked) {
+          try {
+            const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1::int, hashtext(current_schema())) AS locked', [RELAY_LOCK_KEY]);
+            locked = rows[0]?.locked === true;
+          } catch (error) {
+            log.warn({ err: errorMessage(error) }, 'outbox relay lock not taken; retrying');
+          }
+          if (!locked) await waitForWork();
+        }
+        if (!running) return;
+        client.on('notification', () => wake?.());
+        await client.query(`LISTEN ${OUTBOX_CHANNEL}`);
+        log.info('outbox relay publishing (holds the relay lock)');
+        await run();
+      })();
       log.info('outbox relay running');
     },
     async stop() {

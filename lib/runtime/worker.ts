@@ -1,9 +1,12 @@
-import type { AvroCodec } from '../kafka/avro.ts';
+import { context, trace, type Context, type Span } from '@opentelemetry/api';
+import { NOT_CACHED, type AvroCodec } from '../kafka/avro.ts';
 import type { BatchControl, ConsumerClient, Headers, KafkaClient, KafkaRecord, ProducerClient, RecordBatch } from '../kafka/types.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { childTrace, parseTraceparent, type TraceContext } from '../tracing.ts';
+import { contextWithParent, recordSpanError, SpanKind, telemetryActive, traceOfSpan, tracer } from '../telemetry.ts';
 import { errorCode, errorMessage, isRetryable, permanentError } from '../errors.ts';
+import { batchedHistogram, RecordTimer } from './batched-histogram.ts';
 import { deadLetterRecord, dlqTopicOf } from './dlq.ts';
 import { backoffDelayMs, DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.ts';
 
@@ -71,58 +74,165 @@ export interface Worker {
   assignment(): readonly number[];
 }
 
-/** The handler's context; a class so that per-record laziness costs no closures. */
-class RecordContext<Deps> implements MessageContext<Deps> {
-  readonly topic: string;
-  readonly partition: number;
-  readonly offset: string;
-  readonly key: string | null;
-  readonly headers: Headers;
-  readonly timestamp: string;
-  readonly attempt: number;
+/** What every record context of one worker shares (one object, so a context stays small). */
+interface ContextScope<Deps> {
   readonly deps: Deps;
-  #workerLog: Logger;
-  #trace: TraceContext | undefined;
-  #log: Logger | undefined;
+  readonly log: Logger;
+}
 
-  constructor(record: KafkaRecord, attempt: number, workerLog: Logger, deps: Deps) {
-    this.topic = record.topic;
-    this.partition = record.partition;
-    this.offset = record.offset;
-    this.key = record.key === null ? null : record.key.toString();
-    this.headers = record.headers;
-    this.timestamp = record.timestamp;
+/** What a context makes on first use. */
+interface LazyParts {
+  record?: KafkaRecord;
+  span?: Span;
+  key?: string | null;
+  trace?: TraceContext;
+  log?: Logger;
+}
+
+/**
+ * The handler's context; a class so that per-record laziness costs no closures. It reads the
+ * record from its batch by index and makes the full record, key, trace and logger only when they
+ * are read: a context is five fields, and most records need none of the rest.
+ */
+class RecordContext<Deps> implements MessageContext<Deps> {
+  readonly attempt: number;
+  #scope: ContextScope<Deps>;
+  #batch: RecordBatch;
+  #index: number;
+  #lazy: LazyParts | undefined;
+
+  constructor(scope: ContextScope<Deps>, batch: RecordBatch, index: number, attempt: number, lazy: LazyParts | undefined) {
+    this.#scope = scope;
+    this.#batch = batch;
+    this.#index = index;
     this.attempt = attempt;
-    this.deps = deps;
-    this.#workerLog = workerLog;
+    this.#lazy = lazy;
   }
 
-  // Trace and logger are built on first use: most records need neither.
+  get deps(): Deps {
+    return this.#scope.deps;
+  }
+
+  get topic(): string {
+    return this.#batch.topic;
+  }
+
+  get partition(): number {
+    return this.#batch.partition;
+  }
+
+  get offset(): string {
+    return this.#batch.offsetAt(this.#index);
+  }
+
+  get #parts(): LazyParts {
+    return (this.#lazy ??= {});
+  }
+
+  /** The full record, made on first use. */
+  get #record(): KafkaRecord {
+    const parts = this.#parts;
+    return (parts.record ??= this.#batch.recordAt(this.#index));
+  }
+
+  get timestamp(): string {
+    return this.#record.timestamp;
+  }
+
+  get key(): string | null {
+    const parts = this.#parts;
+    if (parts.key === undefined) {
+      const key = this.#record.key;
+      parts.key = key === null ? null : key.toString();
+    }
+    return parts.key;
+  }
+
+  get headers(): Headers {
+    return this.#record.headers;
+  }
+
+  /** The `handle` span's context when tracing is on (so logs and spans agree), else a child of the record's `traceparent`. */
   get trace(): TraceContext {
-    return (this.#trace ??= childTrace(parseTraceparent(this.headers.traceparent)));
+    const parts = this.#parts;
+    return (parts.trace ??= parts.span ? traceOfSpan(parts.span) : childTrace(parseTraceparent(this.headers.traceparent)));
   }
 
   get log(): Logger {
-    return (this.#log ??= this.#workerLog.child({ agentId: this.key ?? undefined, traceId: this.trace.traceId, partition: this.partition, offset: this.offset }));
+    const parts = this.#parts;
+    return (parts.log ??= this.#scope.log.child({ agentId: this.key ?? undefined, traceId: this.trace.traceId, partition: this.partition, offset: this.offset }));
   }
 }
+
+/** The `handle` span of the record being processed, with the context it runs in. */
+interface HandleSpan {
+  readonly span: Span;
+  readonly parent: Context;
+  readonly record: KafkaRecord;
+}
+
+/**
+ * Where one batch's run stands. The loop keeps its state here rather than in locals: every local
+ * that is live across an `await` is saved and restored on each of them, i.e. on every record.
+ */
+class BatchRun {
+  readonly batch: RecordBatch;
+  readonly control: BatchControl;
+  readonly partition: number;
+  readonly size: number;
+  readonly consumeSpan: Span | undefined;
+  /** The record being processed. */
+  index = 0;
+  /** Records below this offset were already handled (a fetch from before a seek) and are skipped. */
+  skipBelow: bigint | undefined;
+  /** Failed attempts of the record at the head of the partition, if its last attempt failed. */
+  failure: { readonly offset: string; readonly attempts: number } | undefined;
+  attempt = 1;
+  handle: HandleSpan | undefined = undefined;
+  /** Index of the last record handled or dead-lettered (its offset is read once, at the end). */
+  lastIndex = -1;
+  handled = 0;
+  retried = false;
+  /** Handler latencies, with few clock reads. */
+  readonly timer: RecordTimer;
+  lastHeartbeat: number;
+
+  constructor(batch: RecordBatch, control: BatchControl, consumeSpan: Span | undefined, skipBelow: bigint | undefined, failure: BatchRun['failure'], timer: RecordTimer) {
+    this.batch = batch;
+    this.control = control;
+    this.partition = batch.partition;
+    this.size = batch.size;
+    this.consumeSpan = consumeSpan;
+    this.skipBelow = skipBelow;
+    this.failure = failure;
+    this.timer = timer;
+    timer.start();
+    this.lastHeartbeat = timer.mark;
+  }
+}
+
+/** What `startRecord` returns when the batch stops here, or when the record is skipped. */
+const STOP: unique symbol = Symbol('stop');
+const SKIPPED: unique symbol = Symbol('skipped');
+const NO_ERROR: unique symbol = Symbol('no error');
 
 type Outcome = { readonly kind: 'done' } | { readonly kind: 'retry'; readonly delayMs: number };
 const DONE: Outcome = { kind: 'done' };
 const HEARTBEAT_EVERY_MS = 1_000;
-
-const nextOffset = (offset: string) => (BigInt(offset) + 1n).toString();
 
 export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, runtime: WorkerRuntimeDeps): Worker {
   const { topic, service } = options;
   const retryPolicy: RetryPolicy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
   const log = runtime.logger.child({ topic, groupId: options.groupId });
   const metrics = runtime.metrics;
-  // Label children bound once: the hot path skips label hashing.
-  const handlerSeconds = metrics.handlerSeconds.labels(topic);
+  // Per-record latencies are merged into the histogram once per batch; counters move once per batch.
+  const handlerSeconds = batchedHistogram(metrics.handlerSeconds, { topic });
+  const firstBound = handlerSeconds.firstBound;
   const recordsProcessed = metrics.recordsProcessed.labels(topic);
   const consumer: ConsumerClient = runtime.kafka.consumer({ groupId: options.groupId, sessionTimeoutMs: options.sessionTimeoutMs });
-  const validate = options.validate ?? ((value: unknown) => value as Value);
+  const { handler, validate } = options;
+  const scope: ContextScope<Deps> = { deps: options.deps, log };
+  const codec = runtime.codec;
 
   let state: WorkerState = 'INITIALIZED';
   let assigned: number[] = [];
@@ -159,13 +269,18 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     }
   }
 
-  const isPaused = (partition: number) => topicPauseReasons.size > 0 || (pauseReasons.get(partition)?.size ?? 0) > 0;
+  /** Partitions with at least one pause reason: the per-record check skips the map while it is 0. */
+  let pausedPartitionCount = 0;
+  const isPaused = (partition: number) => topicPauseReasons.size > 0 || (pausedPartitionCount > 0 && (pauseReasons.get(partition)?.size ?? 0) > 0);
+  /** False while nothing at all is paused (the common case): the per-record check stops there. */
+  const pauseCheckNeeded = () => topicPauseReasons.size > 0 || pausedPartitionCount > 0;
   const updatePausedGauge = () =>
     metrics.pausedPartitions.set({ topic }, topicPauseReasons.size > 0 ? assigned.length : [...pauseReasons.values()].filter((r) => r.size > 0).length);
 
   function pausePartition(partition: number, reason: string) {
     let reasons = pauseReasons.get(partition);
     if (!reasons) pauseReasons.set(partition, (reasons = new Set()));
+    if (reasons.size === 0) pausedPartitionCount++;
     reasons.add(reason);
     consumer.pause(topic, [partition]);
     updatePausedGauge();
@@ -173,7 +288,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
 
   function resumePartition(partition: number, reason: string) {
     const reasons = pauseReasons.get(partition);
-    reasons?.delete(reason);
+    if (reasons?.delete(reason) && reasons.size === 0) pausedPartitionCount--;
     if (state === 'RUNNING' && !isPaused(partition)) consumer.resume(topic, [partition]);
     updatePausedGauge();
   }
@@ -187,37 +302,58 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     log.warn({ partition: record.partition, offset: record.offset, code, attempts, err: errorMessage(error) }, 'record dead-lettered');
   }
 
-  async function processRecord(record: KafkaRecord): Promise<Outcome> {
-    const previous = failures.get(record.partition);
-    const attempt = previous?.offset === record.offset ? previous.attempts + 1 : 1;
-    const started = performance.now();
+  function validated(decoded: unknown): Value {
+    if (validate === undefined) return decoded as Value;
     try {
-      if (record.value === null) throw permanentError('DECODE_EMPTY_VALUE', 'record has no value (tombstone)');
-      const decoded = await runtime.codec.decode(record.value);
-      let value: Value;
-      try {
-        value = validate(decoded);
-      } catch (error) {
-        throw permanentError(errorCode(error) === 'UNEXPECTED' ? 'VALIDATION_FAILED' : errorCode(error), errorMessage(error), error);
-      }
-      const ctx = new RecordContext<Deps>(record, attempt, log, options.deps);
-      await options.handler(value, ctx);
-      handlerSeconds.observe((performance.now() - started) / 1000);
-      recordsProcessed.inc();
-      if (previous) failures.delete(record.partition);
-      return DONE;
+      return validate(decoded);
     } catch (error) {
-      metrics.recordsFailed.inc({ topic, code: errorCode(error) });
-      if (isRetryable(error) && attempt < retryPolicy.maxAttempts) {
-        failures.set(record.partition, { offset: record.offset, attempts: attempt });
-        const delayMs = backoffDelayMs(attempt, retryPolicy);
-        log.info({ partition: record.partition, offset: record.offset, attempt, delayMs, code: errorCode(error), err: errorMessage(error) }, 'retrying record after backoff');
-        return { kind: 'retry', delayMs };
-      }
-      failures.delete(record.partition);
-      await deadLetter(record, error, attempt);
-      return DONE;
+      throw permanentError(errorCode(error) === 'UNEXPECTED' ? 'VALIDATION_FAILED' : errorCode(error), errorMessage(error), error);
     }
+  }
+
+  /** A record that failed decoding, validation or its handler: retried later (its partition rewinds) or dead-lettered now. */
+  async function onFailure(record: KafkaRecord, error: unknown, attempt: number): Promise<Outcome> {
+    metrics.recordsFailed.inc({ topic, code: errorCode(error) });
+    if (isRetryable(error) && attempt < retryPolicy.maxAttempts) {
+      failures.set(record.partition, { offset: record.offset, attempts: attempt });
+      const delayMs = backoffDelayMs(attempt, retryPolicy);
+      log.info({ partition: record.partition, offset: record.offset, attempt, delayMs, code: errorCode(error), err: errorMessage(error) }, 'retrying record after backoff');
+      return { kind: 'retry', delayMs };
+    }
+    failures.delete(record.partition);
+    try {
+      await deadLetter(record, error, attempt);
+    } catch (dlqError) {
+      // Keep the record (not committed) and try again later.
+      log.error({ partition: record.partition, offset: record.offset, err: errorMessage(dlqError) }, 'dead-lettering failed; will retry');
+      return { kind: 'retry', delayMs: backoffDelayMs(1, retryPolicy) };
+    }
+    return DONE;
+  }
+
+  /** The `handle` span of a record: its parent is the record's `traceparent` (linked to the batch's `consume` span), else the `consume` span. */
+  function startHandleSpan(record: KafkaRecord, consumeSpan: Span, attempt: number): HandleSpan {
+    const remote = parseTraceparent(record.headers.traceparent);
+    const consumeContext = trace.setSpan(context.active(), consumeSpan);
+    const parent = contextWithParent(remote, consumeContext);
+    const span = tracer().startSpan(
+      'handle',
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          'messaging.system': 'kafka',
+          'messaging.operation.type': 'process',
+          'messaging.destination.name': topic,
+          'messaging.destination.partition.id': String(record.partition),
+          'messaging.kafka.offset': Number(record.offset),
+          'messaging.consumer.group.name': options.groupId,
+          'agent_manager.attempt': attempt,
+        },
+        links: remote === undefined ? undefined : [{ context: consumeSpan.spanContext() }],
+      },
+      parent,
+    );
+    return { span, parent, record };
   }
 
   /** Pauses the partition, rewinds it to the failed record and resumes it after the delay. */
@@ -232,46 +368,156 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     retryTimers.add(timer);
   }
 
+  /**
+   * Starts the record at `run.index`: its handler's promise, or STOP (stopping, paused, rebalanced)
+   * or SKIPPED. Synchronous up to the handler call once the schema is cached. Throws when the record
+   * fails before its handler runs (decode, validation).
+   */
+  function startRecord(run: BatchRun): Promise<void> | typeof STOP | typeof SKIPPED {
+    if (draining || !run.control.isActive() || (pauseCheckNeeded() && isPaused(run.partition))) return STOP;
+    const { batch, index } = run;
+    // The offset is read only when a skip or a failed head record needs it (rarely).
+    if (run.skipBelow !== undefined) {
+      if (BigInt(batch.offsetAt(index)) < run.skipBelow) return SKIPPED;
+      run.skipBelow = undefined; // offsets only grow within a batch
+    }
+    const failure = run.failure;
+    const attempt = (run.attempt = failure !== undefined && failure.offset === batch.offsetAt(index) ? failure.attempts + 1 : 1);
+    run.handle = run.consumeSpan === undefined ? undefined : startHandleSpan(batch.recordAt(index), run.consumeSpan, attempt);
+    const buffer = batch.valueAt(index);
+    if (buffer === null) throw permanentError('DECODE_EMPTY_VALUE', 'record has no value (tombstone)');
+    // Synchronous once the schema id is cached: no promise or microtask for the decode.
+    const decoded = codec.decodeCached === undefined ? NOT_CACHED : codec.decodeCached(buffer);
+    if (decoded === NOT_CACHED) return decodeThenHandle(run, buffer);
+    return callHandler(run, validate === undefined ? (decoded as Value) : validated(decoded));
+  }
+
+  /** The first record of a schema id: its schema is fetched from the registry (then cached). */
+  async function decodeThenHandle(run: BatchRun, buffer: Buffer): Promise<void> {
+    const decoded = await codec.decode(buffer);
+    await callHandler(run, validated(decoded));
+  }
+
+  function callHandler(run: BatchRun, value: Value): Promise<void> {
+    const handle = run.handle;
+    if (handle === undefined) return handler(value, new RecordContext<Deps>(scope, run.batch, run.index, run.attempt, undefined));
+    const ctx = new RecordContext<Deps>(scope, run.batch, run.index, run.attempt, { span: handle.span, record: handle.record });
+    // The handler runs with its span active: spans it makes (produce, database) are its children.
+    return context.with(trace.setSpan(handle.parent, handle.span), handler, undefined, value, ctx);
+  }
+
+  function recordSucceeded(run: BatchRun): void {
+    run.timer.succeeded();
+    run.handled++;
+    run.lastIndex = run.index;
+    if (run.handle !== undefined) {
+      run.handle.span.end();
+      run.handle = undefined;
+    }
+    if (run.failure !== undefined) {
+      failures.delete(run.partition);
+      run.failure = undefined;
+    }
+  }
+
+  /** Retries or dead-letters the failed record at `run.index`; true when the batch stops here (a retry rewinds the partition). */
+  async function recordFailed(run: BatchRun, error: unknown): Promise<boolean> {
+    run.timer.failed();
+    const handle = run.handle;
+    run.handle = undefined;
+    if (handle !== undefined) {
+      recordSpanError(handle.span, error);
+      handle.span.end();
+    }
+    const record = handle?.record ?? run.batch.recordAt(run.index);
+    const outcome = await onFailure(record, error, run.attempt);
+    run.failure = failures.get(run.partition);
+    run.timer.resume();
+    if (outcome.kind === 'retry') {
+      run.retried = true;
+      scheduleRetry(record, outcome.delayMs);
+      return true;
+    }
+    run.lastIndex = run.index; // dead-lettered: committed like a handled record
+    return false;
+  }
+
+  /**
+   * The hot path. Per record: a synchronous decode once the schema is cached, the handler's own
+   * promise the only thing awaited, no closures, and little state in locals (see BatchRun).
+   */
+  async function runBatch(run: BatchRun): Promise<void> {
+    for (; run.index < run.size; run.index++) {
+      let error: unknown = NO_ERROR;
+      try {
+        const pending = startRecord(run);
+        if (pending === STOP) break;
+        if (pending === SKIPPED) continue;
+        await pending;
+      } catch (caught) {
+        error = caught;
+      }
+      if (error === NO_ERROR) recordSucceeded(run);
+      else if (await recordFailed(run, error)) break;
+      if (run.timer.mark - run.lastHeartbeat > HEARTBEAT_EVERY_MS) {
+        run.timer.pause();
+        run.lastHeartbeat = run.timer.mark;
+        await run.control.heartbeat().catch(() => undefined);
+        run.timer.resume();
+      }
+    }
+  }
+
+  const settled = () => undefined;
+
   function onBatch(batch: RecordBatch, control: BatchControl): Promise<string | undefined> {
     if (draining) return Promise.resolve(undefined);
     const work = processBatch(batch, control);
-    const tracked = work.then(() => undefined);
+    const tracked = work.then(settled, settled);
     inFlight.add(tracked);
     return work.finally(() => inFlight.delete(tracked));
   }
 
   async function processBatch(batch: RecordBatch, control: BatchControl): Promise<string | undefined> {
-    let lastHandled: string | undefined;
-    let lastHeartbeat = Date.now();
-    for (const record of batch.records) {
-      if (draining || !control.isActive() || isPaused(batch.partition)) break;
-      const offset = BigInt(record.offset);
-      const position = positions.get(batch.partition);
-      if (position !== undefined && offset < position) continue;
-      let outcome: Outcome;
-      try {
-        outcome = await processRecord(record);
-      } catch (error) {
-        // Only the DLQ write can fail here: keep the record and try again later.
-        log.error({ partition: record.partition, offset: record.offset, err: errorMessage(error) }, 'dead-lettering failed; will retry');
-        outcome = { kind: 'retry', delayMs: backoffDelayMs(1, retryPolicy) };
+    const partition = batch.partition;
+    // Tracing is decided once per batch: when it is off no span API is called per record.
+    const consumeSpan = telemetryActive()
+      ? tracer().startSpan('consume', {
+          kind: SpanKind.CONSUMER,
+          attributes: {
+            'messaging.system': 'kafka',
+            'messaging.operation.type': 'receive',
+            'messaging.destination.name': topic,
+            'messaging.destination.partition.id': String(partition),
+            'messaging.consumer.group.name': options.groupId,
+            'messaging.batch.message_count': batch.size,
+          },
+        })
+      : undefined;
+    const run = new BatchRun(batch, control, consumeSpan, positions.get(partition), failures.get(partition), new RecordTimer(handlerSeconds, firstBound));
+    try {
+      await runBatch(run);
+    } finally {
+      run.timer.pause();
+      // Counters and the latency histogram move once per batch.
+      if (run.handled > 0) {
+        recordsProcessed.inc(run.handled);
+        handlerSeconds.flush();
       }
-      if (outcome.kind === 'retry') {
-        scheduleRetry(record, outcome.delayMs);
-        break;
-      }
-      lastHandled = record.offset;
-      positions.set(batch.partition, offset + 1n);
-      if (Date.now() - lastHeartbeat > HEARTBEAT_EVERY_MS) {
-        lastHeartbeat = Date.now();
-        await control.heartbeat().catch(() => undefined);
+      if (consumeSpan !== undefined) {
+        consumeSpan.setAttribute('agent_manager.records_handled', run.handled);
+        consumeSpan.end();
       }
     }
+    const lastHandled = run.lastIndex < 0 ? undefined : batch.offsetAt(run.lastIndex);
     if (lastHandled !== undefined) {
-      const committable = nextOffset(lastHandled);
-      pendingCommits.set(batch.partition, committable);
+      const next = BigInt(lastHandled) + 1n;
+      // After a retry the position is the failed record's (set by scheduleRetry).
+      if (!run.retried) positions.set(partition, next);
+      const committable = next.toString();
+      pendingCommits.set(partition, committable);
       if (draining || Date.now() - lastCommitAt >= commitIntervalMs) await flushCommits();
-      metrics.consumerLag.set({ topic, partition: String(batch.partition) }, Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(committable))));
+      metrics.consumerLag.set({ topic, partition: String(partition) }, Math.max(0, Number(BigInt(batch.highWatermark) - next)));
     }
     return lastHandled;
   }
@@ -311,7 +557,12 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       retryTimers.clear();
       try {
         // Stop fetching, let each in-flight batch finish its current record and commit, then leave.
-        consumer.pause(topic);
+        // Throws when the consumer never ran (a failed start); there is nothing to pause then.
+        try {
+          consumer.pause(topic);
+        } catch {
+          // not running
+        }
         clearInterval(commitTimer);
         await Promise.allSettled([...inFlight]);
         await flushCommits();

@@ -24,6 +24,19 @@ export interface FleetWorld {
   teardown(): Promise<void>;
 }
 
+/** Awaits `work`, failing with its name after `ms`: a hung set-up step says which one it was. */
+export async function within<T>(what: string, ms: number, work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function createFleetWorld(name: string, extraEnv: Record<string, string> = {}): Promise<FleetWorld> {
   const prefix = `${uniqueName(name)}.`;
   const schema = uniqueName(name).replace(/[^a-z0-9_]/g, '_');
@@ -47,7 +60,7 @@ export async function createFleetWorld(name: string, extraEnv: Record<string, st
     ...extraEnv,
   };
   const config = loadServiceConfig(env);
-  await bootstrapFleet(process.cwd(), config, env, createLogger('bootstrap', 'silent'));
+  await within('bootstrap (migrate, topics, schemas)', 150_000, bootstrapFleet(process.cwd(), config, env, createLogger('bootstrap', 'silent')));
   const topics = topicNames(prefix);
   return {
     env,
@@ -91,11 +104,11 @@ export function killAgents(stateDir: string): void {
 
 
 export function connectKernel(world: FleetWorld): Promise<KernelClient> {
-  return KernelClient.connect({ brokers: brokers(), topics: world.topics, codec: world.codec });
+  return within('kernel producer connect', 30_000, KernelClient.connect({ brokers: brokers(), topics: world.topics, codec: world.codec }));
 }
 
 export function watchStatus(world: FleetWorld): Promise<StatusWatcher> {
-  return StatusWatcher.start({ brokers: brokers(), topics: world.topics, codec: world.codec, groupId: uniqueName('status-watcher') });
+  return within('status watcher start', 60_000, StatusWatcher.start({ brokers: brokers(), topics: world.topics, codec: world.codec, groupId: uniqueName('status-watcher') }));
 }
 
 export type { KernelClient, StatusWatcher };

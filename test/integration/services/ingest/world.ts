@@ -9,7 +9,6 @@ import { registerSchemas } from '../../../../lib/contracts/registry.ts';
 import { avroTypeOptions, TOPICS } from '../../../../lib/contracts/schemas.ts';
 import { createTopics, topicSettings } from '../../../../lib/contracts/topics.ts';
 import { migrateUp } from '../../../../lib/db/migrate.ts';
-import { errorMessage } from '../../../../lib/errors.ts';
 import { createAvroCodec, type AvroCodec } from '../../../../lib/kafka/avro.ts';
 import { createLogger } from '../../../../lib/logger.ts';
 import { topicNames, type TopicNames } from '../../../../lib/service/context.ts';
@@ -26,30 +25,13 @@ export interface IngestWorld {
   teardown(): Promise<void>;
 }
 
-/**
- * node-pg-migrate takes one advisory lock per database, whatever the schema, and fails at once
- * ("Another migration is already running") when another test file migrates its own schema at the
- * same moment: wait for it instead.
- */
-async function migrateWhenFree(options: Parameters<typeof migrateUp>[0], timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await migrateUp(options);
-      return;
-    } catch (error) {
-      if (!/Another migration is already running/.test(errorMessage(error)) || Date.now() > deadline) throw error;
-      await new Promise((r) => setTimeout(r, 200 + Math.random() * 300));
-    }
-  }
-}
-
 export async function createIngestWorld(name: string, options: { topics?: boolean } = {}): Promise<IngestWorld> {
   const env = testEnv();
   const prefix = `${uniqueName(name)}.`;
   const schema = uniqueName(name).replace(/[^a-z0-9_]/g, '_');
   const logger = createLogger('test', 'silent');
-  await migrateWhenFree({ databaseUrl: env.DATABASE_URL ?? '', dir: join(process.cwd(), 'migrations'), schema, logger });
+  // migrateUp waits for another file's migration (one lock per database).
+  await migrateUp({ databaseUrl: env.DATABASE_URL ?? '', dir: join(process.cwd(), 'migrations'), schema, logger });
   const withTopics = options.topics ?? true;
   if (withTopics) {
     const admin = rawKafka().admin();

@@ -7,7 +7,7 @@ import type { ServiceContext } from '../../../../lib/service/context.ts';
 import { startServices } from '../../../../cli/services.ts';
 import { eventually } from '../../../support/runtime.ts';
 import { waitForExit } from '../../../support/processes.ts';
-import { connectKernel, createFleetWorld, watchStatus, type FleetWorld, type KernelClient, type StatusWatcher } from '../../../support/fleet.ts';
+import { connectKernel, createFleetWorld, watchStatus, within, type FleetWorld, type KernelClient, type StatusWatcher } from '../../../support/fleet.ts';
 
 jest.setTimeout(240_000);
 
@@ -51,7 +51,7 @@ describe('kill -9 of the provisioner mid-way', () => {
 
   beforeAll(async () => {
     world = await createFleetWorld('crash', { START_TIMEOUT_MS: '20000' });
-    ingest = await startServices(['ingest'], world.env, { opsServer: false });
+    ingest = await within('ingest start', 60_000, startServices(['ingest'], world.env, { opsServer: false }));
     kernel = await connectKernel(world);
     status = await watchStatus(world);
   });

@@ -4,7 +4,7 @@ import type { AgentRequest } from '../../../../lib/contracts/types.ts';
 import type { ServiceContext } from '../../../../lib/service/context.ts';
 import { startServices } from '../../../../cli/services.ts';
 import { eventually } from '../../../support/runtime.ts';
-import { connectKernel, createFleetWorld, watchStatus, type FleetWorld, type KernelClient, type StatusWatcher } from '../../../support/fleet.ts';
+import { connectKernel, createFleetWorld, watchStatus, within, type FleetWorld, type KernelClient, type StatusWatcher } from '../../../support/fleet.ts';
 
 // The whole provisioning path on the real stack: Kernel → agent-requests → ingest → agent-commands
 // → provisioner → real agent processes (local driver) that heartbeat, with status read back from
@@ -49,7 +49,7 @@ describe('provisioning path end to end (ingest + provisioner + local agents)', (
 
   beforeAll(async () => {
     world = await createFleetWorld('fleet');
-    fleet = await startServices(['ingest', 'provisioner'], world.env, { opsServer: false });
+    fleet = await within('fleet start', 60_000, startServices(['ingest', 'provisioner'], world.env, { opsServer: false }));
     kernel = await connectKernel(world);
     status = await watchStatus(world);
     db = new pg.Client({ connectionString: world.env.DATABASE_URL, options: `-c search_path=${world.schema}` });
