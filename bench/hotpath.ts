@@ -96,7 +96,7 @@ export async function run(args: string[]): Promise<void> {
     onAssignment: () => undefined,
     disconnect: async () => undefined,
   };
-  const producer: ProducerClient = { connect: async () => undefined, send: async () => undefined, disconnect: async () => undefined };
+  const producer: ProducerClient = { connect: async () => undefined, send: async () => undefined, sendMany: async () => undefined, disconnect: async () => undefined };
   const kafka: KafkaClient = { consumer: () => consumer, producer: () => producer, ping: async () => true };
   let handled = 0;
   const worker = createWorker(

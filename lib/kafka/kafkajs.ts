@@ -1,4 +1,4 @@
-import { Kafka, logLevel, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
 import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient, RecordBatch } from './types.ts';
 import type { Logger } from '../logger.ts';
 
@@ -100,7 +100,11 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
     logLevel: kafkajsLogLevel(options.logger),
     logCreator: () => (entry) => {
       const { message, ...extra } = entry.log;
-      const level = entry.level <= logLevel.ERROR ? 'error' : entry.level === logLevel.WARN ? 'warn' : 'debug';
+      // kafkajs logs protocol errors it retries itself (e.g. "not the leader" just after a topic is
+      // created) as errors from its Connection; they are warnings unless the call fails, which the
+      // caller then reports.
+      const retried = entry.namespace === 'Connection';
+      const level = entry.level <= logLevel.ERROR && !retried ? 'error' : entry.level <= logLevel.WARN ? 'warn' : 'debug';
       log[level]({ namespace: entry.namespace, ...extra }, message);
     },
     retry: { initialRetryTime: 300, retries: 8 },
@@ -140,6 +144,9 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
     heartbeatInterval: options.heartbeatIntervalMs ?? 3_000,
     maxBytesPerPartition: options.maxBytesPerPartition ?? 1_048_576,
     allowAutoTopicCreation: false,
+    // An idle fetch returns after this long; a stopping consumer waits for its fetch, so a short
+    // wait keeps shutdown quick (data still returns as soon as it arrives).
+    maxWaitTimeInMs: 500,
   });
   return {
     connect: () => consumer.connect(),
@@ -183,7 +190,7 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
 
 function kafkajsProducer(kafka: Kafka): ProducerClient {
   // Idempotent producer: no duplicates or reordering from the producer's own retries.
-  const producer: Producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
+  const producer: Producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
   return {
     connect: () => producer.connect(),
     async send(topic, records) {
@@ -191,6 +198,12 @@ function kafkajsProducer(kafka: Kafka): ProducerClient {
         topic,
         acks: -1,
         messages: records.map((r) => ({ key: r.key, value: r.value, headers: r.headers })),
+      });
+    },
+    async sendMany(batches) {
+      await producer.sendBatch({
+        acks: -1,
+        topicMessages: batches.map((b) => ({ topic: b.topic, messages: b.records.map((r) => ({ key: r.key, value: r.value, headers: r.headers })) })),
       });
     },
     disconnect: () => producer.disconnect(),

@@ -84,6 +84,8 @@ export interface ProducerClient {
   connect(): Promise<void>;
   /** Idempotent, acks from all in-sync replicas. */
   send(topic: string, records: readonly OutgoingRecord[]): Promise<void>;
+  /** Several topics' records in one produce request (order kept within each topic). */
+  sendMany(batches: readonly { readonly topic: string; readonly records: readonly OutgoingRecord[] }[]): Promise<void>;
   disconnect(): Promise<void>;
 }
 

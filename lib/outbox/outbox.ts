@@ -37,22 +37,32 @@ export async function enqueueEvents(client: PoolClient, codec: AvroCodec, events
   );
 }
 
+// One round trip per transaction whatever the number of events: the rows, in order, and the
+// NOTIFY that wakes the relay (delivered on commit only).
+const INSERT_AND_NOTIFY = `
+WITH rows AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]) WITH ORDINALITY AS r(event_id, topic, key, value, headers, n)
+), inserted AS (
+  INSERT INTO outbox (event_id, topic, key, value, headers)
+  SELECT event_id, topic, key, value, headers FROM rows ORDER BY n
+  ON CONFLICT (event_id) DO NOTHING
+)
+SELECT pg_notify($6, '')`;
+
 async function enqueue(client: PoolClient, codec: AvroCodec, events: readonly OutboxEvent[], span: TraceContext | undefined): Promise<string[]> {
   const ids: string[] = [];
+  const topics: string[] = [];
+  const keys: string[] = [];
+  const values: Buffer[] = [];
+  const headers: string[] = [];
   for (const event of events) {
     const eventId = event.eventId ?? randomUUID();
-    const value = await codec.encode(`${event.topic}-value`, event.value);
-    const headers = { ...event.headers, traceparent: outgoingTraceparent(event, span), 'event-id': eventId };
-    await client.query('INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING', [
-      eventId,
-      event.topic,
-      event.key,
-      value,
-      JSON.stringify(headers),
-    ]);
     ids.push(eventId);
+    topics.push(event.topic);
+    keys.push(event.key);
+    values.push(await codec.encode(`${event.topic}-value`, event.value));
+    headers.push(JSON.stringify({ ...event.headers, traceparent: outgoingTraceparent(event, span), 'event-id': eventId }));
   }
-  // Delivered on commit only: wakes the relay without polling.
-  await client.query('SELECT pg_notify($1, $2)', [OUTBOX_CHANNEL, '']);
+  await client.query(INSERT_AND_NOTIFY, [ids, topics, keys, values, headers, OUTBOX_CHANNEL]);
   return ids;
 }

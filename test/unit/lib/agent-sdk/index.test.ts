@@ -34,6 +34,10 @@ class FakeProducer implements ProducerClient {
     }
   }
 
+  async sendMany(batches: readonly { topic: string; records: readonly OutgoingRecord[] }[]): Promise<void> {
+    for (const batch of batches) await this.send(batch.topic, batch.records);
+  }
+
   async send(topic: string, records: readonly OutgoingRecord[]): Promise<void> {
     this.pending += 1;
     try {
