@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import pg from 'pg';
 import type { AgentRequest } from '../../../../lib/contracts/types.ts';
 import type { ServiceContext } from '../../../../lib/service/context.ts';
@@ -114,6 +116,23 @@ describe('provisioning path end to end (ingest + provisioner + local agents)', (
     await eventually(() => status.lastState(agentId) === 'DESTROYED', 60_000, 'agent DESTROYED');
   });
 
+  it('restarts an agent whose process is killed from outside (restart policy on-failure)', async () => {
+    const request = instantiate(`killed-${randomUUID()}`);
+    await kernel.send([request]);
+    await eventually(() => agentOf(request.requestId) !== undefined, 30_000, 'request accepted');
+    const agentId = agentOf(request.requestId) ?? '';
+    await eventually(() => status.lastState(agentId) === 'RUNNING', 60_000, 'agent RUNNING');
+    const { pid } = JSON.parse(readFileSync(join(world.stateDir, agentId, 'state.json'), 'utf8')) as { pid: number };
+    process.kill(pid, 'SIGKILL');
+    await eventually(() => status.history(agentId).filter((s) => s === 'RUNNING').length === 2, 60_000, 'agent RUNNING again');
+    const { pid: restarted } = JSON.parse(readFileSync(join(world.stateDir, agentId, 'state.json'), 'utf8')) as { pid: number };
+    expect(restarted).not.toBe(pid);
+    expect(status.history(agentId).slice(-2)).toEqual(['STARTING', 'RUNNING']);
+    expect(status.last(agentId)?.reason).toMatch(/running/);
+    await kernel.send([action(agentId, 'DESTROY', `${request.idempotencyKey}-destroy`)]);
+    await eventually(() => status.lastState(agentId) === 'DESTROYED', 60_000, 'agent DESTROYED');
+  });
+
   it('a policy denial yields REJECTED with the reason', async () => {
     const request = instantiate(`deny-${randomUUID()}`, { division: 'support' }, 2);
     await kernel.send([request]);
@@ -152,6 +171,9 @@ describe('provisioning path end to end (ingest + provisioner + local agents)', (
     await setSafeMode(pool, { enabled: false, reason: 'test done', actor: 'test', codec: world.codec, auditTopic: audit });
     const agents = requests.map((r) => agentOf(r.requestId) ?? '');
     await eventually(() => agents.every((id) => status.lastState(id) === 'RUNNING'), 90_000, 'held agents RUNNING');
+    // Each toggle is audited in the same transaction as the switch (published through the outbox).
+    const toggles = await db.query<{ published: boolean }>(`SELECT published_at IS NOT NULL AS published FROM outbox WHERE topic = $1 AND key = 'safe-mode'`, [audit]);
+    expect(toggles.rows).toHaveLength(2);
     await kernel.send(agents.map((id, i) => action(id, 'DESTROY', `safe-${run}-destroy-${i}`)));
     await eventually(() => agents.every((id) => status.lastState(id) === 'DESTROYED'), 60_000, 'held agents DESTROYED');
   });
