@@ -104,7 +104,10 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
       // created) as errors from its Connection; they are warnings unless the call fails, which the
       // caller then reports.
       const retried = entry.namespace === 'Connection';
-      const level = entry.level <= logLevel.ERROR && !retried ? 'error' : entry.level <= logLevel.WARN ? 'warn' : 'debug';
+      // Bounded retries are deliberate: a send that still fails is retried by its caller (the
+      // outbox relay, the DLQ write), and consumers de-duplicate by event id (at-least-once).
+      const expected = message === 'Limiting retries for the idempotent producer may invalidate EoS guarantees';
+      const level = expected ? 'debug' : entry.level <= logLevel.ERROR && !retried ? 'error' : entry.level <= logLevel.WARN ? 'warn' : 'debug';
       log[level]({ namespace: entry.namespace, ...extra }, message);
     },
     retry: { initialRetryTime: 300, retries: 8 },

@@ -23,6 +23,8 @@ export interface OutboxRelayOptions {
   readonly pollIntervalMs?: number;
   /** Test hook: runs after a round is published and before it is marked published. */
   readonly afterPublish?: (eventIds: readonly string[]) => Promise<void>;
+  /** Published rows are deleted once older than this (the table stays small). Default 1 hour. */
+  readonly retainPublishedMs?: number;
 }
 
 interface OutboxRow {
@@ -111,10 +113,24 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       };
     });
 
+  const retainPublishedMs = options.retainPublishedMs ?? 3_600_000;
+  let lastPruneAt = 0;
+  /** Deletes published rows past retention, a bounded number a minute (they are in Kafka now). */
+  async function prunePublished(): Promise<void> {
+    if (Date.now() - lastPruneAt < 60_000) return;
+    lastPruneAt = Date.now();
+    const { rowCount } = await options.pool.query(
+      `DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1 / 1000.0) LIMIT 10000)`,
+      [retainPublishedMs],
+    );
+    if (rowCount) log.debug({ rows: rowCount }, 'published outbox rows pruned');
+  }
+
   async function run(): Promise<void> {
     while (running) {
       try {
         const published = await publishRound();
+        await prunePublished();
         await updateBacklogMetrics();
         if (published < batchSize) await waitForWork();
       } catch (error) {

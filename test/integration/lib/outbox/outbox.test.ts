@@ -4,8 +4,9 @@ import { migrateUp } from '../../../../lib/db/migrate.ts';
 import { createAvroCodec } from '../../../../lib/kafka/avro.ts';
 import { createLogger } from '../../../../lib/logger.ts';
 import { enqueueEvents } from '../../../../lib/outbox/outbox.ts';
+import { createOutboxRelay } from '../../../../lib/outbox/relay.ts';
 import { testEnv, uniqueName } from '../../../support/stack.ts';
-import { createTestTopic, eventually, readRecords } from '../../../support/runtime.ts';
+import { createTestTopic, eventually, readRecords, testRuntimeDeps } from '../../../support/runtime.ts';
 import { startFixture, waitForExit, waitForLine } from '../../../support/processes.ts';
 
 describe('transactional outbox and relay', () => {
@@ -85,6 +86,27 @@ describe('transactional outbox and relay', () => {
       }
       for (const list of byKey.values()) expect(list).toEqual([...list].sort((a, b) => a - b));
     } finally {
+      await cleanup();
+    }
+  });
+
+  it('deletes published rows past their retention', async () => {
+    const topic = uniqueName('outbox-prune');
+    const cleanup = await createTestTopic(topic, 1);
+    const deps = testRuntimeDeps('outbox-prune');
+    await deps.producer.connect();
+    const relay = createOutboxRelay({ pool, databaseUrl: env.DATABASE_URL ?? '', schema, producer: deps.producer, logger: deps.logger, metrics: deps.metrics, retainPublishedMs: 0 });
+    try {
+      await withTransaction(pool, (client) => enqueueEvents(client, codec, [1, 2, 3].map((seq) => ({ topic, key: 'agent-1', value: { id: `p-${seq}`, seq, kind: 'ok' } }))));
+      await relay.start();
+      await eventually(async () => {
+        const { rows } = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox WHERE topic = $1', [topic]);
+        return rows[0]?.n === 0;
+      }, 30_000, 'published rows pruned');
+      expect(await readRecords(topic, 3, uniqueName('outbox-prune-reader'))).toHaveLength(3);
+    } finally {
+      await relay.stop();
+      await deps.producer.disconnect();
       await cleanup();
     }
   });
