@@ -99,6 +99,10 @@ export async function run(args: string[]): Promise<void> {
     for (let i = 0; i < burstRequests.length; i += 500) await kernel.send(burstRequests.slice(i, i + 500));
     await waitRunning(burstRequests.map((r) => r.requestId), 600_000);
     const saturation = burst / ((Date.now() - t0) / 1000);
+    const times = (pick: (e: { version: number; state: string }) => boolean) =>
+      burstRequests.map((r) => (status.states.get(requestToAgent.get(r.requestId) ?? '') ?? []).find(pick)?.time.getTime() ?? NaN).filter(Number.isFinite);
+    const lastOf = (list: number[]) => ((Math.max(...list) - t0) / 1000).toFixed(1);
+    console.log(`burst timeline: last accepted by ingest at ${lastOf(times((e) => e.version === 0))} s · last created by the provisioner at ${lastOf(times((e) => e.version === 1))} s · last RUNNING at ${lastOf(times((e) => e.state === 'RUNNING'))} s`);
     console.log(`setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, one process`);
     console.log(`saturation: ${burst} requests → RUNNING in ${((Date.now() - t0) / 1000).toFixed(1)} s = ${saturation.toFixed(0)} commands/s`);
 

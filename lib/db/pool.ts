@@ -22,7 +22,27 @@ export function createPool(options: PoolOptions): Pool {
     ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
   });
   instrumentPool(pool);
+  pool.on('connect', corkQueryWrites);
   return pool;
+}
+
+/**
+ * pg writes each protocol message of a parameterized query (parse, bind, describe, execute, sync)
+ * with its own socket write, one system call each, which dominated the provisioner's CPU profile.
+ * Corking the socket until the next tick sends a query's messages in one write.
+ */
+function corkQueryWrites(client: PoolClient): void {
+  const stream = (client as unknown as { connection?: { stream?: { cork?: unknown; uncork?: unknown } } }).connection?.stream;
+  if (!stream || typeof stream.cork !== 'function' || typeof stream.uncork !== 'function') return;
+  const socket = stream as { cork(): void; uncork(): void };
+  const uncork = () => socket.uncork();
+  const target = client as unknown as Instrumentable;
+  const query = target.query;
+  target.query = function (this: unknown, ...args: unknown[]) {
+    socket.cork();
+    process.nextTick(uncork);
+    return query.apply(this, args);
+  };
 }
 
 /** Runs `work` in one transaction: committed when it resolves, rolled back when it throws. */
