@@ -35,6 +35,16 @@ export function createMetrics(service: string, options: { defaultMetrics?: boole
     outboxOldestAgeSeconds: new Gauge({ name: 'agent_manager_outbox_oldest_age_seconds', help: 'Age of the oldest unpublished outbox row', registers }),
     /** Outbox rows published to Kafka. */
     outboxPublished: new Counter({ name: 'agent_manager_outbox_published_total', help: 'Outbox rows published', labelNames: ['topic'], registers }),
+    /** Requests decided by ingest, by source (kafka, api), outcome and rejection code ('' when accepted). */
+    requestsDecided: new Counter({ name: 'agent_manager_requests_total', help: 'Requests accepted or rejected by ingest', labelNames: ['source', 'outcome', 'code'], registers }),
+    /** Lifecycle transitions applied by the provisioner. */
+    lifecycleTransitions: new Counter({ name: 'agent_manager_lifecycle_transitions_total', help: 'Agent state transitions', labelNames: ['from', 'to'], registers }),
+    /** Commands and internal events the lifecycle refused, by code. */
+    lifecycleRejections: new Counter({ name: 'agent_manager_lifecycle_rejections_total', help: 'Lifecycle inputs refused', labelNames: ['input', 'code'], registers }),
+    /** Policy decisions before provisioning, by result and source (local, remote). */
+    policyDecisions: new Counter({ name: 'agent_manager_policy_decisions_total', help: 'SentinelNet policy decisions', labelNames: ['allow', 'source'], registers }),
+    /** 1 while safe mode is on, as this process last read it. */
+    safeMode: new Gauge({ name: 'agent_manager_safe_mode', help: 'Safe mode (1 = on)', registers }),
   };
 }
 

@@ -29,7 +29,7 @@ import { errorCode, errorMessage, isAppError, permanentError, retryableError, ty
 import type { Logger } from '../../lib/logger.ts';
 import { ANY, isKnownIdentity, mayRead, readableDivisions } from './authz.ts';
 import { isUuid } from './idempotency.ts';
-import { processRequest, type ProcessDeps, type RejectionCode, type RequestOutcome } from './process-request.ts';
+import { countDecision, processRequest, type ProcessDeps, type RejectionCode, type RequestOutcome } from './process-request.ts';
 import { parseAgentRequestRecord } from './validation.ts';
 
 export interface ApiTls {
@@ -344,6 +344,7 @@ export function buildApi(options: ApiOptions): IngestApi {
     const identity = identityOf(request);
     const agentRequest = requestFromBody(request.body, identity, (deps.now ?? (() => new Date()))());
     const outcome = await processRequest(agentRequest, identity, deps, { source: 'api' });
+    countDecision(deps, 'api', outcome);
     const answer = outcomeResponse(outcome);
     return reply.code(answer.status).send(answer.body);
   });

@@ -7,7 +7,7 @@
  */
 import type { AgentRequest } from '../../lib/contracts/types.ts';
 import type { Handler } from '../../lib/runtime/worker.ts';
-import { processRequest, type ProcessDeps } from './process-request.ts';
+import { countDecision, processRequest, type ProcessDeps } from './process-request.ts';
 import { parseAgentRequestRecord } from './validation.ts';
 
 export type IngestDeps = ProcessDeps;
@@ -17,6 +17,7 @@ export const validateAgentRequestRecord = parseAgentRequestRecord;
 export function createIngestHandler(): Handler<AgentRequest, IngestDeps> {
   return async (request, ctx) => {
     const outcome = await processRequest(request, request.requestedBy, ctx.deps, { trace: ctx.trace, source: 'kafka' });
+    countDecision(ctx.deps, 'kafka', outcome);
     const log = ctx.log.child({ requestId: request.requestId, agentId: outcome.agentId ?? undefined });
     if (outcome.replayed) log.info({ outcome: outcome.outcome, idempotencyKey: request.idempotencyKey, originalRequestId: outcome.requestId }, 'repeated request: the stored outcome stands');
     else if (outcome.outcome === 'ACCEPTED') log.info({ action: request.action, commandId: outcome.commandId }, 'request accepted');

@@ -128,7 +128,7 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
   // Everything read from files fails here, before anything starts.
   const authz = loadIdentitiesConfig(options.identitiesFile);
   const tls = options.api ? readApiTls(options.api) : undefined;
-  const deps: IngestDeps = { pool, codec: ctx.codec, topics: ctx.topics, authz, rules: { knownTemplates: options.knownTemplates ?? DEFAULT_KNOWN_TEMPLATES } };
+  const deps: IngestDeps = { pool, codec: ctx.codec, topics: ctx.topics, authz, rules: { knownTemplates: options.knownTemplates ?? DEFAULT_KNOWN_TEMPLATES }, metrics: ctx.metrics };
 
   const worker = createWorker<AgentRequest, IngestDeps>(
     {

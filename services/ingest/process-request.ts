@@ -16,6 +16,7 @@ import { randomUUID } from 'node:crypto';
 import { buildAuditEvent } from '../../lib/audit.ts';
 import type { AgentCommand, AgentRequest, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
 import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.ts';
+import type { Metrics } from '../../lib/metrics.ts';
 import { errorMessage, isAppError, permanentError, retryableError } from '../../lib/errors.ts';
 import type { AvroCodec } from '../../lib/kafka/avro.ts';
 import { enqueueEvents, type OutboxEvent } from '../../lib/outbox/outbox.ts';
@@ -34,6 +35,13 @@ export interface ProcessDeps {
   readonly rules: ValidationRules;
   /** The clock (tests pin it). */
   readonly now?: () => Date;
+  /** Counts decisions when present. */
+  readonly metrics?: Pick<Metrics, 'requestsDecided'>;
+}
+
+/** Counts one decision (replays count too: they are answers). */
+export function countDecision(deps: ProcessDeps, source: string, outcome: RequestOutcome): void {
+  deps.metrics?.requestsDecided.inc({ source, outcome: outcome.outcome, code: outcome.code ?? '' });
 }
 
 export interface ProcessOptions {

@@ -5,6 +5,7 @@ import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.t
 import { errorCode, errorMessage, isRetryable } from '../../lib/errors.ts';
 import type { AvroCodec } from '../../lib/kafka/avro.ts';
 import type { Logger } from '../../lib/logger.ts';
+import type { Metrics } from '../../lib/metrics.ts';
 import { enqueueEvents, type OutboxEvent } from '../../lib/outbox/outbox.ts';
 import type { TopicNames } from '../../lib/service/context.ts';
 import type { TraceContext } from '../../lib/tracing.ts';
@@ -40,6 +41,8 @@ export interface ApplierDeps {
   readonly timers: TimerScheduler;
   readonly retryPolicy: RetryPolicy;
   readonly restartPolicy: RestartPolicy;
+  /** Counts transitions, refusals and policy decisions when present. */
+  readonly metrics?: Pick<Metrics, 'lifecycleTransitions' | 'lifecycleRejections' | 'policyDecisions'>;
 }
 
 /** Where an input came from: a Kafka command (with its ids), a driver report, a timer, the reconciler. */
@@ -161,6 +164,8 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
       }
       const current = await lockAgent(client, agentId);
       const result = transition(current?.snapshot, input, deps.retryPolicy);
+      if (!result.ok) deps.metrics?.lifecycleRejections.inc({ input: input.type, code: result.rejection.code });
+      else if (!result.noop) deps.metrics?.lifecycleTransitions.inc({ from: result.previous ?? 'NONE', to: result.state });
       if (!result.ok) {
         // A command is answered on agent-status; a late or stale internal event only logged.
         if (command) {
@@ -232,6 +237,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           },
           usage,
         );
+        deps.metrics?.policyDecisions.inc({ allow: String(decision.allow), source: decision.source });
         const audit = { policy: { allow: decision.allow, reasons: decision.reasons, source: decision.source } };
         return decision.allow
           ? follow({ type: 'POLICY_ALLOWED', reason: `${decision.source} policy` }, audit)

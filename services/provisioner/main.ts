@@ -127,6 +127,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     timers,
     retryPolicy,
     restartPolicy: { mode: config.RESTART_POLICY, maxRestarts: config.MAX_RESTARTS },
+    metrics: ctx.metrics,
   });
   late.applier = built;
 
@@ -149,6 +150,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     intervalMs: config.SAFE_MODE_POLL_MS,
     logger,
     onChange: async (state) => {
+      ctx.metrics.safeMode.set(state.enabled ? 1 : 0);
       if (state.enabled) {
         worker.pauseAll(SAFE_MODE);
         await timers.pause();

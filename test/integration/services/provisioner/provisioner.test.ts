@@ -70,6 +70,9 @@ describe('provisioner with the simulated driver', () => {
     await eventually(() => status.lastState(agentId) === 'RUNNING', 30_000, 'RUNNING');
     await new Promise((r) => setTimeout(r, 500));
     expect(status.history(agentId)).toEqual(['PENDING', 'PROVISIONING', 'STARTING', 'RUNNING']);
+    const transitions = await ctx.metrics.registry.getSingleMetricAsString('agent_manager_lifecycle_transitions_total');
+    expect(transitions).toMatch(/from="STARTING",to="RUNNING"[^}]*\} [1-9]/);
+    expect(await ctx.metrics.registry.getSingleMetricAsString('agent_manager_policy_decisions_total')).toMatch(/allow="true",source="local"[^}]*\} [1-9]/);
 
     const unknown = randomUUID();
     await send(world, producer, [command(unknown, 'STOP')]);
