@@ -11,6 +11,8 @@ export interface PoolOptions {
   /** A schema to put first on the search_path (tests isolate themselves with one). */
   readonly schema?: string;
   readonly applicationName?: string;
+  /** Told about idle connections that dropped (they are replaced on the next checkout). */
+  readonly onIdleError?: (error: Error) => void;
 }
 
 export function createPool(options: PoolOptions): Pool {
@@ -23,6 +25,9 @@ export function createPool(options: PoolOptions): Pool {
   });
   instrumentPool(pool);
   pool.on('connect', corkQueryWrites);
+  // An idle client whose connection drops (a Postgres restart or failover) emits 'error'; pg-pool
+  // discards it and the next checkout connects anew. Unhandled, the event would end the process.
+  pool.on('error', (error) => options.onIdleError?.(error));
   return pool;
 }
 

@@ -55,7 +55,6 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   let running = false;
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
-  let listener: pg.Client | undefined;
 
   async function publishRound(): Promise<number> {
     const { rows } = await options.pool.query<OutboxRow>(
@@ -126,8 +125,9 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     if (rowCount) log.debug({ rows: rowCount }, 'published outbox rows pruned');
   }
 
-  async function run(): Promise<void> {
-    while (running) {
+  /** Publishes rounds while `active()` holds. */
+  async function run(active: () => boolean): Promise<void> {
+    while (active()) {
       try {
         const published = await publishRound();
         await prunePublished();
@@ -140,34 +140,57 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     }
   }
 
+  /**
+   * One session: a connection that takes the relay lock (waiting for it in the background, so a
+   * second service on the same database stands by without delaying its own start), LISTENs, and
+   * publishes for as long as it lives. The lock lives with the connection: if it drops (a Postgres
+   * restart), publishing stops at once and a new session takes the lock again.
+   */
+  async function session(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: options.databaseUrl,
+      // Names the lock holder in pg_stat_activity (and lets tests find it).
+      application_name: `outbox-relay:${options.schema ?? 'public'}`.slice(0, 63),
+      ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
+    });
+    let lost: Error | undefined;
+    client.on('error', (error) => {
+      lost = error;
+      wake?.();
+    });
+    const alive = () => running && lost === undefined;
+    try {
+      await client.connect();
+      let locked = false;
+      while (alive() && !locked) {
+        const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1::int, hashtext(current_schema())) AS locked', [RELAY_LOCK_KEY]);
+        locked = rows[0]?.locked === true;
+        if (!locked) await waitForWork();
+      }
+      if (!alive()) return;
+      client.on('notification', () => wake?.());
+      await client.query(`LISTEN ${OUTBOX_CHANNEL}`);
+      log.info('outbox relay publishing (holds the relay lock)');
+      await run(alive);
+      if (lost) log.warn({ err: lost.message }, 'outbox relay lost its database connection (and lock); taking it again');
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
   return {
     drainOnce: publishRound,
     async start() {
-      listener = new pg.Client({
-        connectionString: options.databaseUrl,
-        ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
-      });
-      await listener.connect();
-      const client = listener;
       running = true;
-      // The lock is waited for in the background: a second relay (another service on the same
-      // database) stands by until the first one goes away, without holding up its service's start.
       loop = (async () => {
-        let locked = false;
-        while (running && !locked) {
+        while (running) {
           try {
-            const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1::int, hashtext(current_schema())) AS locked', [RELAY_LOCK_KEY]);
-            locked = rows[0]?.locked === true;
+            await session();
           } catch (error) {
-            log.warn({ err: errorMessage(error) }, 'outbox relay lock not taken; retrying');
+            log.warn({ err: errorMessage(error) }, 'outbox relay session failed; retrying');
           }
-          if (!locked) await waitForWork();
+          if (running) await waitForWork();
         }
-        if (!running) return;
-        client.on('notification', () => wake?.());
-        await client.query(`LISTEN ${OUTBOX_CHANNEL}`);
-        log.info('outbox relay publishing (holds the relay lock)');
-        await run();
       })();
       log.info('outbox relay running');
     },
@@ -175,7 +198,6 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       running = false;
       wake?.();
       await loop;
-      await listener?.end().catch(() => undefined);
       log.info('outbox relay stopped');
     },
   };

@@ -101,7 +101,13 @@ export async function createServiceContext(options: ServiceContextOptions): Prom
   let pool: Pool | undefined;
   let relay: OutboxRelay | undefined;
   if (options.database) {
-    const database = createPool({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_MAX, schema: config.DATABASE_SCHEMA, applicationName: `agent-manager-${service}` });
+    const database = createPool({
+      connectionString: config.DATABASE_URL,
+      max: config.DATABASE_POOL_MAX,
+      schema: config.DATABASE_SCHEMA,
+      applicationName: `agent-manager-${service}`,
+      onIdleError: (error) => logger.warn({ err: error.message }, 'an idle database connection dropped; it is replaced on the next use'),
+    });
     pool = database;
     onShutdown(['database', () => database.end()]);
     checks.push(['postgres', async () => (await database.query('SELECT 1')).rowCount === 1]);

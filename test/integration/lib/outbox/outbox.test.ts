@@ -110,4 +110,26 @@ describe('transactional outbox and relay', () => {
       await cleanup();
     }
   });
+
+  it('keeps publishing after its database connection (and lock) is cut', async () => {
+    const topic = uniqueName('outbox-reconnect');
+    const cleanup = await createTestTopic(topic, 1);
+    const deps = testRuntimeDeps('outbox-reconnect');
+    await deps.producer.connect();
+    const relay = createOutboxRelay({ pool, databaseUrl: env.DATABASE_URL ?? '', schema, producer: deps.producer, logger: deps.logger, metrics: deps.metrics, pollIntervalMs: 100 });
+    const holder = async () =>
+      (await pool.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'`, [`outbox-relay:${schema}`.slice(0, 63)])).rows[0]?.pid;
+    try {
+      await relay.start();
+      await eventually(async () => (await holder()) !== undefined, 15_000, 'relay holding the lock');
+      await pool.query('SELECT pg_terminate_backend($1)', [await holder()]);
+      await withTransaction(pool, (client) => enqueueEvents(client, codec, [1, 2].map((seq) => ({ topic, key: 'agent-1', value: { id: `r-${seq}`, seq, kind: 'ok' } }))));
+      expect(await readRecords(topic, 2, uniqueName('outbox-reconnect-reader'))).toHaveLength(2);
+      await eventually(async () => (await holder()) !== undefined, 15_000, 'relay holding the lock again');
+    } finally {
+      await relay.stop();
+      await deps.producer.disconnect();
+      await cleanup();
+    }
+  });
 });
