@@ -51,9 +51,16 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
   say(`demo: fleet running (ingest + provisioner; local driver: each agent is a real process; policy: ${env.SENTINELNET_URL ? `OPA at ${env.SENTINELNET_URL}` : 'local file'})`);
   const topics = topicNames(config.TOPIC_PREFIX);
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
-  const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, topics, codec });
   const run = randomUUID().slice(0, 8);
-  const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, topics, codec, groupId: `demo-status-${run}` });
+  let kernel: KernelClient;
+  let status: StatusWatcher;
+  try {
+    kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, topics, codec });
+    status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, topics, codec, groupId: `demo-status-${run}` });
+  } catch (error) {
+    await fleet.shutdown();
+    throw error;
+  }
 
   const requests: AgentRequest[] = Array.from({ length: options.agents }, (_, i) => ({
     requestId: randomUUID(),

@@ -69,20 +69,24 @@ export interface SafeModeWatcher {
 
 /** Polls the switch and calls `onChange` on every change (and once with the first reading). */
 export function watchSafeMode(pool: Pool, options: { intervalMs: number; logger: Logger; onChange: (state: SafeModeState) => void | Promise<void> }): SafeModeWatcher {
+  // `enabled`: the state last applied; `wanted`: the state last read. On while either says on.
   let enabled: boolean | undefined;
+  let wanted = false;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   const poll = async () => {
     try {
       const state = await readSafeMode(pool);
+      wanted = state.enabled;
       if (state.enabled !== enabled) {
-        enabled = state.enabled;
         options.logger.warn({ safeMode: state.enabled, reason: state.reason, by: state.updatedBy }, state.enabled ? 'safe mode ON' : 'safe mode off');
+        // Recorded only once applied: a change that failed half-way is applied again at the next poll.
         await options.onChange(state);
+        enabled = state.enabled;
       }
     } catch (error) {
       // Keep the last known state: a database blip must not release held commands.
-      options.logger.warn({ err: errorMessage(error) }, 'safe mode not readable; keeping the last known state');
+      options.logger.warn({ err: errorMessage(error) }, 'safe mode not read or not applied; keeping the last known state, retrying');
     }
     if (!stopped) {
       timer = setTimeout(() => void poll(), options.intervalMs);
@@ -91,7 +95,7 @@ export function watchSafeMode(pool: Pool, options: { intervalMs: number; logger:
   };
   void poll();
   return {
-    current: () => enabled === true,
+    current: () => wanted || enabled === true,
     stop() {
       stopped = true;
       clearTimeout(timer);

@@ -89,7 +89,9 @@ export function createPostgresLease(options: PostgresLeaseOptions): LeaderElecto
       }
       set({ leader: false, fencingToken: null });
     },
-    state: () => current,
+    // Leadership ends on its own before the lease could expire, even while a renewal hangs: no
+    // rival can take the lease while this one still believes it leads.
+    state: () => (current.leader && Date.now() - lastRenewedAt >= timing.leaseDurationMs - timing.renewIntervalMs ? { leader: false, fencingToken: null } : current),
     onChange(listener) {
       listeners.push(listener);
     },

@@ -13,7 +13,7 @@ import type { AgentWorkload, AllocatorDriver, DriverEvent } from './drivers/type
 import { transition, type AgentSnapshot, type Effect, type LifecycleInput, type RestartPolicy, type RetryPolicy, type TransitionResult } from './lifecycle.ts';
 import type { AgentResourceSpec } from './policy.ts';
 import type { PolicyDecider } from './policy-client.ts';
-import { divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, updateAgent, type AgentRecord } from './store.ts';
+import { divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, readAgent, updateAgent, type AgentRecord } from './store.ts';
 
 /**
  * The provisioner's I/O around the pure lifecycle: one input → (lock the agent row, transition,
@@ -69,6 +69,8 @@ export interface LifecycleApplier {
   onDriverEvent(agentId: string, event: DriverEvent): void;
   /** Resolves when every input accepted so far has been applied. */
   idle(): Promise<void>;
+  /** Ignores driver reports from now on (shutdown: the reconciler of the next process repairs). */
+  close(): void;
 }
 
 interface Step {
@@ -112,6 +114,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
   const log = deps.logger;
   // One chain per agent: inputs about one agent are applied one at a time, in arrival order.
   const chains = new Map<string, Promise<unknown>>();
+  let closed = false;
 
   function exclusive<T>(agentId: string, work: () => Promise<T>): Promise<T> {
     const previous = chains.get(agentId) ?? Promise.resolve();
@@ -284,8 +287,14 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
   async function runEffects(agent: AgentRecord, effects: readonly Effect[], before: AgentSnapshot | undefined, origin: InputOrigin): Promise<Step[]> {
     const next: Step[] = [];
     for (const effect of effects) {
-      const step = await runEffect(agent, effect, before, origin);
-      if (step) next.push(step);
+      try {
+        const step = await runEffect(agent, effect, before, origin);
+        if (step) next.push(step);
+      } catch (error) {
+        // The transition is committed (a redelivered command would be a duplicate): an effect that
+        // failed is left to the reconciler, which drives stuck states again, and the others still run.
+        log.warn({ agentId: agent.id, effect: effect.type, code: errorCode(error), err: errorMessage(error) }, 'effect failed after the transition; the reconciler repairs it');
+      }
     }
     return next;
   }
@@ -310,11 +319,18 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     },
     redrive(agent, effects, origin) {
       return exclusive(agent.id, async () => {
-        const steps = await runEffects(agent, effects, undefined, origin);
+        // The reconciler's view may be stale by now: act only on the version it looked at.
+        const current = await readAgent(deps.pool, agent.id);
+        if (current?.version !== agent.version) return;
+        const steps = await runEffects(current, effects, undefined, origin);
         for (const step of steps) await applyChain(agent.id, step);
       });
     },
     onDriverEvent(id, event) {
+      if (closed) {
+        log.debug({ agentId: id, event: event.type }, 'driver report after shutdown began; ignored');
+        return;
+      }
       const input = driverEventInput(event);
       void exclusive(id, () => applyChain(id, { input, origin: { actor: 'provisioner/driver' } })).catch((error: unknown) => {
         // The reconciler compares the driver's view with the stored state and repairs what this lost.
@@ -323,6 +339,9 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     },
     async idle() {
       while (chains.size > 0) await Promise.all([...chains.values()]);
+    },
+    close() {
+      closed = true;
     },
   };
 }

@@ -12,7 +12,7 @@ import type { ServiceContext } from '../../lib/service/context.ts';
 import { createLifecycleApplier, type LifecycleApplier } from './apply.ts';
 import { createDriver } from './drivers/index.ts';
 import type { AllocatorDriver } from './drivers/types.ts';
-import { handleCommand } from './handler.ts';
+import { handleCommand, validateAgentCommand } from './handler.ts';
 import type { RetryPolicy } from './lifecycle.ts';
 import { createPolicyDecider, loadLocalPolicyFile } from './policy-client.ts';
 import { createReconciler } from './reconciler.ts';
@@ -137,15 +137,17 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
       topic: ctx.topics['agent-commands'],
       groupId: options.groupId ?? `${prefix}agent-manager-provisioner`,
       handler: handleCommand,
+      validate: validateAgentCommand,
       deps: { applier: built },
       concurrency: config.PROVISIONER_CONCURRENCY,
     },
     { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger, metrics: ctx.metrics },
   );
 
-  // Safe mode is read before the first fetch, so no command slips through at start-up.
+  // Safe mode is read before the first fetch, so no command (and no due timer) slips through at start-up.
   const SAFE_MODE = 'safe-mode';
-  if ((await readSafeMode(pool)).enabled) worker.pauseAll(SAFE_MODE);
+  const safeAtStart = (await readSafeMode(pool)).enabled;
+  if (safeAtStart) worker.pauseAll(SAFE_MODE);
   const safeMode = watchSafeMode(pool, {
     intervalMs: config.SAFE_MODE_POLL_MS,
     logger,
@@ -176,16 +178,25 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     retryPolicy,
     stuckAfterMs: config.RECONCILE_STUCK_AFTER_MS,
     intervalMs: config.RECONCILE_INTERVAL_MS,
-    isLeader: () => leader.state().leader,
+    // Repairs are apply operations too: none in safe mode.
+    mayAct: () => leader.state().leader && !safeMode.current(),
   });
 
-  // Cleanup runs in reverse order of registration: stop taking commands first, then let the
-  // inputs in flight settle, then release the lease and the timers.
+  // Cleanup runs in reverse order of registration: stop taking commands, repairs, due timers and
+  // driver reports; let the inputs in flight settle; then release the lease, the timers' queue and
+  // the driver (agents keep running: the next provisioner adopts them and repairs what was missed).
   ctx.onShutdown(['leader lease', () => leader.stop()]);
   ctx.onShutdown(['lifecycle inputs in flight', () => built.idle()]);
+  ctx.onShutdown([
+    'timer delivery and driver reports',
+    async () => {
+      built.close();
+      await timers.stopDelivering();
+    },
+  ]);
   ctx.onShutdown(['reconciler', () => reconciler.stop()]);
   ctx.onShutdown(['agent-commands worker', () => worker.stop()]);
-  timers.start();
+  if (!safeAtStart) timers.start();
   leader.start();
   reconciler.start();
   await worker.start();

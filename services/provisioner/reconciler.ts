@@ -35,11 +35,18 @@ export function repairFor(agent: AgentRecord, observed: ObservedAgent, context: 
       return observed.running
         ? undefined
         : { kind: 'input', input: { type: 'PROCESS_EXITED', ...fence, exitCode: null, signal: null, reason: 'no longer running (found by the reconciler)' }, why: 'process gone' };
-    case 'STARTING':
-      if (s.awaitingRetry || !stuck) return undefined;
+    case 'STARTING': {
+      if (!stuck) return undefined;
+      const policy = context.retryPolicy;
+      // The timers are delayed jobs; should one be lost (a crash before it was scheduled, Redis
+      // down), the reconciler delivers it late. The fence makes a duplicate harmless.
+      if (s.awaitingRetry) {
+        return context.ageMs >= policy.maxDelayMs + context.stuckAfterMs ? { kind: 'input', input: { type: 'RETRY_DUE', ...fence }, why: 'retry timer lost' } : undefined;
+      }
       // The start report was lost (e.g. the provisioner died before the agent said ready).
       if (observed.running && sameFence) return { kind: 'input', input: { type: 'STARTED', ...fence, reason: 'found running by the reconciler' }, why: 'missed start report' };
-      return undefined; // the start deadline (a delayed job) settles it
+      return context.ageMs >= policy.startTimeoutMs + context.stuckAfterMs ? { kind: 'input', input: { type: 'START_TIMEOUT', ...fence }, why: 'start deadline lost' } : undefined;
+    }
     case 'PENDING':
       return stuck ? { kind: 'redrive', effects: [{ type: 'CHECK_POLICY' }], why: 'policy check lost' } : undefined;
     case 'PROVISIONING':
@@ -72,37 +79,52 @@ export interface ReconcileReport {
   readonly orphansRemoved: number;
 }
 
-export async function reconcileOnce(options: ReconcilerOptions): Promise<ReconcileReport> {
+export interface ReconcileRound extends ReconcileReport {
+  /** Where the next round goes on (null: from the start again). */
+  readonly cursor: string | null;
+}
+
+/**
+ * One round over one page of agents (by id, carrying on from `cursor`), so every agent is visited
+ * in turn however many there are. `mayAct` is asked before each repair: leadership can end, and
+ * safe mode begin, in the middle of a round.
+ */
+export async function reconcileOnce(options: ReconcilerOptions, cursor: string | null = null, mayAct: () => boolean = () => true): Promise<ReconcileRound> {
   const { driver, applier, logger } = options;
-  const agents = await listLiveAgents(options.pool, options.batchSize ?? 1000);
+  const pageSize = options.batchSize ?? 500;
+  const agents = await listLiveAgents(options.pool, cursor, pageSize);
   let repaired = 0;
   for (const agent of agents) {
+    if (!mayAct()) break;
     try {
       const observed = await driver.observe(agent.id);
-      const repair = repairFor(agent, observed, { ageMs: Date.now() - agent.updatedAt.getTime(), stuckAfterMs: options.stuckAfterMs, retryPolicy: options.retryPolicy });
-      if (!repair) continue;
+      const repair = repairFor(agent, observed, { ageMs: agent.ageMs, stuckAfterMs: options.stuckAfterMs, retryPolicy: options.retryPolicy });
+      if (!repair || !mayAct()) continue;
       repaired += 1;
       logger.warn({ agentId: agent.id, state: agent.snapshot.state, repair: repair.kind, why: repair.why }, 'reconciler repairing drift');
       const origin = { actor: 'provisioner/reconciler' };
       if (repair.kind === 'input') await applier.apply(agent.id, repair.input, origin);
       else if (repair.kind === 'redrive') await applier.redrive(agent, repair.effects, origin);
-      else await driver.stop(agent.id, options.retryPolicy.stopGraceMs);
+      else await applier.redrive(agent, [{ type: 'STOP_PROCESS', graceMs: options.retryPolicy.stopGraceMs }], origin);
     } catch (error) {
       logger.warn({ agentId: agent.id, err: errorMessage(error) }, 'reconcile of agent failed; next round retries');
     }
   }
-  // Resources of agents the database does not know (or that are destroyed) are removed.
-  const held = await driver.list();
-  const known = await knownAgentIds(options.pool, held);
+  const next = agents.length === pageSize ? (agents.at(-1)?.id ?? null) : null;
+  // Orphans once per full pass: resources of agents the database does not know (or destroyed).
   let orphansRemoved = 0;
-  for (const id of held) {
-    if (known.has(id)) continue;
-    await driver.destroy(id).then(
-      () => (orphansRemoved += 1),
-      (error: unknown) => logger.warn({ agentId: id, err: errorMessage(error) }, 'orphan not removed'),
-    );
+  if (next === null && mayAct()) {
+    const held = await driver.list();
+    const known = await knownAgentIds(options.pool, held);
+    for (const id of held) {
+      if (known.has(id) || !mayAct()) continue;
+      await driver.destroy(id).then(
+        () => (orphansRemoved += 1),
+        (error: unknown) => logger.warn({ agentId: id, err: errorMessage(error) }, 'orphan not removed'),
+      );
+    }
   }
-  return { checked: agents.length, repaired, orphansRemoved };
+  return { checked: agents.length, repaired, orphansRemoved, cursor: next };
 }
 
 export interface Reconciler {
@@ -110,15 +132,16 @@ export interface Reconciler {
   stop(): Promise<void>;
 }
 
-/** Runs `reconcileOnce` every `intervalMs` while `isLeader()` says so. */
-export function createReconciler(options: ReconcilerOptions & { intervalMs: number; isLeader: () => boolean }): Reconciler {
+/** Runs `reconcileOnce` every `intervalMs` while `mayAct()` says so (the leader, outside safe mode). */
+export function createReconciler(options: ReconcilerOptions & { intervalMs: number; mayAct: () => boolean }): Reconciler {
   let timer: NodeJS.Timeout | undefined;
   let running = false;
+  let cursor: string | null = null;
   let round: Promise<unknown> = Promise.resolve();
   const loop = () => {
     if (!running) return;
     timer = setTimeout(() => {
-      round = (options.isLeader() ? reconcileOnce(options) : Promise.resolve())
+      round = (options.mayAct() ? reconcileOnce(options, cursor, () => running && options.mayAct()).then((r) => (cursor = r.cursor)) : Promise.resolve())
         .catch((error: unknown) => options.logger.warn({ err: errorMessage(error) }, 'reconcile round failed'))
         .finally(loop);
     }, options.intervalMs);

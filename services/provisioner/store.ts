@@ -134,13 +134,15 @@ export async function divisionGpuUsage(pool: Pool, division: string, exceptAgent
   return Number(rows[0]?.gpus ?? 0);
 }
 
-/** Agents not in a terminal state, oldest change first (the reconciler's work list). */
-export async function listLiveAgents(pool: Pool, limit: number): Promise<AgentRecord[]> {
-  const { rows } = await pool.query<AgentRow>(
-    `SELECT ${COLUMNS} FROM agents WHERE state NOT IN ('DESTROYED', 'REJECTED') ORDER BY updated_at LIMIT $1`,
-    [limit],
+/** A page of the reconciler's work list: agents not DESTROYED or REJECTED, by id after `afterId`. */
+export async function listLiveAgents(pool: Pool, afterId: string | null, limit: number): Promise<(AgentRecord & { readonly ageMs: number })[]> {
+  // The age is the database's (`now()`), the clock that wrote `updated_at`.
+  const { rows } = await pool.query<AgentRow & { age_ms: number }>(
+    `SELECT ${COLUMNS}, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms FROM agents
+     WHERE state NOT IN ('DESTROYED', 'REJECTED') AND ($1::uuid IS NULL OR id > $1::uuid) ORDER BY id LIMIT $2`,
+    [afterId, limit],
   );
-  return rows.map(toRecord);
+  return rows.map((row) => ({ ...toRecord(row), ageMs: row.age_ms }));
 }
 
 export async function knownAgentIds(pool: Pool, ids: readonly string[]): Promise<Set<string>> {

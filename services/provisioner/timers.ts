@@ -18,9 +18,14 @@ export interface TimerJob {
 }
 
 export interface BullmqTimers extends TimerScheduler {
+  /** Starts delivering due timers. */
   start(): void;
+  /** Stops delivering (waits for the timers being delivered); jobs stay in Redis. */
   pause(): Promise<void>;
+  /** Delivers again, starting the worker if it never ran (safe mode at start-up). */
   resume(): void;
+  /** Stops delivering for good (shutdown); scheduling still works until `close`. */
+  stopDelivering(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -77,6 +82,7 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
       }
     },
     start() {
+      if (worker) return;
       workerConnection = options.connection.duplicate({ maxRetriesPerRequest: null });
       worker = new Worker<TimerJob>(
         name,
@@ -89,15 +95,21 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
       worker.on('error', (error) => log.error({ err: errorMessage(error) }, 'timer worker error'));
     },
     async pause() {
-      await worker?.pause(true);
+      await worker?.pause();
     },
     resume() {
-      void worker?.resume();
+      if (worker) void worker.resume();
+      else this.start();
+    },
+    async stopDelivering() {
+      await worker?.close();
+      workerConnection?.disconnect();
+      worker = undefined;
+      workerConnection = undefined;
     },
     async close() {
-      await worker?.close();
+      await this.stopDelivering();
       await queue.close();
-      workerConnection?.disconnect();
     },
   };
 }

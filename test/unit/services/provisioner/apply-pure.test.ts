@@ -1,5 +1,5 @@
 import { driverEventInput, policyResourceSpec } from '../../../../services/provisioner/apply.ts';
-import { commandInput } from '../../../../services/provisioner/handler.ts';
+import { commandInput, validateAgentCommand } from '../../../../services/provisioner/handler.ts';
 import { timerInput, timerJobId } from '../../../../services/provisioner/timers.ts';
 
 describe('provisioner mappings', () => {
@@ -33,5 +33,20 @@ describe('provisioner mappings', () => {
     const base = { commandId: 'c', agentId: 'a', requestId: null, spec: null, division: null, region: null, labels: {}, issuedBy: 'k', issuedAt: new Date(0), attempt: 1 };
     expect(commandInput({ ...base, command: 'STOP', reason: 'maintenance' })).toEqual({ type: 'STOP', reason: 'maintenance' });
     expect(commandInput({ ...base, command: 'INSTANTIATE', reason: null })).toEqual({ type: 'INSTANTIATE' });
+  });
+
+  it('sends commands with malformed ids or an INSTANTIATE without spec to the DLQ (permanent errors)', () => {
+    const good = { commandId: '00000000-0000-4000-8000-000000000001', agentId: '00000000-0000-4000-8000-000000000002', requestId: null, command: 'STOP', spec: null };
+    expect(validateAgentCommand(good)).toBe(good);
+    let thrown: unknown;
+    try {
+      validateAgentCommand({ ...good, agentId: 'agent-1' });
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toMatchObject({ code: 'VALIDATION_FAILED', retryable: false });
+    expect(() => validateAgentCommand({ ...good, commandId: '' })).toThrow(/commandId/);
+    expect(() => validateAgentCommand({ ...good, requestId: 'x' })).toThrow(/requestId/);
+    expect(() => validateAgentCommand({ ...good, command: 'INSTANTIATE' })).toThrow(/spec/);
   });
 });

@@ -38,6 +38,15 @@ describe('reconciler repairs', () => {
     expect(repairFor(agent({ state: 'STARTING' }), gone, stale)).toBeUndefined();
   });
 
+  it('delivers a lost start deadline or retry timer late, with the current fence', () => {
+    const late = { ...fresh, ageMs: DEFAULT_RETRY_POLICY.startTimeoutMs + fresh.stuckAfterMs };
+    expect(repairFor(agent({ state: 'STARTING' }), gone, late)).toMatchObject({ kind: 'input', input: { type: 'START_TIMEOUT', generation: 2, attempt: 1 } });
+    const lateRetry = { ...fresh, ageMs: DEFAULT_RETRY_POLICY.maxDelayMs + fresh.stuckAfterMs };
+    expect(repairFor(agent({ state: 'STARTING', awaitingRetry: true, startAttempt: 2 }), gone, lateRetry)).toMatchObject({ kind: 'input', input: { type: 'RETRY_DUE', generation: 2, attempt: 2 } });
+    // Before the timers' own deadline plus the margin, the timers are trusted.
+    expect(repairFor(agent({ state: 'STARTING', awaitingRetry: true }), gone, { ...lateRetry, ageMs: lateRetry.ageMs - 1 })).toBeUndefined();
+  });
+
   it('drives a stuck transitional state again and leaves a fresh one alone', () => {
     expect(repairFor(agent({ state: 'PENDING' }), gone, stale)).toMatchObject({ kind: 'redrive', effects: [{ type: 'CHECK_POLICY' }] });
     expect(repairFor(agent({ state: 'PROVISIONING' }), gone, stale)).toMatchObject({ kind: 'redrive', effects: [{ type: 'PROVISION' }] });
