@@ -1,7 +1,9 @@
 // End-to-end provisioning with the simulated driver: requests produced on agent-requests → ingest →
 // agent-commands → provisioner → RUNNING consumed from agent-status. Measures the saturation rate
 // (a burst of INSTANTIATE requests) and the p50/p95 latency at half that rate, in the same run.
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Kafka, logLevel } from 'kafkajs';
 import pg from 'pg';
@@ -30,13 +32,40 @@ function request(key: string): AgentRequest {
   };
 }
 
+/** `agent-manager run ingest` and `run provisioner` as child processes; resolves once both run. */
+async function startServiceProcesses(env: Record<string, string | undefined>): Promise<{ shutdown(): Promise<string[]> }> {
+  const children = (['ingest', 'provisioner'] as const).map((service) =>
+    spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', service], { env: { ...env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'inherit'] }),
+  );
+  await Promise.all(
+    children.map(
+      (child) =>
+        new Promise<void>((resolve, reject) => {
+          let seen = '';
+          child.stdout?.on('data', (chunk: Buffer) => {
+            seen = (seen + chunk.toString()).slice(-4096);
+            if (seen.includes('running; SIGTERM')) resolve();
+          });
+          child.once('exit', (code) => reject(new Error(`a service exited with ${code} before running`)));
+        }),
+    ),
+  );
+  for (const child of children) child.stdout?.resume();
+  return {
+    async shutdown() {
+      await Promise.all(children.map((child) => new Promise((resolve) => child.once('exit', resolve).kill('SIGTERM'))));
+      return [];
+    },
+  };
+}
+
 function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
 
 export async function run(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { burst: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, partitions: { type: 'string', default: '16' }, concurrency: { type: 'string', default: '16' } } });
+  const { values } = parseArgs({ args, options: { burst: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, partitions: { type: 'string', default: '16' }, concurrency: { type: 'string', default: '16' }, processes: { type: 'boolean', default: false } } });
   const burst = Number(values.burst);
   const paceSeconds = Number(values.seconds);
   const prefix = `bench-prov-${Date.now().toString(36)}.`;
@@ -58,7 +87,8 @@ export async function run(args: string[]): Promise<void> {
   await bootstrapFleet(process.cwd(), config, env, createLogger('bench', 'error'));
   const topics = topicNames(prefix);
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
-  const fleet = await startServices(['ingest', 'provisioner'], env, { opsServer: false });
+  // In-process (one Node thread for everything) or one process per service, as deployed.
+  const fleet = values.processes ? await startServiceProcesses(env) : await startServices(['ingest', 'provisioner'], env, { opsServer: false });
   const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, topics, codec });
   const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, topics, codec, groupId: `${prefix}status` });
 
@@ -103,7 +133,7 @@ export async function run(args: string[]): Promise<void> {
       burstRequests.map((r) => (status.states.get(requestToAgent.get(r.requestId) ?? '') ?? []).find(pick)?.time.getTime() ?? NaN).filter(Number.isFinite);
     const lastOf = (list: number[]) => ((Math.max(...list) - t0) / 1000).toFixed(1);
     console.log(`burst timeline: last accepted by ingest at ${lastOf(times((e) => e.version === 0))} s · last created by the provisioner at ${lastOf(times((e) => e.version === 1))} s · last RUNNING at ${lastOf(times((e) => e.state === 'RUNNING'))} s`);
-    console.log(`setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, one process`);
+    console.log(`setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, ${values.processes ? 'one process per service' : 'one process'}`);
     console.log(`saturation: ${burst} requests → RUNNING in ${((Date.now() - t0) / 1000).toFixed(1)} s = ${saturation.toFixed(0)} commands/s`);
 
     // 2. Latency at half the saturation rate, paced in 50 ms ticks.
