@@ -157,8 +157,20 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     return { topic: deps.topics['audit-events'], key: agentId, value, eventId: value.eventId, ...(origin.trace ? { trace: origin.trace } : {}) };
   }
 
-  /** One input in one transaction. Returns the result and, when accepted, the agent as written. */
-  async function applyOnce(agentId: string, step: Step): Promise<{ outcome: ApplyOutcome; agent?: AgentRecord; before?: AgentSnapshot }> {
+  /**
+   * Effects answered at once without leaving the machine (the local policy; a local or simulated
+   * provision) are applied inside the transaction, so their follow-up transitions commit together:
+   * fewer round trips, and no window in which a crash leaves them half done.
+   */
+  const inline = (effect: Effect): boolean =>
+    (effect.type === 'CHECK_POLICY' && deps.policy.source === 'local') || (effect.type === 'PROVISION' && (deps.driver.name === 'local' || deps.driver.name === 'simulated'));
+
+  /**
+   * One input, and the follow-ups of its inline effects, in one transaction. Returns the first
+   * input's result and, when anything was accepted, the agent as written with the effects left to
+   * apply after the commit.
+   */
+  async function applyOnce(agentId: string, step: Step): Promise<{ outcome: ApplyOutcome; agent?: AgentRecord; before?: AgentSnapshot; effects?: readonly Effect[]; origin?: InputOrigin }> {
     const { input, origin } = step;
     return withTransaction(deps.pool, async (client: PoolClient) => {
       const command = origin.command;
@@ -166,27 +178,25 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
         return { outcome: { agentId, result: { ok: true, noop: true, duplicate: true } } };
       }
       const current = await lockAgent(client, agentId);
-      const result = transition(current?.snapshot, input, deps.retryPolicy);
-      if (!result.ok) deps.metrics?.lifecycleRejections.inc({ input: input.type, code: result.rejection.code });
-      else if (!result.noop) deps.metrics?.lifecycleTransitions.inc({ from: result.previous ?? 'NONE', to: result.state });
-      if (!result.ok) {
+      const first = transition(current?.snapshot, input, deps.retryPolicy);
+      if (!first.ok) {
+        deps.metrics?.lifecycleRejections.inc({ input: input.type, code: first.rejection.code });
         // A command is answered on agent-status; a late or stale internal event only logged.
         if (command) {
           const state = current?.snapshot.state ?? 'REJECTED';
-          const reason = `${command.command} rejected: ${result.rejection.code}: ${result.rejection.reason}`;
+          const reason = `${command.command} rejected: ${first.rejection.code}: ${first.rejection.reason}`;
           await enqueueEvents(client, deps.codec, [
             statusEvent(agentId, state, current?.snapshot.state ?? null, reason, current?.version ?? 0, origin),
-            auditEvent(agentId, 'command.rejected', { command: command.command, code: result.rejection.code, reason: result.rejection.reason, state }, origin),
+            auditEvent(agentId, 'command.rejected', { command: command.command, code: first.rejection.code, reason: first.rejection.reason, state }, origin),
           ]);
         } else {
-          log.debug({ agentId, input: input.type, code: result.rejection.code, reason: result.rejection.reason }, 'internal event not applied');
+          log.debug({ agentId, input: input.type, code: first.rejection.code, reason: first.rejection.reason }, 'internal event not applied');
         }
-        return { outcome: { agentId, result } };
+        return { outcome: { agentId, result: first } };
       }
-      if (result.noop) return { outcome: { agentId, result } };
+      if (first.noop) return { outcome: { agentId, result: first } };
 
       let agent: AgentRecord;
-      const ids = { requestId: command?.requestId ?? origin.requestId ?? null, commandId: command?.commandId ?? null };
       if (current === undefined) {
         if (!command?.spec) {
           // Lifecycle only creates on INSTANTIATE; without a spec there is nothing to run.
@@ -196,26 +206,56 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           ]);
           return { outcome: { agentId, result: { ok: false, rejection: { code: 'INVALID_INPUT', reason: 'INSTANTIATE without a spec' } } } };
         }
-        const snapshot = { ...result.snapshot, restartPolicy: input.type === 'INSTANTIATE' && input.restartPolicy ? input.restartPolicy : deps.restartPolicy };
-        await insertAgent(client, {
-          id: agentId,
-          snapshot,
-          spec: command.spec,
-          division: command.division ?? 'default',
-          region: command.region,
-          labels: command.labels,
-          ...ids,
-        });
-        agent = { id: agentId, snapshot, spec: command.spec, division: command.division ?? 'default', region: command.region, labels: command.labels, version: 1, updatedAt: new Date() };
+        const snapshot = { ...first.snapshot, restartPolicy: input.type === 'INSTANTIATE' && input.restartPolicy ? input.restartPolicy : deps.restartPolicy };
+        const division = command.division ?? 'default';
+        agent = { id: agentId, snapshot, spec: command.spec, division, region: command.region, labels: command.labels, version: 0, updatedAt: new Date() };
       } else {
-        const version = await updateAgent(client, agentId, current.version, result.snapshot, ids);
-        agent = { ...current, snapshot: result.snapshot, version };
+        agent = current;
       }
-      await enqueueEvents(client, deps.codec, [
-        statusEvent(agentId, result.state, result.previous ?? null, result.reason, agent.version, origin),
-        auditEvent(agentId, 'agent.state_changed', { from: result.previous ?? null, to: result.state, input: input.type, reason: result.reason, version: agent.version }, origin),
-      ]);
-      return { outcome: { agentId, result }, agent, ...(current ? { before: current.snapshot } : {}) };
+
+      // Apply the first result, then each inline effect's follow-up, as consecutive versions.
+      const events: OutboxEvent[] = [];
+      let result: TransitionResult = first;
+      let stepInput = input;
+      let stepOrigin = origin;
+      let pending: Effect[] = [];
+      for (;;) {
+        if (!result.ok) {
+          deps.metrics?.lifecycleRejections.inc({ input: stepInput.type, code: result.rejection.code });
+          log.debug({ agentId, input: stepInput.type, code: result.rejection.code, reason: result.rejection.reason }, 'follow-up not applied');
+          break;
+        }
+        if (result.noop) break;
+        deps.metrics?.lifecycleTransitions.inc({ from: result.previous ?? 'NONE', to: result.state });
+        const snapshot = agent.version === 0 ? { ...result.snapshot, restartPolicy: agent.snapshot.restartPolicy } : result.snapshot;
+        agent = { ...agent, snapshot, version: agent.version + 1 };
+        events.push(
+          statusEvent(agentId, result.state, result.previous ?? null, result.reason, agent.version, stepOrigin),
+          auditEvent(agentId, 'agent.state_changed', { from: result.previous ?? null, to: result.state, input: stepInput.type, reason: result.reason, version: agent.version }, stepOrigin),
+        );
+        const [head, ...rest] = result.effects;
+        if (head === undefined || !inline(head)) {
+          pending = [...result.effects];
+          break;
+        }
+        pending = [];
+        const next = await runEffect(agent, head, undefined, stepOrigin);
+        if (rest.length > 0) log.warn({ agentId, effects: rest.map((e) => e.type) }, 'effects after an inline effect are not expected; applying them after the commit');
+        pending.push(...rest);
+        if (!next) break;
+        stepInput = next.input;
+        stepOrigin = next.origin;
+        result = transition(agent.snapshot, stepInput, deps.retryPolicy);
+      }
+
+      const ids = { requestId: command?.requestId ?? origin.requestId ?? null, commandId: command?.commandId ?? null };
+      if (current === undefined) {
+        await insertAgent(client, { id: agentId, snapshot: agent.snapshot, spec: agent.spec, division: agent.division, region: agent.region, labels: agent.labels, version: agent.version, ...ids });
+      } else {
+        await updateAgent(client, agentId, current.version, agent.version, agent.snapshot, ids);
+      }
+      await enqueueEvents(client, deps.codec, events);
+      return { outcome: { agentId, result: first }, agent, effects: pending, origin: stepOrigin, ...(current ? { before: current.snapshot } : {}) };
     });
   }
 
@@ -303,12 +343,9 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     const outcomes: ApplyOutcome[] = [];
     const queue: Step[] = [first];
     for (let step = queue.shift(); step !== undefined; step = queue.shift()) {
-      const { outcome, agent, before } = await applyOnce(agentId, step);
+      const { outcome, agent, before, effects, origin } = await applyOnce(agentId, step);
       outcomes.push(outcome);
-      const result = outcome.result;
-      if (agent && result.ok && !result.noop && 'effects' in result) {
-        queue.push(...(await runEffects(agent, result.effects, before, step.origin)));
-      }
+      if (agent && effects && effects.length > 0) queue.push(...(await runEffects(agent, effects, before, origin ?? step.origin)));
     }
     return outcomes;
   }

@@ -88,34 +88,34 @@ export interface NewAgent {
   readonly labels: Record<string, string>;
   readonly requestId: string | null;
   readonly commandId: string | null;
+  /** The version after the transitions applied in this transaction (1 for one). */
+  readonly version: number;
 }
 
-export async function insertAgent(client: PoolClient, agent: NewAgent): Promise<number> {
+export async function insertAgent(client: PoolClient, agent: NewAgent): Promise<void> {
   await client.query(
     `INSERT INTO agents (id, state, reason, spec, lifecycle, division, region, labels, version, last_request_id, last_command_id)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10)`,
-    [agent.id, agent.snapshot.state, agent.snapshot.reason, JSON.stringify(agent.spec), JSON.stringify(lifecycleColumn(agent.snapshot)), agent.division, agent.region, JSON.stringify(agent.labels), agent.requestId, agent.commandId],
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+    [agent.id, agent.snapshot.state, agent.snapshot.reason, JSON.stringify(agent.spec), JSON.stringify(lifecycleColumn(agent.snapshot)), agent.division, agent.region, JSON.stringify(agent.labels), agent.version, agent.requestId, agent.commandId],
   );
-  return 1;
 }
 
-/** Version-checked update; returns the new version. A lost race is a retryable conflict. */
+/** Version-checked update to `newVersion` (one more per transition applied). A lost race is a retryable conflict. */
 export async function updateAgent(
   client: PoolClient,
   agentId: string,
   expectedVersion: number,
+  newVersion: number,
   snapshot: AgentSnapshot,
   ids: { requestId: string | null; commandId: string | null },
-): Promise<number> {
-  const { rows } = await client.query<{ version: string }>(
-    `UPDATE agents SET state = $3, reason = $4, lifecycle = $5, version = version + 1, updated_at = now(),
+): Promise<void> {
+  const { rowCount } = await client.query(
+    `UPDATE agents SET state = $3, reason = $4, lifecycle = $5, version = $8, updated_at = now(),
        last_request_id = COALESCE($6, last_request_id), last_command_id = COALESCE($7, last_command_id)
-     WHERE id = $1 AND version = $2 RETURNING version`,
-    [agentId, expectedVersion, snapshot.state, snapshot.reason, JSON.stringify(lifecycleColumn(snapshot)), ids.requestId, ids.commandId],
+     WHERE id = $1 AND version = $2`,
+    [agentId, expectedVersion, snapshot.state, snapshot.reason, JSON.stringify(lifecycleColumn(snapshot)), ids.requestId, ids.commandId, newVersion],
   );
-  const row = rows[0];
-  if (!row) throw retryableError('VERSION_CONFLICT', `agent ${agentId} changed concurrently (expected version ${expectedVersion})`);
-  return Number(row.version);
+  if (rowCount !== 1) throw retryableError('VERSION_CONFLICT', `agent ${agentId} changed concurrently (expected version ${expectedVersion})`);
 }
 
 /** Records a command as applied; false when it was applied before (a redelivery). */
