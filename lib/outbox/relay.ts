@@ -113,11 +113,8 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     });
 
   const retainPublishedMs = options.retainPublishedMs ?? 3_600_000;
-  let lastPruneAt = 0;
   /** Deletes published rows past retention, a bounded number a minute (they are in Kafka now). */
   async function prunePublished(): Promise<void> {
-    if (Date.now() - lastPruneAt < 60_000) return;
-    lastPruneAt = Date.now();
     const { rowCount } = await options.pool.query(
       `DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1 / 1000.0) LIMIT 10000)`,
       [retainPublishedMs],
@@ -126,12 +123,16 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   }
 
   /** Publishes rounds while `active()` holds. */
+  const pruneEveryMinute = atMostEvery(60_000, prunePublished);
+  const backlogMetricsEverySecond = atMostEvery(1_000, updateBacklogMetrics);
+
   async function run(active: () => boolean): Promise<void> {
     while (active()) {
       try {
         const published = await publishRound();
-        await prunePublished();
-        await updateBacklogMetrics();
+        // Housekeeping on a clock, not per round: rounds come as fast as transactions commit.
+        await pruneEveryMinute();
+        await backlogMetricsEverySecond();
         if (published < batchSize) await waitForWork();
       } catch (error) {
         log.error({ err: errorMessage(error) }, 'outbox round failed; retrying');
@@ -200,5 +201,15 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       await loop;
       log.info('outbox relay stopped');
     },
+  };
+}
+
+/** `work`, run at most once per `intervalMs` (calls in between do nothing). */
+function atMostEvery(intervalMs: number, work: () => Promise<void>): () => Promise<void> {
+  let lastRunAt = Number.NEGATIVE_INFINITY;
+  return async () => {
+    if (Date.now() - lastRunAt < intervalMs) return;
+    lastRunAt = Date.now();
+    await work();
   };
 }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { buildAuditEvent } from '../../lib/audit.ts';
+import { createKeyedQueue } from '../../lib/keyed-queue.ts';
 import type { AgentCommand, AgentSpec, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
 import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.ts';
 import { errorCode, errorMessage, isRetryable } from '../../lib/errors.ts';
@@ -112,23 +113,9 @@ export function driverEventInput(event: DriverEvent): LifecycleInput {
 
 export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
   const log = deps.logger;
-  // One chain per agent: inputs about one agent are applied one at a time, in arrival order.
-  const chains = new Map<string, Promise<unknown>>();
+  // Inputs about one agent are applied one at a time, in arrival order.
+  const perAgent = createKeyedQueue();
   let closed = false;
-
-  function exclusive<T>(agentId: string, work: () => Promise<T>): Promise<T> {
-    const previous = chains.get(agentId) ?? Promise.resolve();
-    const next = previous.then(work, work);
-    const settled = next.then(
-      () => undefined,
-      () => undefined,
-    );
-    chains.set(agentId, settled);
-    void settled.then(() => {
-      if (chains.get(agentId) === settled) chains.delete(agentId);
-    });
-    return next;
-  }
 
   function statusEvent(agentId: string, state: AgentState, previous: AgentState | null, reason: string, version: number, origin: InputOrigin): OutboxEvent {
     const value: AgentStatus = {
@@ -239,7 +226,9 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           break;
         }
         pending = [];
-        const next = await runEffect(agent, head, undefined, stepOrigin);
+        // Inside the transaction, reads use its connection: a second one from the pool could wait on
+        // a pool that every open transaction is also waiting on.
+        const next = await runEffect(agent, head, undefined, stepOrigin, client);
         if (rest.length > 0) log.warn({ agentId, effects: rest.map((e) => e.type) }, 'effects after an inline effect are not expected; applying them after the commit');
         pending.push(...rest);
         if (!next) break;
@@ -250,7 +239,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
 
       const ids = { requestId: command?.requestId ?? origin.requestId ?? null, commandId: command?.commandId ?? null };
       if (current === undefined) {
-        await insertAgent(client, { id: agentId, snapshot: agent.snapshot, spec: agent.spec, division: agent.division, region: agent.region, labels: agent.labels, version: agent.version, ...ids });
+        await insertAgent(client, { ...agent, ...ids });
       } else {
         await updateAgent(client, agentId, current.version, agent.version, agent.snapshot, ids);
       }
@@ -260,7 +249,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
   }
 
   /** Applies one effect; returns the input it answers with at once, if any. */
-  async function runEffect(agent: AgentRecord, effect: Effect, before: AgentSnapshot | undefined, origin: InputOrigin): Promise<Step | undefined> {
+  async function runEffect(agent: AgentRecord, effect: Effect, before: AgentSnapshot | undefined, origin: InputOrigin, db: Pool | PoolClient = deps.pool): Promise<Step | undefined> {
     const follow = (input: LifecycleInput, audit?: Record<string, unknown>): Step => ({
       input,
       origin: { actor: 'provisioner', requestId: origin.command?.requestId ?? origin.requestId ?? null, ...(origin.trace ? { trace: origin.trace } : {}), ...(audit ? { audit } : {}) },
@@ -268,7 +257,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     switch (effect.type) {
       case 'CHECK_POLICY': {
         // A request for no GPU cannot exceed a GPU quota: skip counting the division's GPUs.
-        const usage = { gpus: agent.spec.resources.gpuCount > 0 ? await divisionGpuUsage(deps.pool, agent.division, agent.id) : 0 };
+        const usage = { gpus: agent.spec.resources.gpuCount > 0 ? await divisionGpuUsage(db, agent.division, agent.id) : 0 };
         const decision = await deps.policy.decide(
           {
             agentId: agent.id,
@@ -352,10 +341,10 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
 
   return {
     apply(agentId, input, origin) {
-      return exclusive(agentId, () => applyChain(agentId, { input, origin }));
+      return perAgent.run(agentId, () => applyChain(agentId, { input, origin }));
     },
     redrive(agent, effects, origin) {
-      return exclusive(agent.id, async () => {
+      return perAgent.run(agent.id, async () => {
         // The reconciler's view may be stale by now: act only on the version it looked at.
         const current = await readAgent(deps.pool, agent.id);
         if (current?.version !== agent.version) return;
@@ -369,14 +358,12 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
         return;
       }
       const input = driverEventInput(event);
-      void exclusive(id, () => applyChain(id, { input, origin: { actor: 'provisioner/driver' } })).catch((error: unknown) => {
+      void perAgent.run(id, () => applyChain(id, { input, origin: { actor: 'provisioner/driver' } })).catch((error: unknown) => {
         // The reconciler compares the driver's view with the stored state and repairs what this lost.
         log.error({ agentId: id, event: event.type, code: errorCode(error), err: errorMessage(error) }, 'driver event not applied');
       });
     },
-    async idle() {
-      while (chains.size > 0) await Promise.all([...chains.values()]);
-    },
+    idle: () => perAgent.idle(),
     close() {
       closed = true;
     },

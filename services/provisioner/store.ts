@@ -79,18 +79,8 @@ export async function readAgent(pool: Pool, agentId: string): Promise<AgentRecor
   return rows[0] ? toRecord(rows[0]) : undefined;
 }
 
-export interface NewAgent {
-  readonly id: string;
-  readonly snapshot: AgentSnapshot;
-  readonly spec: AgentSpec;
-  readonly division: string;
-  readonly region: string | null;
-  readonly labels: Record<string, string>;
-  readonly requestId: string | null;
-  readonly commandId: string | null;
-  /** The version after the transitions applied in this transaction (1 for one). */
-  readonly version: number;
-}
+/** A new agent's row: the record as built in memory, with the request and command that made it. */
+export type NewAgent = Omit<AgentRecord, 'updatedAt'> & { readonly requestId: string | null; readonly commandId: string | null };
 
 export async function insertAgent(client: PoolClient, agent: NewAgent): Promise<void> {
   await client.query(
@@ -125,8 +115,8 @@ export async function markCommandApplied(client: PoolClient, commandId: string, 
 }
 
 /** GPUs held by the division's live agents, other than `exceptAgentId` (the policy's quota input). */
-export async function divisionGpuUsage(pool: Pool, division: string, exceptAgentId: string): Promise<number> {
-  const { rows } = await pool.query<{ gpus: string | null }>(
+export async function divisionGpuUsage(db: Pool | PoolClient, division: string, exceptAgentId: string): Promise<number> {
+  const { rows } = await db.query<{ gpus: string | null }>(
     `SELECT COALESCE(SUM((spec->'resources'->>'gpuCount')::int), 0) AS gpus FROM agents
      WHERE division = $1 AND id <> $2 AND state NOT IN ('DESTROYED', 'REJECTED', 'FAILED')`,
     [division, exceptAgentId],

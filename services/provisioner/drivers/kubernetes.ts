@@ -26,6 +26,8 @@
  */
 import { constants as osConstants } from 'node:os';
 import { existsSync, readFileSync } from 'node:fs';
+import { createKeyedQueue } from '../../../lib/keyed-queue.ts';
+import { createEventEmitter } from './emit.ts';
 import type { Logger } from '../../../lib/logger.ts';
 import type { EnvironmentReference } from '../../../lib/contracts/types.ts';
 import { AppError, errorMessage, isAppError, permanentError, retryableError } from '../../../lib/errors.ts';
@@ -40,7 +42,7 @@ import {
   type PodManifestOptions,
   type SecretEnvRef,
 } from './kubernetes-manifest.ts';
-import type { AgentWorkload, AllocatorDriver, DriverEvent, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
+import type { AgentWorkload, AllocatorDriver, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
 
 // ---- the API surface used ------------------------------------------------------------------
 
@@ -286,7 +288,8 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
   let apiPromise: Promise<PodApi> | undefined;
 
   const watches = new Map<string, Watch>();
-  const locks = new Map<string, Promise<unknown>>();
+  // The operations on one agent (start, stop, destroy, observe) never interleave.
+  const perAgent = createKeyedQueue();
   let closed = false;
   let pollTimer: NodeJS.Timeout | null = null;
   let polling: Promise<void> | null = null;
@@ -304,31 +307,12 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
     });
   }
 
-  function emit(agentId: string, event: DriverEvent): void {
-    setImmediate(() => {
-      if (closed) return;
-      try {
-        options.onEvent(agentId, event);
-      } catch (error) {
-        log.error({ agentId, event: event.type, err: errorMessage(error) }, 'driver event listener threw');
-      }
-    });
-  }
+  const emit = createEventEmitter(options.onEvent, log, () => closed);
 
   function ensureOpen(): void {
     if (closed) throw permanentError('DRIVER_CLOSED', 'the kubernetes driver is closed');
   }
 
-  function withLock<T>(agentId: string, fn: () => Promise<T>): Promise<T> {
-    const previous = locks.get(agentId) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const settled = run.catch(() => undefined);
-    locks.set(agentId, settled);
-    void settled.then(() => {
-      if (locks.get(agentId) === settled) locks.delete(agentId);
-    });
-    return run;
-  }
 
   /** The Pod of one start of an agent; throws a permanent error when the spec cannot make one. */
   function podFor(workload: AgentWorkload, fence: StartFence | undefined): PodManifest {
@@ -499,7 +483,7 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
     for (const pod of pods) {
       const agentId = agentIdOfPod(pod);
       const fence = fenceOfPod(pod);
-      if (agentId === undefined || fence === null || watches.has(agentId) || locks.has(agentId)) continue;
+      if (agentId === undefined || fence === null || watches.has(agentId) || perAgent.busy(agentId)) continue;
       if (pod.metadata?.deletionTimestamp !== undefined || isFinished(pod) || pod.metadata?.name !== podNameFor(agentId)) continue;
       log.info({ agentId, pod: pod.metadata.name, fence }, 'adopted a running agent Pod');
       watchStart(agentId, pod, fence, isReady(pod));
@@ -552,7 +536,7 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
         return;
       }
       const name = manifest.metadata.name;
-      await withLock(agentId, async () => {
+      await perAgent.run(agentId, async () => {
         try {
           for (let round = 0; round < 5; round++) {
             const existing = await readPod(name, `reading Pod ${name}`);
@@ -607,7 +591,7 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
     async stop(agentId: string, graceMs: number) {
       ensureOpen();
       const name = podNameFor(agentId);
-      await withLock(agentId, async () => {
+      await perAgent.run(agentId, async () => {
         const pod = await readPod(name, `stopping agent ${agentId}`);
         if (pod === null) {
           watches.delete(agentId);
@@ -644,7 +628,7 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
     async destroy(agentId: string) {
       ensureOpen();
       const name = podNameFor(agentId);
-      await withLock(agentId, async () => {
+      await perAgent.run(agentId, async () => {
         watches.delete(agentId);
         await deletePod(name, 1, null, `destroying agent ${agentId}`);
       });

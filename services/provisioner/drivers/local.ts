@@ -25,9 +25,11 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import { isAbsolute, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { createKeyedQueue } from '../../../lib/keyed-queue.ts';
+import { createEventEmitter } from './emit.ts';
 import type { Logger } from '../../../lib/logger.ts';
 import { errorCode, errorMessage, isAppError, isRetryable, permanentError, retryableError } from '../../../lib/errors.ts';
-import type { AgentWorkload, AllocatorDriver, DriverEvent, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
+import type { AgentWorkload, AllocatorDriver, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
 
 export interface LocalDriverOptions {
   /** Where each agent's folder lives (`<stateDir>/<agentId>/`: state.json, agent.log). */
@@ -171,24 +173,15 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
   if (!isAbsolute(nodePath)) throw permanentError('CONFIG_INVALID', `nodePath must be an absolute path, got ${nodePath}`);
 
   const instances = new Map<string, Instance>();
-  const locks = new Map<string, Promise<unknown>>();
-  const writes = new Map<string, Promise<void>>();
+  // The operations on one agent (start, stop, destroy, observe) never interleave.
+  const perAgent = createKeyedQueue();
+  const writes = createKeyedQueue();
   let poller: NodeJS.Timeout | null = null;
   let closed = false;
 
   // ---- events ------------------------------------------------------------------------------
 
-  /** Events go out on a later turn of the event loop, in order, never from inside a driver call. */
-  function emit(agentId: string, event: DriverEvent): void {
-    setImmediate(() => {
-      if (closed) return;
-      try {
-        options.onEvent(agentId, event);
-      } catch (error) {
-        log.error({ agentId, event: event.type, err: errorMessage(error) }, 'driver event listener threw');
-      }
-    });
-  }
+  const emit = createEventEmitter(options.onEvent, log, () => closed);
 
   // ---- helpers -----------------------------------------------------------------------------
 
@@ -203,23 +196,11 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     return join(stateDir, agentId);
   }
 
-  /** Serializes the operations on one agent (start, stop, destroy, observe). */
-  function withLock<T>(agentId: string, fn: () => Promise<T>): Promise<T> {
-    const previous = locks.get(agentId) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const settled = run.catch(() => undefined);
-    locks.set(agentId, settled);
-    void settled.then(() => {
-      if (locks.get(agentId) === settled) locks.delete(agentId);
-    });
-    return run;
-  }
 
   /** Writes state.json atomically (temp file + rename), in order per agent; never throws. */
   function writeState(agentId: string, state: LocalAgentState): Promise<void> {
     const dir = join(stateDir, agentId);
-    const previous = writes.get(agentId) ?? Promise.resolve();
-    const next = previous.then(async () => {
+    return writes.run(agentId, async () => {
       // A record of an instance already replaced by a newer one must not overwrite the newer one's.
       const live = instances.get(agentId);
       if (live !== undefined && live.pid !== state.pid) return;
@@ -233,11 +214,6 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
         await rm(temp, { force: true }).catch(() => undefined);
       }
     });
-    writes.set(agentId, next);
-    void next.then(() => {
-      if (writes.get(agentId) === next) writes.delete(agentId);
-    });
-    return next;
   }
 
   /** The synchronous form of writeState, for the record that must exist before anything else happens. */
@@ -526,7 +502,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       ensureOpen();
       const { agentId } = workload;
       await adoption;
-      await withLock(agentId, async () => {
+      await perAgent.run(agentId, async () => {
         try {
           const dir = folderOf(agentId);
           await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -551,7 +527,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
             }
           }
           // The old instance's last record goes to disk before the new one's first.
-          await writes.get(agentId);
+          await writes.settled(agentId);
           await launch(agentId, dir, fence);
         } catch (error) {
           log.error({ agentId, fence, code: errorCode(error), err: errorMessage(error) }, 'start failed');
@@ -570,7 +546,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       ensureOpen();
       folderOf(agentId);
       await adoption;
-      await withLock(agentId, async () => {
+      await perAgent.run(agentId, async () => {
         const inst = await current(agentId);
         if (inst === null) {
           emit(agentId, { type: 'STOPPED', exitCode: null, signal: null });
@@ -607,7 +583,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       ensureOpen();
       const dir = folderOf(agentId);
       await adoption;
-      await withLock(agentId, async () => {
+      await perAgent.run(agentId, async () => {
         const inst = await current(agentId);
         if (inst !== null) {
           inst.suppressExit = true;
@@ -616,7 +592,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
             throw retryableError('AGENT_KILL_TIMEOUT', `agent ${agentId} (pid ${inst.pid}) did not end within ${killWaitMs} ms of SIGKILL`);
           }
         }
-        await writes.get(agentId);
+        await writes.settled(agentId);
         try {
           await rm(dir, { recursive: true, force: true });
         } catch (error) {
@@ -630,7 +606,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       ensureOpen();
       const dir = folderOf(agentId);
       await adoption;
-      return withLock(agentId, async () => {
+      return perAgent.run(agentId, async () => {
         const inst = await current(agentId);
         const running = inst !== null && alive(inst);
         return {
@@ -660,7 +636,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       closed = true;
       await adoption;
       // Operations under way finish first (a start about to launch sees `closed` and does not).
-      await Promise.all([...locks.values()]);
+      await perAgent.idle();
       if (poller !== null) clearInterval(poller);
       poller = null;
       for (const inst of instances.values()) {
@@ -676,7 +652,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
         for (const resolveGone of inst.gone.splice(0)) resolveGone();
       }
       instances.clear();
-      await Promise.all([...writes.values()]);
+      await writes.idle();
       log.info({ stateDir }, 'local driver closed; agents keep running');
     },
   };
