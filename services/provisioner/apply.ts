@@ -70,6 +70,12 @@ export interface LifecycleApplier {
   onDriverEvent(agentId: string, event: DriverEvent): void;
   /** Resolves when every input accepted so far has been applied. */
   idle(): Promise<void>;
+  /**
+   * Removes the resources of an agent the database does not know (or knows as DESTROYED). Runs in
+   * the agent's queue, after any transition in flight: an agent being created has resources (a
+   * provision inside its transaction) before its row is committed, and must not be taken for one.
+   */
+  removeOrphan(agentId: string): Promise<boolean>;
   /** Ignores driver reports from now on (shutdown: the reconciler of the next process repairs). */
   close(): void;
 }
@@ -364,6 +370,14 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
       });
     },
     idle: () => perAgent.idle(),
+    removeOrphan(agentId) {
+      return perAgent.run(agentId, async () => {
+        const agent = await readAgent(deps.pool, agentId);
+        if (agent !== undefined && agent.snapshot.state !== 'DESTROYED') return false;
+        await deps.driver.destroy(agentId);
+        return true;
+      });
+    },
     close() {
       closed = true;
     },

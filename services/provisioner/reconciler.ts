@@ -118,8 +118,8 @@ export async function reconcileOnce(options: ReconcilerOptions, cursor: string |
     const known = await knownAgentIds(options.pool, held);
     for (const id of held) {
       if (known.has(id) || !mayAct()) continue;
-      await driver.destroy(id).then(
-        () => (orphansRemoved += 1),
+      await applier.removeOrphan(id).then(
+        (removed) => (orphansRemoved += removed ? 1 : 0),
         (error: unknown) => logger.warn({ agentId: id, err: errorMessage(error) }, 'orphan not removed'),
       );
     }

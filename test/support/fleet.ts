@@ -56,6 +56,10 @@ export async function createFleetWorld(name: string, extraEnv: Record<string, st
     LEASE_RENEW_MS: '1000',
     STOP_GRACE_MS: '3000',
     AGENT_HEARTBEAT_INTERVAL_MS: '1000',
+    // Dozens of agent processes booting on a loaded 2-core machine can take a while: a slow boot
+    // is not what these tests are about, so it must not count as a failed start.
+    START_TIMEOUT_MS: '120000',
+    AGENT_READY_TIMEOUT_MS: '120000',
     SHUTDOWN_GRACE_MS: '15000',
     ...extraEnv,
   };

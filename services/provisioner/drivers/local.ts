@@ -404,11 +404,13 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     if (inst.readyTimer) clearTimeout(inst.readyTimer);
     inst.readyTimer = null;
     if (inst.child?.connected) inst.child.disconnect();
-    void writeState(inst.agentId, stateOf(inst));
     log.info({ agentId: inst.agentId, pid: inst.pid, instanceId: inst.instanceId }, 'agent ready');
-    if (!inst.stopRequested && !inst.suppressExit) {
-      emit(inst.agentId, { type: 'STARTED', generation: inst.fence.generation, attempt: inst.fence.attempt, instanceId: inst.instanceId });
-    }
+    // Reported once state.json says ready: a provisioner that restarts after STARTED adopts a ready agent.
+    void writeState(inst.agentId, stateOf(inst)).then(() => {
+      if (!inst.stopRequested && !inst.suppressExit) {
+        emit(inst.agentId, { type: 'STARTED', generation: inst.fence.generation, attempt: inst.fence.attempt, instanceId: inst.instanceId });
+      }
+    });
   }
 
   async function launch(agentId: string, dir: string, fence: StartFence): Promise<void> {
