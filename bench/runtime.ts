@@ -5,6 +5,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { Kafka, logLevel } from 'kafkajs';
 import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
+import { waitForTopicLeaders } from '../lib/contracts/topics.ts';
 import { localStackEnv } from '../lib/stack/endpoints.ts';
 import { createAvroCodec, NOT_CACHED, type AvroCodec } from '../lib/kafka/avro.ts';
 import { createKafkajsClient } from '../lib/kafka/kafkajs.ts';
@@ -32,7 +33,8 @@ const brokers = env.KAFKA_BROKERS?.split(',') ?? [];
 async function produce(kafka: Kafka, registry: SchemaRegistry, topic: string, count: number, partitions: number): Promise<void> {
   const admin = kafka.admin();
   await admin.connect();
-  await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: partitions }, { topic: `${topic}.dlq`, numPartitions: 1 }] });
+  await admin.createTopics({ topics: [{ topic, numPartitions: partitions }, { topic: `${topic}.dlq`, numPartitions: 1 }] });
+  await waitForTopicLeaders(admin, [topic, `${topic}.dlq`]);
   await admin.disconnect();
   const { id } = await registry.register({ type: SchemaType.AVRO, schema: JSON.stringify(schema) }, { subject: `${topic}-value` });
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });

@@ -192,6 +192,27 @@ async function driftOf(admin: Admin, plans: TopicPlan[]): Promise<Map<string, st
 }
 
 /**
+ * Waits until every partition of `topics` has a leader. kafkajs' own `waitForLeaders` gives up on
+ * the first "does not host this topic-partition" that a just-created topic can answer with; this
+ * asks again until the deadline.
+ */
+export async function waitForTopicLeaders(admin: Admin, topics: readonly string[], timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let problem: string;
+    try {
+      const { topics: found } = await admin.fetchTopicMetadata({ topics: [...topics] });
+      if (found.length === topics.length && found.every((t) => t.partitions.length > 0 && t.partitions.every((p) => p.leader >= 0))) return;
+      problem = 'partitions without a leader';
+    } catch (error) {
+      problem = kafkaProblem(error);
+    }
+    if (Date.now() > deadline) throw retryableError('TOPIC_LEADERS_TIMEOUT', `topics ${topics.join(', ')} have no leaders after ${timeoutMs} ms: ${problem}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/**
  * Creates every topic and its DLQ that does not exist yet (the admin must be connected). Idempotent:
  * an existing topic is reported `exists`, with how it differs from the configuration, and left alone.
  */
@@ -202,9 +223,10 @@ export async function createTopics(admin: Admin, settings: TopicSettings, option
     const missing = plans.filter((p) => !existing.has(p.topic));
     if (missing.length > 0) {
       await admin.createTopics({
-        waitForLeaders: true,
+        waitForLeaders: false,
         topics: missing.map((p) => ({ topic: p.topic, numPartitions: p.numPartitions, replicationFactor: p.replicationFactor, configEntries: p.configEntries })),
       });
+      await waitForTopicLeaders(admin, missing.map((p) => p.topic));
     }
     const drift = await driftOf(admin, plans.filter((p) => existing.has(p.topic)));
     return plans.map((p) => ({

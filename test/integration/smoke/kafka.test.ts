@@ -1,4 +1,5 @@
 import { Kafka, logLevel, type Admin } from 'kafkajs';
+import { waitForTopicLeaders } from '../../../lib/contracts/topics.ts';
 import { brokers, uniqueName } from '../../support/stack.ts';
 
 describe('Kafka 4 broker with kafkajs', () => {
@@ -10,7 +11,8 @@ describe('Kafka 4 broker with kafkajs', () => {
   beforeAll(async () => {
     admin = kafka.admin();
     await admin.connect();
-    await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 3, replicationFactor: 1 }] });
+    await admin.createTopics({ topics: [{ topic, numPartitions: 3, replicationFactor: 1 }] });
+    await waitForTopicLeaders(admin, [topic]);
   });
 
   afterAll(async () => {
