@@ -6,7 +6,7 @@
  *   AGENT_ID               required
  *   AGENT_INSTANCE_ID      default `<hostname>:<pid>`
  *   AGENT_GENERATION, AGENT_ATTEMPT   the start fence, logged only
- *   KAFKA_BROKERS, SCHEMA_REGISTRY_URL   default: the local stack
+ *   KAFKA_BROKERS, SCHEMA_REGISTRY_URL   required (the provisioner passes its own)
  *   HEARTBEAT_TOPIC        default `agent-heartbeats`
  *   HEARTBEAT_INTERVAL_MS  default 2000
  *   AGENT_EXIT_AFTER_MS    tests: exit with code 1 after this long (a crash)
@@ -23,7 +23,6 @@ import { createAgentHeartbeater, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEA
 import { configFields, loadConfig } from '../lib/config.ts';
 import { errorCode, errorMessage } from '../lib/errors.ts';
 import { createLogger } from '../lib/logger.ts';
-import { localStackEnv } from '../lib/stack/endpoints.ts';
 
 const SHUTDOWN_TIMEOUT_MS = 10_000;
 
@@ -35,7 +34,7 @@ function loadAgentConfig() {
       AGENT_GENERATION: z.coerce.number().int().min(0).optional(),
       AGENT_ATTEMPT: z.coerce.number().int().min(0).optional(),
       KAFKA_BROKERS: configFields.brokers,
-      SCHEMA_REGISTRY_URL: configFields.url(localStackEnv().SCHEMA_REGISTRY_URL),
+      SCHEMA_REGISTRY_URL: configFields.url(),
       HEARTBEAT_TOPIC: z.string().min(1).default(DEFAULT_HEARTBEAT_TOPIC),
       HEARTBEAT_INTERVAL_MS: configFields.positiveInt(DEFAULT_HEARTBEAT_INTERVAL_MS),
       AGENT_EXIT_AFTER_MS: z.coerce.number().int('expected an integer').positive('expected a positive number of ms').optional(),

@@ -11,11 +11,11 @@ import { startServices } from '../cli/services.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import type { AgentRequest } from '../lib/contracts/types.ts';
 import { createAvroCodec } from '../lib/kafka/avro.ts';
-import { KernelClient, StatusWatcher } from '../lib/kernel/client.ts';
+import { KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
-import { localStackEnv } from '../lib/stack/endpoints.ts';
+import { localStackEnv } from '../dev/stack/endpoints.ts';
 
 function request(key: string): AgentRequest {
   return {

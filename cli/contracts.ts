@@ -3,14 +3,15 @@ import { Kafka, logLevel } from 'kafkajs';
 import { registerSchemas } from '../lib/contracts/registry.ts';
 import { defaultSchemasDir } from '../lib/contracts/schemas.ts';
 import { createTopics, topicSettingsFromEnv } from '../lib/contracts/topics.ts';
-import { localStackEnv } from '../lib/stack/endpoints.ts';
+import { permanentError } from '../lib/errors.ts';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
-/** A variable from the environment, else the local stack's value. */
-function envOrLocal(name: string): string {
+/** A required variable; against the local stack, `eval "$(npx agent-manager stack env --export)"` sets them. */
+function requiredEnv(name: string, expected: string): string {
   const value = process.env[name]?.trim();
-  return value !== undefined && value !== '' ? value : (localStackEnv()[name] ?? '');
+  if (value === undefined || value === '') throw permanentError('CONFIG_INVALID', `${name} is not set: expected ${expected} (for the local stack: eval "$(npx agent-manager stack env --export)")`);
+  return value;
 }
 
 function days(ms: number): string {
@@ -24,11 +25,11 @@ export function registerContractCommands(program: Command, root: string, setExit
   schemas
     .command('register')
     .description(
-      'Register every topic schema as subject <topic>-value (SCHEMA_REGISTRY_URL, default the local stack). ' +
+      'Register every topic schema as subject <topic>-value (SCHEMA_REGISTRY_URL). ' +
         'Each is first checked locally for BACKWARD compatibility with the latest registered version; nothing is registered if any fails.',
     )
     .action(async () => {
-      const registryUrl = envOrLocal('SCHEMA_REGISTRY_URL');
+      const registryUrl = requiredEnv('SCHEMA_REGISTRY_URL', 'the Schema Registry URL');
       const results = await registerSchemas({ registryUrl, schemasDir: defaultSchemasDir(root) });
       const width = Math.max(...results.map((r) => r.subject.length));
       for (const r of results) console.log(`${r.subject.padEnd(width)}  ${r.status.padEnd(10)}  id ${r.id}`);
@@ -40,13 +41,13 @@ export function registerContractCommands(program: Command, root: string, setExit
   topics
     .command('create')
     .description(
-      'Create every topic and its .dlq that does not exist yet (KAFKA_BROKERS, default the local stack), with partitions, replication factor, ' +
+      'Create every topic and its .dlq that does not exist yet (KAFKA_BROKERS), with partitions, replication factor, ' +
         'min.insync.replicas and retention from TOPIC_PARTITIONS, TOPIC_REPLICATION_FACTOR, TOPIC_MIN_INSYNC_REPLICAS, TOPIC_RETENTION_DAYS, ' +
         'AUDIT_RETENTION_DAYS and DLQ_RETENTION_DAYS. Existing topics are left alone and reported, with any difference from the configuration.',
     )
     .action(async () => {
       const settings = topicSettingsFromEnv(process.env);
-      const brokers = envOrLocal('KAFKA_BROKERS')
+      const brokers = requiredEnv('KAFKA_BROKERS', 'a comma-separated list of host:port')
         .split(',')
         .map((b) => b.trim())
         .filter((b) => b !== '');

@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { AgentRequest, AgentState } from '../lib/contracts/types.ts';
-import { KernelClient, StatusWatcher } from '../lib/kernel/client.ts';
+import { KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
 import { createAvroCodec } from '../lib/kafka/avro.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import { runStackUp } from './stack.ts';
-import { serviceEnv, startServices } from './services.ts';
+import { startServices } from './services.ts';
+import { localStackEnv } from '../dev/stack/endpoints.ts';
 
 export interface DemoOptions {
   readonly agents: number;
@@ -40,7 +41,8 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
   say('demo: bringing up the local stack');
   if (!(await runStackUp(root))) throw new Error('the local stack did not come up; see the messages above');
 
-  const stackEnv = serviceEnv();
+  // The demo is one of the two places (with `stack env`) where the local stack's addresses are defaults.
+  const stackEnv: Record<string, string | undefined> = { ...localStackEnv(), ...process.env };
   // The stack's OPA stands in for SentinelNet, so the demo's policy decisions come over HTTP.
   const env = { LOG_LEVEL: 'error', ...stackEnv, ...(stackEnv.SENTINELNET_URL || !stackEnv.OPA_URL ? {} : { SENTINELNET_URL: stackEnv.OPA_URL }) };
   const config = loadServiceConfig(env);

@@ -9,7 +9,6 @@ import { createAvroCodec } from '../lib/kafka/avro.ts';
 import { createLogger } from '../lib/logger.ts';
 import { onTerminationSignal } from '../lib/runtime/shutdown.ts';
 import { createServiceContext, loadServiceConfig, topicNames, type ServiceContext } from '../lib/service/context.ts';
-import { localStackEnv } from '../lib/stack/endpoints.ts';
 import { loadServiceEnv } from '../lib/secrets.ts';
 import { startTelemetry } from '../lib/telemetry.ts';
 import { loadProvisionerConfig, startProvisioner } from '../services/provisioner/main.ts';
@@ -20,18 +19,15 @@ export type ServiceName = (typeof SERVICES)[number];
 /** Services of the architecture that are not built yet; `run` says so instead of failing obscurely. */
 const LATER = ['heartbeat', 'archiver'];
 
-/** The process environment over the local stack's defaults (so development needs no setup). */
-export function serviceEnv(): Record<string, string | undefined> {
-  return { ...localStackEnv(), ...process.env };
-}
-
-/** `serviceEnv()` with secrets resolved: `<NAME>_FILE` files read, `vault:` references fetched. */
+/**
+ * The process environment with secrets resolved: `<NAME>_FILE` files read, `vault:` references
+ * fetched. There are no defaults: against the local stack, `eval "$(npx agent-manager stack env --export)"` first.
+ */
 export async function resolvedServiceEnv(): Promise<Record<string, string | undefined>> {
-  // Stack defaults apply only where neither X nor X_FILE is set.
-  return { ...(await loadServiceEnv(process.env, { defaults: localStackEnv() })) };
+  return { ...(await loadServiceEnv(process.env)) };
 }
 
-export async function runMigrations(root: string, env = serviceEnv()): Promise<string[]> {
+export async function runMigrations(root: string, env: Record<string, string | undefined>): Promise<string[]> {
   const config = loadServiceConfig(env);
   return migrateUp({ databaseUrl: config.DATABASE_URL, dir: join(root, 'migrations'), schema: config.DATABASE_SCHEMA, logger: createLogger('migrate', config.LOG_LEVEL) });
 }
@@ -64,9 +60,9 @@ export async function startServices(services: readonly ServiceName[], env: Recor
 export function registerServiceCommands(program: Command, root: string, setExitCode: (code: number) => void): void {
   program
     .command('migrate')
-    .description('Apply pending database migrations (DATABASE_URL, DATABASE_SCHEMA; default the local stack). Safe to run repeatedly and concurrently.')
+    .description('Apply pending database migrations (DATABASE_URL, DATABASE_SCHEMA). Safe to run repeatedly and concurrently.')
     .action(async () => {
-      const applied = await runMigrations(root);
+      const applied = await runMigrations(root, await resolvedServiceEnv());
       console.log(applied.length === 0 ? 'migrate: database is up to date' : `migrate: applied ${applied.join(', ')}`);
       setExitCode(0);
     });

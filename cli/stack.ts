@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { stackContext, stackDown, stackEnv, stackStatus, stackUp } from '../lib/stack/index.ts';
+import { stackContext, stackDown, stackEnv, stackStatus, stackUp } from '../dev/stack/index.ts';
 
 const elapsed = (since: number) => `${((Date.now() - since) / 1000).toFixed(1)}s`;
 

@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import { localStackEnv } from './stack/endpoints.ts';
 import { permanentError } from './errors.ts';
 import { isSecretVariable } from './secrets.ts';
 
@@ -28,16 +27,16 @@ function redactIfSecret(variable: string, value: string): string {
   return isSecretVariable(variable) ? '[redacted]' : value;
 }
 
-const stack = localStackEnv();
-
-/** Reusable field definitions; defaults point at the local stack so development needs no setup. */
+/**
+ * Reusable field definitions. Addresses and credentials have no defaults: a deployed service missing
+ * one refuses to start. The local stack's values come only from `agent-manager stack env` and the demo.
+ */
 export const configFields = {
   brokers: z
-    .string()
-    .default(stack.KAFKA_BROKERS ?? '')
+    .string('expected a comma-separated list of host:port')
     .transform((value) => value.split(',').map((b) => b.trim()).filter(Boolean))
     .refine((list) => list.length > 0 && list.every((b) => /^[^:\s]+:\d+$/.test(b)), 'expected a comma-separated list of host:port'),
-  url: (fallback: string | undefined) => z.url('expected a URL').default(fallback ?? ''),
+  url: () => z.url('expected a URL'),
   positiveInt: (fallback: number) => z.coerce.number().int('expected an integer').positive('expected a positive integer').default(fallback),
   nonNegativeInt: (fallback: number) => z.coerce.number().int('expected an integer').min(0, 'expected 0 or more').default(fallback),
   port: (fallback: number) => z.coerce.number().int().min(0).max(65535, 'expected a TCP port (0-65535)').default(fallback),
@@ -53,7 +52,7 @@ export const configFields = {
 export const commonConfigShape = {
   KAFKA_BROKERS: configFields.brokers,
   KAFKA_CLIENT_ID: z.string().min(1).default('agent-manager'),
-  SCHEMA_REGISTRY_URL: configFields.url(stack.SCHEMA_REGISTRY_URL),
+  SCHEMA_REGISTRY_URL: configFields.url(),
   LOG_LEVEL: configFields.logLevel,
   HTTP_PORT: configFields.port(9464),
   SHUTDOWN_GRACE_MS: configFields.positiveInt(25_000),
@@ -61,7 +60,7 @@ export const commonConfigShape = {
 };
 
 export const databaseConfigShape = {
-  DATABASE_URL: configFields.url(stack.DATABASE_URL),
+  DATABASE_URL: configFields.url(),
   DATABASE_POOL_MAX: configFields.positiveInt(10),
 };
 
@@ -73,5 +72,5 @@ export const vaultConfigShape = {
 };
 
 export const redisConfigShape = {
-  REDIS_URL: configFields.url(stack.REDIS_URL),
+  REDIS_URL: configFields.url(),
 };

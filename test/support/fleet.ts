@@ -7,7 +7,7 @@ import { avroTypeOptions } from '../../lib/contracts/schemas.ts';
 import { createAvroCodec, type AvroCodec } from '../../lib/kafka/avro.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { bootstrapFleet } from '../../lib/service/bootstrap.ts';
-import { KernelClient, StatusWatcher } from '../../lib/kernel/client.ts';
+import { KernelClient, StatusWatcher } from '../../dev/kernel/client.ts';
 import { loadServiceConfig, topicNames, type TopicNames } from '../../lib/service/context.ts';
 import { brokers, testEnv, uniqueName } from './stack.ts';
 

@@ -1,6 +1,6 @@
 import { Kafka, logLevel, type Admin } from 'kafkajs';
 import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
-import { waitForTopicLeaders } from '../../lib/contracts/topics.ts';
+import { createTopicsAndWait } from '../../lib/contracts/topics.ts';
 import { createKafkajsClient } from '../../lib/kafka/kafkajs.ts';
 import { createAvroCodec } from '../../lib/kafka/avro.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -33,13 +33,10 @@ export function rawKafka(): Kafka {
 export async function createTestTopic(topic: string, partitions: number): Promise<() => Promise<void>> {
   const admin: Admin = rawKafka().admin();
   await admin.connect();
-  await admin.createTopics({
-    topics: [
-      { topic, numPartitions: partitions, replicationFactor: 1 },
-      { topic: `${topic}.dlq`, numPartitions: 1, replicationFactor: 1 },
-    ],
-  });
-  await waitForTopicLeaders(admin, [topic, `${topic}.dlq`]);
+  await createTopicsAndWait(admin, [
+    { topic, numPartitions: partitions, replicationFactor: 1 },
+    { topic: `${topic}.dlq`, numPartitions: 1, replicationFactor: 1 },
+  ]);
   const registry = new SchemaRegistry({ host: testEnv().SCHEMA_REGISTRY_URL ?? '' });
   await registry.register({ type: SchemaType.AVRO, schema: JSON.stringify(TEST_SCHEMA) }, { subject: `${topic}-value` });
   return async () => {

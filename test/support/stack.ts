@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { localStackEnv } from '../../lib/stack/endpoints.ts';
+import { localStackEnv } from '../../dev/stack/endpoints.ts';
 
 /** Where the integration tests find the real servers: the environment, else the local stack. */
 export function testEnv(): Record<string, string> {

@@ -1,5 +1,5 @@
 import { Kafka, logLevel, type Admin } from 'kafkajs';
-import { waitForTopicLeaders } from '../../../lib/contracts/topics.ts';
+import { createTopicsAndWait } from '../../../lib/contracts/topics.ts';
 import { brokers, uniqueName } from '../../support/stack.ts';
 
 describe('Kafka 4 broker with kafkajs', () => {
@@ -11,8 +11,7 @@ describe('Kafka 4 broker with kafkajs', () => {
   beforeAll(async () => {
     admin = kafka.admin();
     await admin.connect();
-    await admin.createTopics({ topics: [{ topic, numPartitions: 3, replicationFactor: 1 }] });
-    await waitForTopicLeaders(admin, [topic]);
+    await createTopicsAndWait(admin, [{ topic, numPartitions: 3, replicationFactor: 1 }]);
   });
 
   afterAll(async () => {

@@ -1,7 +1,7 @@
 import { backoffDelayMs, DEFAULT_RETRY_POLICY } from '../../../../lib/runtime/retry.ts';
 import { deadLetterRecord, DLQ_HEADERS, dlqTopicOf } from '../../../../lib/runtime/dlq.ts';
 import { childTrace, formatTraceparent, parseTraceparent } from '../../../../lib/tracing.ts';
-import { loadConfig, commonConfigShape } from '../../../../lib/config.ts';
+import { loadConfig, commonConfigShape, databaseConfigShape, redisConfigShape } from '../../../../lib/config.ts';
 import { isRetryable, permanentError, retryableError, errorCode } from '../../../../lib/errors.ts';
 
 describe('retry backoff', () => {
@@ -53,9 +53,12 @@ describe('W3C trace context', () => {
 });
 
 describe('configuration', () => {
-  it('applies defaults that point at the local stack', () => {
-    const config = loadConfig(commonConfigShape, {});
-    expect(config.KAFKA_BROKERS).toEqual(['127.0.0.1:19092']);
+  it('refuses to start without addresses (never falls back to the local stack), and defaults the rest', () => {
+    expect(() => loadConfig({ ...commonConfigShape, ...databaseConfigShape, ...redisConfigShape }, {})).toThrow(
+      /KAFKA_BROKERS: .*\(not set\)[\s\S]*SCHEMA_REGISTRY_URL: .*\(not set\)[\s\S]*DATABASE_URL: .*\(not set\)[\s\S]*REDIS_URL: .*\(not set\)/,
+    );
+    const config = loadConfig(commonConfigShape, { KAFKA_BROKERS: 'kafka:9092', SCHEMA_REGISTRY_URL: 'http://registry:8081' });
+    expect(config.KAFKA_BROKERS).toEqual(['kafka:9092']);
     expect(config.HTTP_PORT).toBe(9464);
   });
   it('names every bad variable and what it expected, never echoing secrets', () => {

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { isAppError, permanentError } from '../../../../lib/errors.ts';
-import { stackOpaBinary } from '../../../../lib/stack/opa.ts';
+import { stackOpaBinary } from '../../../../dev/stack/opa.ts';
 import {
   evaluateLocalPolicy,
   failClosed,

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { LOCAL_STACK } from './endpoints.ts';
 import { commandExists, httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
-import { permanentError } from '../errors.ts';
+import { permanentError } from '../../lib/errors.ts';
 
 /**
  * An OPA server standing in for SentinelNet, the policy decision point the provisioner asks before

@@ -4,7 +4,7 @@ import { LOCAL_STACK } from './endpoints.ts';
 import { ensureMaven, findJava } from './install.ts';
 import { httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
-import { retryableError } from '../errors.ts';
+import { retryableError } from '../../lib/errors.ts';
 
 const APICURIO_VERSION = '3.3.3';
 const { host, port } = LOCAL_STACK.schemaRegistry;

@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { errorMessage } from '../errors.ts';
+import { errorMessage } from '../../lib/errors.ts';
 import { kafkaComponent } from './kafka.ts';
 import { opaComponent } from './opa.ts';
 import { postgresComponent } from './postgres.ts';

@@ -1,7 +1,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { openSync, closeSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { permanentError, retryableError } from '../errors.ts';
+import { permanentError, retryableError } from '../../lib/errors.ts';
 import type { ComponentStatus } from './types.ts';
 
 const execFileAsync = promisify(execFile);

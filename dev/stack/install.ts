@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { commandExists, run } from './process.ts';
 import type { StackContext } from './types.ts';
-import { permanentError } from '../errors.ts';
+import { permanentError } from '../../lib/errors.ts';
 
 let aptQueue: Promise<unknown> = Promise.resolve();
 let aptUpdated = false;

@@ -6,7 +6,7 @@ import { LOCAL_STACK } from './endpoints.ts';
 import { aptInstall } from './install.ts';
 import { processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
-import { permanentError } from '../errors.ts';
+import { permanentError } from '../../lib/errors.ts';
 
 const { host, port, user, password, database } = LOCAL_STACK.postgres;
 const SUPERUSER = 'postgres';

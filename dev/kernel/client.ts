@@ -1,7 +1,7 @@
 import { Kafka, logLevel, type Consumer, type Producer } from 'kafkajs';
-import type { AgentRequest, AgentState, AgentStatus } from '../contracts/types.ts';
-import type { AvroCodec } from '../kafka/avro.ts';
-import type { TopicNames } from '../service/context.ts';
+import type { AgentRequest, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
+import type { AvroCodec } from '../../lib/kafka/avro.ts';
+import type { TopicNames } from '../../lib/service/context.ts';
 
 /**
  * A scripted Kernel: sends requests on `agent-requests` and watches `agent-status`. Used by the
