@@ -370,6 +370,16 @@ const userStart =
 //   reset the count. A start that does not reach RUNNING in time is killed and retried with
 //   backoff up to `maxStartAttempts`, then FAILED with the reason.
 
+/** What a started agent (RUNNING or UNHEALTHY) answers alike. */
+const STARTED: Readonly<Partial<Record<LifecycleInputType, Handler>>> = {
+  INSTANTIATE: repeatInstantiate,
+  STOP: (s, i, p) => move(s, 'STOPPING', {}, [stop(p)], withReason('stop requested', i)),
+  RESTART: (s, i, p) => move(s, 'STOPPING', { afterStop: 'START', restarts: 0 }, [stop(p)], withReason('restart requested', i)),
+  DESTROY: (s, i, p) => move(s, 'STOPPING', { afterStop: 'DESTROY' }, [stop(p)], withReason('destroy requested; stopping first', i)),
+  RECOVER: onRecover,
+  PROCESS_EXITED: onExit,
+};
+
 const TABLE: Readonly<Record<AgentState, Readonly<Partial<Record<LifecycleInputType, Handler>>>>> = {
   PENDING: {
     INSTANTIATE: repeatInstantiate,
@@ -435,23 +445,13 @@ const TABLE: Readonly<Record<AgentState, Readonly<Partial<Record<LifecycleInputT
     },
   },
   RUNNING: {
-    INSTANTIATE: repeatInstantiate,
+    ...STARTED,
     START: already('START: agent is already RUNNING'),
-    STOP: (s, i, p) => move(s, 'STOPPING', {}, [stop(p)], withReason('stop requested', i)),
-    RESTART: (s, i, p) => move(s, 'STOPPING', { afterStop: 'START', restarts: 0 }, [stop(p)], withReason('restart requested', i)),
-    DESTROY: (s, i, p) => move(s, 'STOPPING', { afterStop: 'DESTROY' }, [stop(p)], withReason('destroy requested; stopping first', i)),
-    RECOVER: onRecover,
-    PROCESS_EXITED: onExit,
     HEARTBEAT_MISSED: (s, i) => move(s, 'UNHEALTHY', {}, [], withReason('heartbeat missed', i)),
   },
   UNHEALTHY: {
-    INSTANTIATE: repeatInstantiate,
+    ...STARTED,
     START: already('START: agent is already started (UNHEALTHY; RESTART or RECOVER restarts it)'),
-    STOP: (s, i, p) => move(s, 'STOPPING', {}, [stop(p)], withReason('stop requested', i)),
-    RESTART: (s, i, p) => move(s, 'STOPPING', { afterStop: 'START', restarts: 0 }, [stop(p)], withReason('restart requested', i)),
-    DESTROY: (s, i, p) => move(s, 'STOPPING', { afterStop: 'DESTROY' }, [stop(p)], withReason('destroy requested; stopping first', i)),
-    RECOVER: onRecover,
-    PROCESS_EXITED: onExit,
     HEARTBEAT_RESUMED: (s, i) => move(s, 'RUNNING', {}, [], withReason('heartbeat resumed', i)),
   },
   STOPPING: {
