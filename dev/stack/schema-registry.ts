@@ -1,18 +1,80 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import pg from 'pg';
 import { LOCAL_STACK } from './endpoints.ts';
 import { ensureMaven, findJava } from './install.ts';
-import { httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
+import { httpOk, isAlive, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
-import { retryableError } from '../../lib/errors.ts';
+import { errorMessage, permanentError, retryableError } from '../../lib/errors.ts';
 
 const APICURIO_VERSION = '3.3.3';
 const { host, port } = LOCAL_STACK.schemaRegistry;
 const base = `http://${host}:${port}`;
+/** The registry's own database on the stack's Postgres (or on the server DATABASE_URL names). */
+export const REGISTRY_DATABASE = 'apicurio';
 
 /**
- * Sets the global compatibility rule to BACKWARD. Storage is in memory, so this runs after every
- * start; without it @kafkajs/confluent-schema-registry's BACKWARD registration fails on Apicurio.
+ * Where the registry keeps its schemas. Kafka keeps records with the schema ids they were encoded
+ * with, so the ids must outlive a registry restart: in memory, a restarted registry hands the same
+ * ids out again in whatever order schemas come back, and old records decode with the wrong schema.
+ */
+export function registryStorage(env: NodeJS.ProcessEnv): { adminUrl: string; jdbcUrl: string; user: string; password: string } {
+  const pgStack = LOCAL_STACK.postgres;
+  const server = new URL(env.DATABASE_URL ?? `postgres://${pgStack.user}:${pgStack.password}@${pgStack.host}:${pgStack.port}/${pgStack.database}`);
+  const portPart = server.port === '' ? '' : `:${server.port}`;
+  return {
+    adminUrl: server.toString(),
+    jdbcUrl: `jdbc:postgresql://${server.hostname}${portPart}/${REGISTRY_DATABASE}`,
+    user: decodeURIComponent(server.username),
+    password: decodeURIComponent(server.password),
+  };
+}
+
+/**
+ * Waits for Postgres (`stack up` starts every component at once) and creates the registry's
+ * database when it is missing; the registry creates its tables itself (apicurio.sql.init).
+ */
+async function ensureRegistryDatabase(adminUrl: string, log: string): Promise<void> {
+  const connects = async () => {
+    const client = new pg.Client({ connectionString: adminUrl, connectionTimeoutMillis: 2000 });
+    try {
+      await client.connect();
+      return true;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  };
+  await waitUntil('schema-registry (waiting for postgres)', connects, { timeoutMs: 120_000, logFile: log });
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [REGISTRY_DATABASE]);
+    if (found.rowCount === 0) {
+      await client.query(`CREATE DATABASE ${REGISTRY_DATABASE}`).catch((error: unknown) => {
+        // 42P04: created meanwhile by a concurrent `stack up`.
+        if ((error as { code?: unknown }).code !== '42P04') throw error;
+      });
+    }
+  } catch (error) {
+    throw permanentError('STACK_REGISTRY_DATABASE', `schema-registry: cannot create its database ${REGISTRY_DATABASE}: ${errorMessage(error)}`, error);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** The JVM's command line of a running registry, '' when unknown (no /proc). */
+function commandLine(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Sets the global compatibility rule to BACKWARD (stored with the schemas; set again after every
+ * start so a registry started elsewhere gets it too); without it
+ * @kafkajs/confluent-schema-registry's BACKWARD registration fails on Apicurio.
  */
 async function ensureGlobalBackwardRule(): Promise<void> {
   const rule = { ruleType: 'COMPATIBILITY', config: 'BACKWARD' };
@@ -36,7 +98,7 @@ export function schemaRegistryComponent(): StackComponent {
 
   return {
     name,
-    version: `Apicurio Registry ${APICURIO_VERSION} (Confluent-compatible API, in-memory storage)`,
+    version: `Apicurio Registry ${APICURIO_VERSION} (Confluent-compatible API, SQL storage in Postgres database ${REGISTRY_DATABASE})`,
     address,
     env: () => ({ SCHEMA_REGISTRY_URL: address }),
     async install(ctx) {
@@ -51,11 +113,32 @@ export function schemaRegistryComponent(): StackComponent {
       });
     },
     async start(ctx) {
-      if (await healthy()) {
-        await ensureGlobalBackwardRule();
-        return 'reused';
-      }
       const d = dirs(ctx);
+      const storage = registryStorage(ctx.env);
+      const storageArgs = [
+        '-Dapicurio.storage.kind=sql',
+        '-Dapicurio.storage.sql.kind=postgresql',
+        `-Dapicurio.datasource.url=${storage.jdbcUrl}`,
+        `-Dapicurio.datasource.username=${storage.user}`,
+        `-Dapicurio.datasource.password=${storage.password}`,
+        // The default pool (20 connections held) is sized for production.
+        '-Dapicurio.datasource.jdbc.initial-size=2',
+        '-Dapicurio.datasource.jdbc.min-size=2',
+        '-Dapicurio.datasource.jdbc.max-size=20',
+      ];
+      if (await healthy()) {
+        const pid = readPid(d.pid);
+        const running = pid !== undefined && isAlive(pid) ? commandLine(pid) : '';
+        // A registry this stack started with other storage (in memory, before the SQL storage):
+        // restarted on the SQL one. One started elsewhere is left alone.
+        if (running === '' || storageArgs.every((arg) => running.includes(arg))) {
+          await ensureGlobalBackwardRule();
+          return 'reused';
+        }
+        ctx.progress('schema-registry: restarting with SQL storage in Postgres (the running one keeps its schemas elsewhere)');
+        await stopProcessGroup(d.pid, 'SIGTERM', 20_000);
+      }
+      await ensureRegistryDatabase(storage.adminUrl, d.log);
       // Apicurio 3.x is compiled for Java 21.
       const java = await findJava(ctx, name, 21);
       ctx.progress(`schema-registry: starting on ${base}`);
@@ -67,6 +150,7 @@ export function schemaRegistryComponent(): StackComponent {
           `-Dquarkus.http.host=${host}`,
           `-Dquarkus.http.port=${port}`,
           '-Dapicurio.rules.global.compatibility=BACKWARD',
+          ...storageArgs,
           '-jar',
           'quarkus-run.jar',
         ],
