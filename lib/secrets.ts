@@ -279,11 +279,6 @@ export async function resolveVaultReferences(env: Env, options: VaultResolveOpti
 export interface ServiceEnvOptions extends VaultResolveOptions {
   /** More variables to which `<NAME>_FILE` applies (a service's own secrets). */
   readonly extraSecrets?: readonly string[];
-  /**
-   * Values for variables the environment leaves unset (e.g. the local stack's addresses), applied
-   * after `<NAME>_FILE`, so a default never collides with a secret given as a file.
-   */
-  readonly defaults?: Env;
 }
 
 /**
@@ -291,8 +286,5 @@ export interface ServiceEnvOptions extends VaultResolveOptions {
  * `vault:` references resolved (VAULT_TOKEN may itself come from VAULT_TOKEN_FILE).
  */
 export async function loadServiceEnv(processEnv: Env, options: ServiceEnvOptions = {}): Promise<Env> {
-  const withFiles = resolveSecretFiles(processEnv, { extraSecrets: options.extraSecrets });
-  const withDefaults: Record<string, string | undefined> = { ...options.defaults };
-  for (const [name, value] of Object.entries(withFiles)) if (value !== undefined) withDefaults[name] = value;
-  return resolveVaultReferences(withDefaults, options);
+  return resolveVaultReferences(resolveSecretFiles(processEnv, { extraSecrets: options.extraSecrets }), options);
 }

@@ -7,13 +7,14 @@ import { postgresComponent } from './postgres.ts';
 import { redisComponent } from './redis.ts';
 import { s3Component } from './s3.ts';
 import { schemaRegistryComponent } from './schema-registry.ts';
+import { vaultComponent } from './vault.ts';
 import type { ComponentStatus, StackComponent, StackContext } from './types.ts';
 
 export type { ComponentStatus, StackContext } from './types.ts';
 export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
 
 export function stackComponents(): StackComponent[] {
-  return [kafkaComponent(), schemaRegistryComponent(), postgresComponent(), redisComponent(), s3Component(), opaComponent()];
+  return [kafkaComponent(), schemaRegistryComponent(), postgresComponent(), redisComponent(), s3Component(), opaComponent(), vaultComponent()];
 }
 
 export function stackContext(root: string, progress: (line: string) => void, env: NodeJS.ProcessEnv = process.env): StackContext {
@@ -68,7 +69,7 @@ export function stackStatus(ctx: StackContext, components = stackComponents()): 
 
 export function stackEnv(ctx: StackContext, components = stackComponents()): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const component of components) Object.assign(env, component.env());
+  for (const component of components) Object.assign(env, component.env(ctx));
   if (ctx.env.DATABASE_URL) env.DATABASE_URL = ctx.env.DATABASE_URL;
   if (ctx.env.REDIS_URL) env.REDIS_URL = ctx.env.REDIS_URL;
   return env;
