@@ -182,7 +182,7 @@ export function generateContractTypes(topics: readonly TopicType[]): string {
   return [HEADER, ...declarations, topicRecords].join('\n');
 }
 
-/** The topics' schema files in `schemasDir`; anything but `TOPICS` is refused so no schema goes without types. */
+/** The topics that have a schema file in `schemasDir`, sorted. */
 export function schemaTopics(schemasDir: string): string[] {
   return readdirSync(schemasDir)
     .filter((file) => file.endsWith('.avsc'))
@@ -190,7 +190,7 @@ export function schemaTopics(schemasDir: string): string[] {
     .sort();
 }
 
-/** The generated module for `schemasDir`, in `TOPICS` order. */
+/** The generated module for `schemasDir`, in `TOPICS` order; a schema file of no topic in `TOPICS` is refused, so none goes without types. */
 export function generateFromSchemas(schemasDir: string): string {
   const extra = schemaTopics(schemasDir).filter((topic) => !(TOPICS as readonly string[]).includes(topic));
   if (extra.length > 0) throw unsupported(`${schemasDir}: no topic in TOPICS (lib/contracts/types.ts) for ${extra.map((t) => `${t}.avsc`).join(', ')}`);
