@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { commandExists, run } from './process.ts';
 import type { StackContext } from './types.ts';
@@ -91,4 +92,13 @@ export function ensureVenv(ctx: StackContext, component: string): Promise<string
 /** Makes sure Maven is there (it is on the project machines; Debian's package otherwise). */
 export async function ensureMaven(ctx: StackContext, component: string): Promise<void> {
   if (!(await commandExists('mvn'))) await aptInstall(ctx, component, ['maven']);
+}
+
+/**
+ * Where a built or downloaded tool of one version is kept: the user's cache, outside the checkout,
+ * so a fresh clone (CI) reuses it instead of building it again. `$XDG_CACHE_HOME/agent-manager/<tool>-<version>`.
+ */
+export function toolCacheDir(env: NodeJS.ProcessEnv, tool: string, version: string): string {
+  const base = env.XDG_CACHE_HOME ?? join(env.HOME ?? homedir(), '.cache');
+  return join(base, 'agent-manager', `${tool}-${version}`);
 }

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LOCAL_STACK } from './endpoints.ts';
+import { toolCacheDir } from './install.ts';
 import { commandExists, httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
 import { permanentError } from '../../lib/errors.ts';
@@ -8,9 +9,9 @@ import { permanentError } from '../../lib/errors.ts';
 /**
  * An OPA server standing in for SentinelNet, the policy decision point the provisioner asks before
  * provisioning. OPA is built from source with the Go toolchain (`go install`, pure Go, no cgo): the
- * module proxy is reachable where release downloads are not. The binary lands in `.stack/bin/opa`
- * and is reused by the next runs (and by the tests that compare the Rego policy with the
- * in-process evaluator).
+ * module proxy is reachable where release downloads are not. The binary lands in
+ * `~/.cache/agent-manager/opa-<version>/opa`, outside the checkout, and is reused by the next runs
+ * and fresh clones (and by the tests that compare the Rego policy with the in-process evaluator).
  */
 export const OPA_VERSION = '1.22.3';
 const OPA_MODULE = 'github.com/open-policy-agent/opa';
@@ -25,9 +26,9 @@ const base = `http://${host}:${port}`;
 const GO_CANDIDATES = ['/usr/local/go/bin/go', 'go'];
 const BUILD_TIMEOUT_MS = 45 * 60_000;
 
-/** The stack's OPA binary (present once `stack up` has installed it). */
-export function stackOpaBinary(root: string): string {
-  return join(root, '.stack', 'bin', 'opa');
+/** The stack's OPA binary (present once `stack up` has built it), cached outside the checkout by version. */
+export function stackOpaBinary(env: NodeJS.ProcessEnv = process.env): string {
+  return join(toolCacheDir(env, 'opa', OPA_VERSION), 'opa');
 }
 
 async function findGo(ctx: StackContext): Promise<string> {
@@ -36,7 +37,7 @@ async function findGo(ctx: StackContext): Promise<string> {
   }
   throw permanentError(
     'STACK_NEEDS_GO',
-    `opa: building OPA ${OPA_VERSION} needs the Go toolchain (go 1.24 or newer at ${GO_CANDIDATES[0]} or on the PATH); install Go or put an opa ${OPA_VERSION} binary at ${stackOpaBinary(ctx.root)}`,
+    `opa: building OPA ${OPA_VERSION} needs the Go toolchain (go 1.24 or newer at ${GO_CANDIDATES[0]} or on the PATH); install Go or put an opa ${OPA_VERSION} binary at ${stackOpaBinary(ctx.env)}`,
   );
 }
 
@@ -90,8 +91,8 @@ export function opaComponent(): StackComponent {
   const name = 'opa';
   const files = (ctx: StackContext) => ({
     dir: join(ctx.stackDir, 'opa'),
-    binDir: join(ctx.stackDir, 'bin'),
-    bin: stackOpaBinary(ctx.root),
+    binDir: toolCacheDir(ctx.env, 'opa', OPA_VERSION),
+    bin: stackOpaBinary(ctx.env),
     pid: join(ctx.stackDir, 'opa', 'pid'),
     log: join(ctx.stackDir, 'logs', 'opa.log'),
     installLog: join(ctx.stackDir, 'logs', 'opa-install.log'),

@@ -1,7 +1,6 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { ensureVenv } from './install.ts';
+import { ensureVenv, toolCacheDir } from './install.ts';
 import { processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
 import { permanentError } from '../../lib/errors.ts';
@@ -24,10 +23,7 @@ export const LOCAL_VAULT = {
 
 const address = `http://${LOCAL_VAULT.host}:${LOCAL_VAULT.port}`;
 
-function cacheDir(ctx: StackContext): string {
-  const base = ctx.env.XDG_CACHE_HOME ?? join(ctx.env.HOME ?? homedir(), '.cache');
-  return join(base, 'agent-manager', `openbao-${OPENBAO_VERSION}`);
-}
+const cacheDir = (ctx: StackContext) => toolCacheDir(ctx.env, 'openbao', OPENBAO_VERSION);
 
 /** The stack's `bao` binary once installed. */
 export function baoBinary(ctx: StackContext): string {

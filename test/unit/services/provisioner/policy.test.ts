@@ -255,7 +255,7 @@ describe('remote decisions', () => {
 // instead of skipping it.
 
 function findOpa(): string | undefined {
-  const candidates = process.env.OPA_BIN ? [process.env.OPA_BIN] : [stackOpaBinary(root), 'opa'];
+  const candidates = process.env.OPA_BIN ? [process.env.OPA_BIN] : [stackOpaBinary(), 'opa'];
   return candidates.find((candidate) => spawnSync(candidate, ['version'], { encoding: 'utf8' }).status === 0);
 }
 
@@ -293,7 +293,7 @@ describe('policies/sentinelnet.rego', () => {
   ];
 
   (opa === undefined && !requireOpa ? it.skip : it).each(cases)('agrees with evaluateLocalPolicy: %s', (_name, input) => {
-    if (opa === undefined) throw permanentError('OPA_MISSING', `no opa binary (OPA_BIN, ${stackOpaBinary(root)} or on the PATH): run \`npx agent-manager stack up\``);
+    if (opa === undefined) throw permanentError('OPA_MISSING', `no opa binary (OPA_BIN, ${stackOpaBinary()} or on the PATH): run \`npx agent-manager stack up\``);
     const local = parseLocalPolicy(JSON.parse(readFileSync(policyFile, 'utf8')));
     const result = spawnSync(
       opa,
