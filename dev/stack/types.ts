@@ -27,7 +27,7 @@ export interface StackComponent {
   readonly version: string;
   readonly address: string;
   /** Variables that point the services at this component. */
-  env(): Record<string, string>;
+  env(ctx: StackContext): Record<string, string>;
   /** Installs what is missing (quick when already installed). */
   install(ctx: StackContext): Promise<void>;
   /** Starts it and waits until healthy; reuses what is already healthy. Returns whether it started it. */
