@@ -20,6 +20,7 @@
 import { types } from 'node:util';
 import { errorMessage, isAppError, permanentError, retryableError, type AppError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
+import type { LeaderFence } from './fence.ts';
 import { DEFAULT_LEASE_TIMING, type LeaderElector, type LeadershipState, type LeaseTiming } from './types.ts';
 
 export interface LeaseSpecObject {
@@ -83,6 +84,13 @@ export interface KubernetesLeaseOptions {
   readonly timing?: Partial<LeaseTiming>;
   /** Injectable clock (ms). */
   readonly now?: () => number;
+  /**
+   * Stores a new term's token where side effects check it (`recordTerm` of ./fence.ts into
+   * Postgres); the term leads only once it answered true. Unset: `fence()` is not checkable.
+   */
+  readonly recordTerm?: (fence: LeaderFence) => Promise<boolean>;
+  /** The lease's name in `fence()` (the `leases` row `recordTerm` writes). Default: `name`. */
+  readonly fenceLease?: string;
 }
 
 function statusOf(error: unknown): number | undefined {
@@ -106,6 +114,7 @@ export function createKubernetesLease(options: KubernetesLeaseOptions): LeaderEl
     throw permanentError('CONFIG_INVALID', `lease timing: renewIntervalMs (${timing.renewIntervalMs}) must be positive and below leaseDurationMs (${timing.leaseDurationMs})`);
   }
   const { namespace, name, identity } = options;
+  const fenceLease = options.fenceLease ?? name;
   const now = options.now ?? Date.now;
   const durationSeconds = Math.max(1, Math.ceil(timing.leaseDurationMs / 1000));
   /** How long a leader keeps leading without a successful renewal. */
@@ -189,6 +198,19 @@ export function createKubernetesLease(options: KubernetesLeaseOptions): LeaderEl
     };
   }
 
+  /** A new term leads only once `recordTerm` stored its token (where side effects check it). */
+  async function recorded(token: number): Promise<boolean> {
+    if (!options.recordTerm) return true;
+    try {
+      if (await options.recordTerm({ lease: fenceLease, token })) return true;
+      log.warn({ fencingToken: token }, 'a newer term is recorded already; not leading');
+    } catch (error) {
+      log.warn({ fencingToken: token, err: errorMessage(error) }, 'could not record the new term; not leading (the next round begins another)');
+    }
+    stepDown('term not recorded');
+    return false;
+  }
+
   /** One read and, when due, one write. Returns 'conflict' when another writer got in between. */
   async function attempt(): Promise<'done' | 'conflict'> {
     const at = now();
@@ -212,6 +234,7 @@ export function createKubernetesLease(options: KubernetesLeaseOptions): LeaderEl
         if (statusOf(error) === 409) return 'conflict';
         throw leaseError(error, 'creating the lease');
       }
+      if (!(await recorded(1))) return 'done';
       renewed(1, at);
       return 'done';
     }
@@ -243,7 +266,10 @@ export function createKubernetesLease(options: KubernetesLeaseOptions): LeaderEl
       if (statusOf(error) === 409) return 'conflict';
       throw leaseError(error, 'writing the lease');
     }
-    if (!renewal) log.info({ previousHolder: holder || null, fencingToken: token }, 'acquired the lease');
+    if (!renewal) {
+      log.info({ previousHolder: holder || null, fencingToken: token }, 'acquired the lease');
+      if (!(await recorded(token))) return 'done';
+    }
     renewed(token, at);
     return 'done';
   }
@@ -312,6 +338,7 @@ export function createKubernetesLease(options: KubernetesLeaseOptions): LeaderEl
       if (held !== null) await release(held);
     },
     state: () => current,
+    fence: () => (current.leader && current.fencingToken !== null ? { lease: fenceLease, token: current.fencingToken } : null),
     onChange(listener) {
       listeners.push(listener);
     },

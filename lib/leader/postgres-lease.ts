@@ -63,6 +63,12 @@ export function createPostgresLease(options: PostgresLeaseOptions): LeaderElecto
     }
   }
 
+  // Leadership ends on its own before the lease could expire, even while a renewal hangs: no
+  // rival can take the lease while this one still believes it leads.
+  function state(): LeadershipState {
+    return current.leader && Date.now() - lastRenewedAt >= timing.leaseDurationMs - timing.renewIntervalMs ? { leader: false, fencingToken: null } : current;
+  }
+
   function schedule() {
     if (!running) return;
     timer = setTimeout(() => {
@@ -89,9 +95,11 @@ export function createPostgresLease(options: PostgresLeaseOptions): LeaderElecto
       }
       set({ leader: false, fencingToken: null });
     },
-    // Leadership ends on its own before the lease could expire, even while a renewal hangs: no
-    // rival can take the lease while this one still believes it leads.
-    state: () => (current.leader && Date.now() - lastRenewedAt >= timing.leaseDurationMs - timing.renewIntervalMs ? { leader: false, fencingToken: null } : current),
+    state,
+    fence() {
+      const { leader, fencingToken } = state();
+      return leader && fencingToken !== null ? { lease: options.name, token: fencingToken } : null;
+    },
     onChange(listener) {
       listeners.push(listener);
     },

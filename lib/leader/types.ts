@@ -6,6 +6,10 @@
  * The fencing token grows with every change of holder; work done as leader carries it, so a
  * deposed leader that has not noticed yet can be told apart from the current one.
  */
+import type { LeaderFence } from './fence.ts';
+
+export type { LeaderFence } from './fence.ts';
+
 export interface LeadershipState {
   readonly leader: boolean;
   /** Present while leader. */
@@ -20,6 +24,11 @@ export interface LeaderElector {
   /** Stops competing and releases the lease when held (so a successor takes over at once). */
   stop(): Promise<void>;
   state(): LeadershipState;
+  /**
+   * The current term's fence while leader (null otherwise): what side effects carry and check in
+   * Postgres (`assertFence`), so a deposed leader that has not noticed yet is refused.
+   */
+  fence(): LeaderFence | null;
   /** Called on every change of leadership. */
   onChange(listener: (state: LeadershipState) => void): void;
 }

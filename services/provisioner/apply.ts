@@ -4,6 +4,7 @@ import { createKeyedQueue } from '../../lib/keyed-queue.ts';
 import type { AgentCommand, AgentSpec, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
 import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.ts';
 import { errorCode, errorMessage, isRetryable } from '../../lib/errors.ts';
+import { assertFence, type LeaderFence } from '../../lib/leader/fence.ts';
 import type { AvroCodec } from '../../lib/kafka/avro.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { Metrics } from '../../lib/metrics.ts';
@@ -14,7 +15,7 @@ import type { AgentWorkload, AllocatorDriver, DriverEvent } from './drivers/type
 import { transition, type AgentSnapshot, type Effect, type LifecycleInput, type RestartPolicy, type RetryPolicy, type TransitionResult } from './lifecycle.ts';
 import type { AgentResourceSpec } from './policy.ts';
 import type { PolicyDecider } from './policy-client.ts';
-import { divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, readAgent, updateAgent, type AgentRecord } from './store.ts';
+import { claimRedrive, divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, updateAgent, type AgentRecord, type ObservedRecord } from './store.ts';
 
 /**
  * The provisioner's I/O around the pure lifecycle: one input → (lock the agent row, transition,
@@ -54,6 +55,11 @@ export interface InputOrigin {
   readonly trace?: TraceContext;
   /** Extra facts for the audit event (e.g. the policy decision and its reasons). */
   readonly audit?: Record<string, unknown>;
+  /**
+   * The leader's term, for the reconciler's repairs: checked in the transaction that decides (after
+   * the agent's row is locked); a stale one fails with STALE_FENCE and nothing is applied.
+   */
+  readonly fence?: LeaderFence;
 }
 
 export interface ApplyOutcome {
@@ -64,8 +70,12 @@ export interface ApplyOutcome {
 export interface LifecycleApplier {
   /** Applies an input and every immediate follow-up; serialized per agent within this process. */
   apply(agentId: string, input: LifecycleInput, origin: InputOrigin): Promise<ApplyOutcome[]>;
-  /** Re-applies the effects a state is waiting on (the reconciler's repair after a crash). */
-  redrive(agent: AgentRecord, effects: readonly Effect[], origin: InputOrigin): Promise<void>;
+  /**
+   * Re-applies the effects a state is waiting on (the reconciler's repair after a crash), only if
+   * the agent is still exactly as the reconciler saw it and `origin.fence` is current: claim, fence
+   * check and effects in one transaction that holds the agent's row, so two leaders never both act.
+   */
+  redrive(agent: ObservedRecord, effects: readonly Effect[], origin: InputOrigin): Promise<void>;
   /** Turns a driver's report into a lifecycle input (wire it to the driver's `onEvent`). */
   onDriverEvent(agentId: string, event: DriverEvent): void;
   /** Resolves when every input accepted so far has been applied. */
@@ -75,7 +85,7 @@ export interface LifecycleApplier {
    * the agent's queue, after any transition in flight: an agent being created has resources (a
    * provision inside its transaction) before its row is committed, and must not be taken for one.
    */
-  removeOrphan(agentId: string): Promise<boolean>;
+  removeOrphan(agentId: string, fence?: LeaderFence): Promise<boolean>;
   /** Ignores driver reports from now on (shutdown: the reconciler of the next process repairs). */
   close(): void;
 }
@@ -171,6 +181,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
         return { outcome: { agentId, result: { ok: true, noop: true, duplicate: true } } };
       }
       const current = await lockAgent(client, agentId);
+      if (origin.fence) await assertFence(client, origin.fence);
       const first = transition(current?.snapshot, input, deps.retryPolicy);
       if (!first.ok) {
         deps.metrics?.lifecycleRejections.inc({ input: input.type, code: first.rejection.code });
@@ -319,11 +330,11 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     }
   }
 
-  async function runEffects(agent: AgentRecord, effects: readonly Effect[], before: AgentSnapshot | undefined, origin: InputOrigin): Promise<Step[]> {
+  async function runEffects(agent: AgentRecord, effects: readonly Effect[], before: AgentSnapshot | undefined, origin: InputOrigin, db: Pool | PoolClient = deps.pool): Promise<Step[]> {
     const next: Step[] = [];
     for (const effect of effects) {
       try {
-        const step = await runEffect(agent, effect, before, origin);
+        const step = await runEffect(agent, effect, before, origin, db);
         if (step) next.push(step);
       } catch (error) {
         // The transition is committed (a redelivered command would be a duplicate): an effect that
@@ -351,10 +362,15 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     },
     redrive(agent, effects, origin) {
       return perAgent.run(agent.id, async () => {
-        // The reconciler's view may be stale by now: act only on the version it looked at.
-        const current = await readAgent(deps.pool, agent.id);
-        if (current?.version !== agent.version) return;
-        const steps = await runEffects(current, effects, undefined, origin);
+        // The reconciler's view may be stale by now (another leader redrove it, a transition came):
+        // act only on the exact row it looked at. The driver's effects run while the row is held,
+        // so a successor deciding about this agent waits and then finds it claimed.
+        const steps = await withTransaction(deps.pool, async (client) => {
+          const current = await claimRedrive(client, agent.id, agent.version, agent.stamp);
+          if (current === undefined) return [];
+          if (origin.fence) await assertFence(client, origin.fence);
+          return runEffects(current, effects, undefined, origin, client);
+        });
         for (const step of steps) await applyChain(agent.id, step);
       });
     },
@@ -370,13 +386,16 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
       });
     },
     idle: () => perAgent.idle(),
-    removeOrphan(agentId) {
-      return perAgent.run(agentId, async () => {
-        const agent = await readAgent(deps.pool, agentId);
-        if (agent !== undefined && agent.snapshot.state !== 'DESTROYED') return false;
-        await deps.driver.destroy(agentId);
-        return true;
-      });
+    removeOrphan(agentId, fence) {
+      return perAgent.run(agentId, () =>
+        withTransaction(deps.pool, async (client) => {
+          const agent = await lockAgent(client, agentId);
+          if (agent !== undefined && agent.snapshot.state !== 'DESTROYED') return false;
+          if (fence) await assertFence(client, fence);
+          await deps.driver.destroy(agentId);
+          return true;
+        }),
+      );
     },
     close() {
       closed = true;

@@ -1,10 +1,18 @@
 import type { Pool } from '../../lib/db/pool.ts';
 import { errorMessage } from '../../lib/errors.ts';
+import { isStaleFence, type LeaderFence } from '../../lib/leader/fence.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { LifecycleApplier } from './apply.ts';
 import type { AllocatorDriver, ObservedAgent } from './drivers/types.ts';
 import type { Effect, LifecycleInput, RetryPolicy } from './lifecycle.ts';
 import { knownAgentIds, listLiveAgents, type AgentRecord } from './store.ts';
+
+/**
+ * Who may repair right now: the leader's current term (its fence), or null (not the leader, safe
+ * mode, shutting down). Asked before each repair, and the fence it gives travels with the repair to
+ * where it happens, so a leader that stalls after asking is refused there (STALE_FENCE).
+ */
+export type Authority = () => LeaderFence | null;
 
 /**
  * Compares what the database wants with what the driver reports and repairs the difference. Run by
@@ -82,49 +90,63 @@ export interface ReconcileReport {
 export interface ReconcileRound extends ReconcileReport {
   /** Where the next round goes on (null: from the start again). */
   readonly cursor: string | null;
+  /** A repair was refused as STALE_FENCE: a newer leader term exists; the round ended there. */
+  readonly deposed: boolean;
 }
 
 /**
  * One round over one page of agents (by id, carrying on from `cursor`), so every agent is visited
- * in turn however many there are. `mayAct` is asked before each repair: leadership can end, and
- * safe mode begin, in the middle of a round.
+ * in turn however many there are. `authority` is asked before each repair: leadership can end, and
+ * safe mode begin, in the middle of a round. A repair refused as STALE_FENCE ends the round (this
+ * process is no longer the leader, whatever it believed).
  */
-export async function reconcileOnce(options: ReconcilerOptions, cursor: string | null = null, mayAct: () => boolean = () => true): Promise<ReconcileRound> {
+export async function reconcileOnce(options: ReconcilerOptions, cursor: string | null, authority: Authority): Promise<ReconcileRound> {
   const { driver, applier, logger } = options;
   const pageSize = options.batchSize ?? 500;
   const agents = await listLiveAgents(options.pool, cursor, pageSize);
   let repaired = 0;
+  let deposed = false;
+  const refused = (agentId: string, error: unknown): boolean => {
+    if (!isStaleFence(error)) return false;
+    deposed = true;
+    logger.warn({ agentId, err: errorMessage(error) }, 'repair refused: a newer leader term began; ending the round');
+    return true;
+  };
   for (const agent of agents) {
-    if (!mayAct()) break;
+    if (deposed || authority() === null) break;
     try {
       const observed = await driver.observe(agent.id);
       const repair = repairFor(agent, observed, { ageMs: agent.ageMs, stuckAfterMs: options.stuckAfterMs, retryPolicy: options.retryPolicy });
-      if (!repair || !mayAct()) continue;
-      repaired += 1;
-      logger.warn({ agentId: agent.id, state: agent.snapshot.state, repair: repair.kind, why: repair.why }, 'reconciler repairing drift');
-      const origin = { actor: 'provisioner/reconciler' };
+      const fence = repair ? authority() : null;
+      if (!repair || fence === null) continue;
+      logger.warn({ agentId: agent.id, state: agent.snapshot.state, repair: repair.kind, why: repair.why, fencingToken: fence.token }, 'reconciler repairing drift');
+      const origin = { actor: 'provisioner/reconciler', fence };
       if (repair.kind === 'input') await applier.apply(agent.id, repair.input, origin);
       else if (repair.kind === 'redrive') await applier.redrive(agent, repair.effects, origin);
       else await applier.redrive(agent, [{ type: 'STOP_PROCESS', graceMs: options.retryPolicy.stopGraceMs }], origin);
+      repaired += 1;
     } catch (error) {
-      logger.warn({ agentId: agent.id, err: errorMessage(error) }, 'reconcile of agent failed; next round retries');
+      if (!refused(agent.id, error)) logger.warn({ agentId: agent.id, err: errorMessage(error) }, 'reconcile of agent failed; next round retries');
     }
   }
   const next = agents.length === pageSize ? (agents.at(-1)?.id ?? null) : null;
   // Orphans once per full pass: resources of agents the database does not know (or destroyed).
   let orphansRemoved = 0;
-  if (next === null && mayAct()) {
+  if (next === null && !deposed && authority() !== null) {
     const held = await driver.list();
     const known = await knownAgentIds(options.pool, held);
     for (const id of held) {
-      if (known.has(id) || !mayAct()) continue;
-      await applier.removeOrphan(id).then(
+      const fence = known.has(id) || deposed ? null : authority();
+      if (fence === null) continue;
+      await applier.removeOrphan(id, fence).then(
         (removed) => (orphansRemoved += removed ? 1 : 0),
-        (error: unknown) => logger.warn({ agentId: id, err: errorMessage(error) }, 'orphan not removed'),
+        (error: unknown) => {
+          if (!refused(id, error)) logger.warn({ agentId: id, err: errorMessage(error) }, 'orphan not removed');
+        },
       );
     }
   }
-  return { checked: agents.length, repaired, orphansRemoved, cursor: next };
+  return { checked: agents.length, repaired, orphansRemoved, cursor: deposed ? cursor : next, deposed };
 }
 
 export interface Reconciler {
@@ -132,8 +154,8 @@ export interface Reconciler {
   stop(): Promise<void>;
 }
 
-/** Runs `reconcileOnce` every `intervalMs` while `mayAct()` says so (the leader, outside safe mode). */
-export function createReconciler(options: ReconcilerOptions & { intervalMs: number; mayAct: () => boolean }): Reconciler {
+/** Runs `reconcileOnce` every `intervalMs` while `authority()` gives a fence (the leader, outside safe mode). */
+export function createReconciler(options: ReconcilerOptions & { intervalMs: number; authority: Authority }): Reconciler {
   let timer: NodeJS.Timeout | undefined;
   let running = false;
   let cursor: string | null = null;
@@ -141,7 +163,7 @@ export function createReconciler(options: ReconcilerOptions & { intervalMs: numb
   const loop = () => {
     if (!running) return;
     timer = setTimeout(() => {
-      round = (options.mayAct() ? reconcileOnce(options, cursor, () => running && options.mayAct()).then((r) => (cursor = r.cursor)) : Promise.resolve())
+      round = (options.authority() !== null ? reconcileOnce(options, cursor, () => (running ? options.authority() : null)).then((r) => (cursor = r.cursor)) : Promise.resolve())
         .catch((error: unknown) => options.logger.warn({ err: errorMessage(error) }, 'reconcile round failed'))
         .finally(loop);
     }, options.intervalMs);

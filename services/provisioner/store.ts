@@ -124,15 +124,37 @@ export async function divisionGpuUsage(db: Pool | PoolClient, division: string, 
   return Number(rows[0]?.gpus ?? 0);
 }
 
+/** An agent as the reconciler looked at it. */
+export interface ObservedRecord extends AgentRecord {
+  /** Time since its last transition (or redrive), by the database's clock. */
+  readonly ageMs: number;
+  /** `updated_at` exactly as stored (text, microseconds): what a redrive claims (`claimRedrive`). */
+  readonly stamp: string;
+}
+
 /** A page of the reconciler's work list: agents not DESTROYED or REJECTED, by id after `afterId`. */
-export async function listLiveAgents(pool: Pool, afterId: string | null, limit: number): Promise<(AgentRecord & { readonly ageMs: number })[]> {
+export async function listLiveAgents(pool: Pool, afterId: string | null, limit: number): Promise<ObservedRecord[]> {
   // The age is the database's (`now()`), the clock that wrote `updated_at`.
-  const { rows } = await pool.query<AgentRow & { age_ms: number }>(
-    `SELECT ${COLUMNS}, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms FROM agents
+  const { rows } = await pool.query<AgentRow & { age_ms: number; stamp: string }>(
+    `SELECT ${COLUMNS}, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms, updated_at::text AS stamp FROM agents
      WHERE state NOT IN ('DESTROYED', 'REJECTED') AND ($1::uuid IS NULL OR id > $1::uuid) ORDER BY id LIMIT $2`,
     [afterId, limit],
   );
-  return rows.map((row) => ({ ...toRecord(row), ageMs: row.age_ms }));
+  return rows.map((row) => ({ ...toRecord(row), ageMs: row.age_ms, stamp: row.stamp }));
+}
+
+/**
+ * Claims a redrive of the agent exactly as the reconciler saw it (same version, same `updated_at`)
+ * and locks its row until the transaction ends; `updated_at` moves to now, so the agent is no longer
+ * stuck and a second redrive decided on the same view (another leader's) finds nothing to claim.
+ * Returns the agent, or undefined when it changed since.
+ */
+export async function claimRedrive(client: PoolClient, agentId: string, version: number, stamp: string): Promise<AgentRecord | undefined> {
+  const { rows } = await client.query<AgentRow>(
+    `UPDATE agents SET updated_at = now() WHERE id = $1 AND version = $2 AND updated_at = $3::timestamptz RETURNING ${COLUMNS}`,
+    [agentId, version, stamp],
+  );
+  return rows[0] ? toRecord(rows[0]) : undefined;
 }
 
 export async function knownAgentIds(pool: Pool, ids: readonly string[]): Promise<Set<string>> {
