@@ -6,6 +6,7 @@ import { readSafeMode, watchSafeMode } from '../../lib/control/safe-mode.ts';
 import { permanentError } from '../../lib/errors.ts';
 import { createKubernetesLease } from '../../lib/leader/kubernetes-lease.ts';
 import { createPostgresLease } from '../../lib/leader/postgres-lease.ts';
+import { recordTerm } from '../../lib/leader/fence.ts';
 import type { LeaderElector } from '../../lib/leader/types.ts';
 import { createWorker } from '../../lib/runtime/worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
@@ -168,7 +169,16 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
   const leaseTiming = { leaseDurationMs: config.LEASE_DURATION_MS, renewIntervalMs: config.LEASE_RENEW_MS };
   const leader =
     config.LEADER_ELECTION === 'kubernetes'
-      ? createKubernetesLease({ namespace: config.KUBERNETES_NAMESPACE ?? 'default', name: `agent-manager-${leaseName}`.replace(/[^a-z0-9.-]/g, '-'), identity: ctx.config.INSTANCE_ID, logger, timing: leaseTiming })
+      ? createKubernetesLease({
+          namespace: config.KUBERNETES_NAMESPACE ?? 'default',
+          name: `agent-manager-${leaseName}`.replace(/[^a-z0-9.-]/g, '-'),
+          identity: ctx.config.INSTANCE_ID,
+          logger,
+          timing: leaseTiming,
+          // The term's token goes to Postgres too, where the reconciler's repairs check it.
+          fenceLease: leaseName,
+          recordTerm: (fence) => recordTerm(pool, fence, ctx.config.INSTANCE_ID, leaseTiming.leaseDurationMs),
+        })
       : createPostgresLease({ pool, name: leaseName, identity: ctx.config.INSTANCE_ID, logger, timing: leaseTiming });
   const reconciler = createReconciler({
     pool,
@@ -178,8 +188,8 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     retryPolicy,
     stuckAfterMs: config.RECONCILE_STUCK_AFTER_MS,
     intervalMs: config.RECONCILE_INTERVAL_MS,
-    // Repairs are apply operations too: none in safe mode.
-    mayAct: () => leader.state().leader && !safeMode.current(),
+    // Repairs are apply operations too: none in safe mode. Each carries the term's fence.
+    authority: () => (safeMode.current() ? null : leader.fence()),
   });
 
   // Cleanup runs in reverse order of registration: stop taking commands, repairs, due timers and
