@@ -10,8 +10,9 @@ import { inSpan, linkTo, SpanKind, telemetryActive } from '../telemetry.ts';
 import type { Link } from '@opentelemetry/api';
 
 export interface OutboxRelayOptions {
+  /** Housekeeping only (pruning, backlog metrics); rounds run on the lock holder's own connection. */
   readonly pool: Pool;
-  /** A dedicated connection string for LISTEN and the relay's advisory lock. */
+  /** A dedicated connection string for LISTEN, the relay's advisory lock and every round. */
   readonly databaseUrl: string;
   readonly schema?: string;
   readonly producer: ProducerClient;
@@ -56,12 +57,19 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
 
-  async function publishRound(): Promise<number> {
-    const { rows } = await options.pool.query<OutboxRow>(
+  /**
+   * One round on `db`, the connection that holds the relay lock: select, publish, mark. The lock
+   * lives with that session, so a relay whose session ended cannot mark anything (its UPDATE has no
+   * connection to run on), and one that noticed the loss (`lost()`) publishes nothing more.
+   */
+  async function publishRound(db: pg.Client, lost: () => Error | undefined): Promise<number> {
+    const { rows } = await db.query<OutboxRow>(
       'SELECT id, event_id, topic, key, value, headers FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1',
       [batchSize],
     );
     if (rows.length === 0) return 0;
+    const gone = lost();
+    if (gone) throw gone;
     // One send per topic, rows in table order within it: that keeps the order per key (a key's
     // events are ordered within their topic; there is no order across topics to keep).
     const byTopic = new Map<string, OutboxRow[]>();
@@ -91,7 +99,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     }
     for (const [topic, slice] of byTopic) options.metrics.outboxPublished.inc({ topic }, slice.length);
     await options.afterPublish?.(rows.map((r) => r.event_id));
-    await options.pool.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)]);
+    await db.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)]);
     return rows.length;
   }
 
@@ -122,14 +130,14 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     if (rowCount) log.debug({ rows: rowCount }, 'published outbox rows pruned');
   }
 
-  /** Publishes rounds while `active()` holds. */
   const pruneEveryMinute = atMostEvery(60_000, prunePublished);
   const backlogMetricsEverySecond = atMostEvery(1_000, updateBacklogMetrics);
 
-  async function run(active: () => boolean): Promise<void> {
+  /** Publishes rounds on `db` while `active()` holds. */
+  async function run(db: pg.Client, active: () => boolean, lost: () => Error | undefined): Promise<void> {
     while (active()) {
       try {
-        const published = await publishRound();
+        const published = await publishRound(db, lost);
         // Housekeeping on a clock, not per round: rounds come as fast as transactions commit.
         await pruneEveryMinute();
         await backlogMetricsEverySecond();
@@ -148,17 +156,16 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
    * restart), publishing stops at once and a new session takes the lock again.
    */
   async function session(): Promise<void> {
-    const client = new pg.Client({
-      connectionString: options.databaseUrl,
-      // Names the lock holder in pg_stat_activity (and lets tests find it).
-      application_name: `outbox-relay:${options.schema ?? 'public'}`.slice(0, 63),
-      ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
-    });
+    const client = dedicatedClient();
     let lost: Error | undefined;
-    client.on('error', (error) => {
-      lost = error;
+    // A server restart or pg_terminate_backend (57P01) arrives as 'error' on an idle connection (an
+    // unhandled 'error' would end the process) or as the failure of the query in flight, then 'end'.
+    const onLost = (error: Error) => {
+      lost ??= error;
       wake?.();
-    });
+    };
+    client.on('error', onLost);
+    client.on('end', () => onLost(new Error('the relay connection ended')));
     const alive = () => running && lost === undefined;
     try {
       await client.connect();
@@ -172,15 +179,40 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       client.on('notification', () => wake?.());
       await client.query(`LISTEN ${OUTBOX_CHANNEL}`);
       log.info('outbox relay publishing (holds the relay lock)');
-      await run(alive);
+      await run(client, alive, () => lost);
       if (lost) log.warn({ err: lost.message }, 'outbox relay lost its database connection (and lock); taking it again');
     } finally {
       await client.end().catch(() => undefined);
     }
   }
 
+  function dedicatedClient(): pg.Client {
+    return new pg.Client({
+      connectionString: options.databaseUrl,
+      // Names the lock holder in pg_stat_activity (and lets tests find it).
+      application_name: `outbox-relay:${options.schema ?? 'public'}`.slice(0, 63),
+      ...(options.schema ? { options: `-c search_path=${options.schema},public` } : {}),
+    });
+  }
+
+  /** One round under the lock, on a connection of its own; 0 when another relay holds the lock. */
+  async function drainOnce(): Promise<number> {
+    const client = dedicatedClient();
+    let lost: Error | undefined;
+    client.on('error', (error) => (lost ??= error));
+    try {
+      await client.connect();
+      const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1::int, hashtext(current_schema())) AS locked', [RELAY_LOCK_KEY]);
+      if (rows[0]?.locked !== true) return 0;
+      return await publishRound(client, () => lost);
+    } finally {
+      // Ending the session releases the lock.
+      await client.end().catch(() => undefined);
+    }
+  }
+
   return {
-    drainOnce: publishRound,
+    drainOnce,
     async start() {
       running = true;
       loop = (async () => {

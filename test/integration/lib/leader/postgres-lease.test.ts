@@ -49,4 +49,27 @@ describe('Postgres leader lease', () => {
     expect(c.state().fencingToken).toBeGreaterThan(b.state().fencingToken ?? firstToken);
     await c.stop();
   });
+
+  it('survives its connections being terminated (57P01, as in a server restart): keeps leading in the same term', async () => {
+    const appName = uniqueName('lease-app');
+    const own = createPool({ connectionString: env.DATABASE_URL ?? '', schema, max: 2, applicationName: appName });
+    const timing = { leaseDurationMs: 3_000, renewIntervalMs: 200 };
+    const a = createPostgresLease({ pool: own, name: 'survivor', identity: 'a', logger, timing });
+    try {
+      a.start();
+      await eventually(() => a.state().leader, 5_000, 'a leads');
+      const token = a.fence()?.token;
+      for (let i = 0; i < 5; i++) {
+        await pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [appName]);
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      // Renewals go on over new connections; the term (and its fence) is unchanged.
+      await eventually(async () => (await pool.query<{ ok: boolean }>(`SELECT expires_at > now() + interval '2 seconds' AS ok FROM leases WHERE name = 'survivor'`)).rows[0]?.ok === true, 5_000, 'renewed after the cuts');
+      expect(a.state().leader).toBe(true);
+      expect(a.fence()?.token).toBe(token);
+    } finally {
+      await a.stop();
+      await own.end();
+    }
+  });
 });
