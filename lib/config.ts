@@ -48,13 +48,70 @@ export const configFields = {
       .transform((v) => v === 'true' || v === '1' || v === 'yes'),
 };
 
+const pem = (what: string, variable: string) =>
+  z
+    .string()
+    .optional()
+    .transform((value) => (value === undefined || value.trim() === '' ? undefined : value.trim()))
+    .refine((value) => value === undefined || /^-----BEGIN [A-Z0-9 ]+-----/m.test(value), `expected ${what} in PEM (or set ${variable}_FILE to the path of its file)`);
+
+/**
+ * How a process connects to Kafka. `ssl` (the default, so a service never falls back to plaintext
+ * by omission) is TLS with a client certificate: the brokers authenticate each client by it and
+ * authorize its principal with ACLs (lib/contracts/acls.ts). The PEM values come, like any secret,
+ * from `<NAME>_FILE` files or `vault:` references (lib/secrets.ts): KAFKA_SSL_CA_FILE,
+ * KAFKA_SSL_CERT_FILE, KAFKA_SSL_KEY_FILE. Check the combination with `kafkaTlsOf`.
+ */
+export const kafkaConfigShape = {
+  KAFKA_BROKERS: configFields.brokers,
+  KAFKA_SECURITY_PROTOCOL: z.enum(['ssl', 'plaintext'], 'expected ssl (TLS with a client certificate) or plaintext').default('ssl'),
+  /** The CA that signed the brokers' certificates; unset: the system's trusted CAs. */
+  KAFKA_SSL_CA: pem('the CA certificate(s)', 'KAFKA_SSL_CA'),
+  KAFKA_SSL_CERT: pem("the client's certificate", 'KAFKA_SSL_CERT'),
+  KAFKA_SSL_KEY: pem("the client's private key", 'KAFKA_SSL_KEY'),
+};
+
+export type KafkaConnectionConfig = z.infer<z.ZodObject<typeof kafkaConfigShape>>;
+
+/** TLS with a client certificate (kafkajs' `ssl` option); `undefined` means plaintext. */
+export interface KafkaTls {
+  /** PEM; undefined trusts the system's CAs. */
+  readonly ca: string | undefined;
+  readonly cert: string;
+  readonly key: string;
+}
+
+/**
+ * The TLS settings of a validated Kafka configuration, or undefined for plaintext. Throws
+ * CONFIG_INVALID at start-up when `ssl` lacks the client certificate or key, or when `plaintext`
+ * comes with TLS material (a half-applied configuration must not silently connect in the clear).
+ */
+export function kafkaTlsOf(config: Pick<KafkaConnectionConfig, 'KAFKA_SECURITY_PROTOCOL' | 'KAFKA_SSL_CA' | 'KAFKA_SSL_CERT' | 'KAFKA_SSL_KEY'>): KafkaTls | undefined {
+  const { KAFKA_SECURITY_PROTOCOL: protocol, KAFKA_SSL_CA: ca, KAFKA_SSL_CERT: cert, KAFKA_SSL_KEY: key } = config;
+  if (protocol === 'plaintext') {
+    const set = Object.entries({ KAFKA_SSL_CA: ca, KAFKA_SSL_CERT: cert, KAFKA_SSL_KEY: key }).filter(([, v]) => v !== undefined).map(([k]) => k);
+    if (set.length > 0) throw permanentError('CONFIG_INVALID', `invalid configuration:\n  KAFKA_SECURITY_PROTOCOL: plaintext, but ${set.join(', ')} ${set.length === 1 ? 'is' : 'are'} set: use ssl, or unset them`);
+    return undefined;
+  }
+  const missing = Object.entries({ KAFKA_SSL_CERT: cert, KAFKA_SSL_KEY: key }).filter(([, v]) => v === undefined).map(([k]) => k);
+  if (missing.length > 0 || cert === undefined || key === undefined) {
+    throw permanentError(
+      'CONFIG_INVALID',
+      `invalid configuration:\n  ${missing.join(', ')}: required with KAFKA_SECURITY_PROTOCOL=ssl (the brokers authenticate clients by certificate): set ${missing.map((m) => `${m}_FILE`).join(' and ')} to the PEM files, or vault: references (for the local stack: eval "$(npx agent-manager stack env --export)")`,
+    );
+  }
+  return { ca, cert, key };
+}
+
 /** What every service process needs. */
 export const commonConfigShape = {
-  KAFKA_BROKERS: configFields.brokers,
+  ...kafkaConfigShape,
   KAFKA_CLIENT_ID: z.string().min(1).default('agent-manager'),
   SCHEMA_REGISTRY_URL: configFields.url(),
   LOG_LEVEL: configFields.logLevel,
   HTTP_PORT: configFields.port(9464),
+  /** Address of the ops listener (/livez, /readyz, /metrics): all interfaces by default, for probes and scrapes; 127.0.0.1 keeps it local. */
+  HTTP_HOST: z.string().min(1, 'expected an address to bind, e.g. 0.0.0.0 or 127.0.0.1').default('0.0.0.0'),
   SHUTDOWN_GRACE_MS: configFields.positiveInt(25_000),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url('expected the OTLP/HTTP endpoint URL').optional(),
 };

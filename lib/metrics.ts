@@ -17,6 +17,10 @@ export function createMetrics(service: string, options: { defaultMetrics?: boole
     recordsFailed: new Counter({ name: 'agent_manager_records_failed_total', help: 'Failed handler attempts', labelNames: ['topic', 'code'], registers }),
     /** Records written to `<topic>.dlq`, by source topic and error code. */
     recordsDeadLettered: new Counter({ name: 'agent_manager_records_dead_lettered_total', help: 'Records sent to the dead-letter topic', labelNames: ['topic', 'code'], registers }),
+    /** Retries of a record because a dependency was down (not counted toward the DLQ budget), by topic and dependency. */
+    dependencyWaits: new Counter({ name: 'agent_manager_dependency_waits_total', help: 'Record retries while a dependency was unavailable', labelNames: ['topic', 'dependency'], registers }),
+    /** Partitions held because a dependency is down; while any is above 0, /readyz fails. */
+    dependencyBlockedPartitions: new Gauge({ name: 'agent_manager_dependency_blocked_partitions', help: 'Partitions waiting for an unavailable dependency', labelNames: ['topic', 'dependency'], registers }),
     /** Handler latency per record, seconds. */
     handlerSeconds: new Histogram({
       name: 'agent_manager_handler_duration_seconds',

@@ -28,7 +28,15 @@ export function createPool(options: PoolOptions): Pool {
   // An idle client whose connection drops (a Postgres restart or failover) emits 'error'; pg-pool
   // discards it and the next checkout connects anew. Unhandled, the event would end the process.
   pool.on('error', (error) => options.onIdleError?.(error));
+  // pg-pool listens only on IDLE clients: one checked out (a transaction, a handler) whose server
+  // goes away (57P01 on `pg_ctl stop -m fast`) emits 'error' with no listener, and the process
+  // dies. Its pending query rejects anyway and release() discards it, so the event needs no action.
+  pool.on('connect', (client) => client.on('error', ignoreCheckedOutError));
   return pool;
+}
+
+function ignoreCheckedOutError(): void {
+  // Handled where it matters: the query in flight rejects with it (see createPool).
 }
 
 /**
@@ -61,16 +69,21 @@ export async function withTransaction<T>(pool: Pool, work: (client: PoolClient) 
 
 async function transaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  /** Set when the connection is broken: release(error) discards it instead of pooling it again. */
+  let broken: Error | undefined;
   try {
     await client.query('BEGIN');
     const result = await work(client);
     await client.query('COMMIT');
     return result;
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => undefined);
+    // A ROLLBACK that fails means the connection is gone.
+    await client.query('ROLLBACK').catch((failure: unknown) => {
+      broken = failure instanceof Error ? failure : new Error(String(failure));
+    });
     throw error;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }
 

@@ -1,6 +1,6 @@
 import avsc from 'avsc';
 import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
-import { permanentError, retryableError } from '../errors.ts';
+import { permanentError, unavailableError } from '../errors.ts';
 
 /** What `decodeCached` returns when the record's schema is not in the process's cache yet. */
 export const NOT_CACHED: unique symbol = Symbol('agent-manager.avro.not-cached');
@@ -28,6 +28,15 @@ export interface AvroCodecOptions {
 function httpStatus(error: unknown): number | undefined {
   const status = (error as { status?: unknown }).status;
   return typeof status === 'number' ? status : undefined;
+}
+
+/** No answer at all: a refused or dropped connection, a timeout (the registry client uses fetch/mappersmith). */
+function isConnectionFailure(error: unknown): boolean {
+  for (let current = error, depth = 0; typeof current === 'object' && current !== null && depth < 5; current = (current as { cause?: unknown }).cause, depth++) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string' && /^(ECONN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|EPIPE|UND_ERR)/.test(code)) return true;
+  }
+  return /fetch failed|ECONN|socket|timed? ?out|network/i.test(String(error));
 }
 
 /** A writer schema as the registry builds it: an avsc Type for Avro (JSON/Protobuf schemas only have `fromBuffer`). */
@@ -76,8 +85,10 @@ export function createAvroCodec(options: AvroCodecOptions): AvroCodec {
     } catch (error) {
       const status = httpStatus(error);
       if (status === 404) throw permanentError('DECODE_UNKNOWN_SCHEMA', `schema id ${id} is not in the registry`, error);
-      if (status !== undefined || (error as { code?: string }).code === 'ECONNREFUSED' || /fetch failed|ECONN|socket/i.test(String(error))) {
-        throw retryableError('REGISTRY_UNAVAILABLE', `schema registry lookup failed: ${String(error)}`, error);
+      // Any other answer (5xx, 401/403 of a misconfigured registry) or no answer is the registry's
+      // problem, not the record's: the runtime waits for it instead of dead-lettering.
+      if (status !== undefined || isConnectionFailure(error)) {
+        throw unavailableError('registry', 'REGISTRY_UNAVAILABLE', `schema registry lookup failed: ${String(error)}`, error, status === undefined ? undefined : { status });
       }
       throw permanentError('DECODE_FAILED', `schema id ${id} cannot be used: ${String(error)}`, error);
     }
@@ -108,7 +119,7 @@ export function createAvroCodec(options: AvroCodecOptions): AvroCodec {
         schemaId = await id;
       } catch (error) {
         if (httpStatus(error) === 404) throw permanentError('SCHEMA_NOT_REGISTERED', `no schema registered under ${subject}; run \`agent-manager schemas register\``, error);
-        throw retryableError('REGISTRY_UNAVAILABLE', `schema registry lookup of ${subject} failed: ${String(error)}`, error);
+        throw unavailableError('registry', 'REGISTRY_UNAVAILABLE', `schema registry lookup of ${subject} failed: ${String(error)}`, error);
       }
       try {
         return await registry.encode(schemaId, value);

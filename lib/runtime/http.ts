@@ -1,6 +1,5 @@
 import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';
-import { errorMessage } from '../errors.ts';
 
 /** A named dependency check for `/readyz`; resolves true when the dependency answers. */
 export type ReadinessCheck = readonly [name: string, check: () => Promise<boolean>];
@@ -13,15 +12,31 @@ export interface OpsServerOptions {
   /** False while draining: readiness fails so no new traffic is routed here. */
   readonly accepting: () => boolean;
   readonly checkTimeoutMs?: number;
+  /** Told why a check threw (for the log; the answer says only `error`). */
+  readonly onCheckError?: (name: string, error: unknown) => void;
 }
 
-async function runCheck([name, check]: ReadinessCheck, timeoutMs: number): Promise<[string, string]> {
-  const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('timeout'), timeoutMs).unref());
+/**
+ * One check's status word: `ok`, `failing`, `error` or `timeout`. The error's text is logged, never
+ * answered: /readyz is unauthenticated, and driver messages can name hosts, users and databases.
+ */
+async function runCheck([name, check]: ReadinessCheck, timeoutMs: number, onError: OpsServerOptions['onCheckError']): Promise<[string, string]> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs).unref();
+  });
   const result = check().then(
     (ok) => (ok ? 'ok' : 'failing'),
-    (error: unknown) => `error: ${errorMessage(error)}`,
+    (error: unknown) => {
+      onError?.(name, error);
+      return 'error';
+    },
   );
-  return [name, await Promise.race([result, timeout])];
+  try {
+    return [name, await Promise.race([result, timeout])];
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** `/livez`, `/readyz` and `/metrics` on one small listener per process. */
@@ -33,7 +48,7 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ serve
     };
     if (path === '/livez') return reply(200, '{"status":"ok"}');
     if (path === '/readyz') {
-      void Promise.all(options.checks.map((c) => runCheck(c, options.checkTimeoutMs ?? 2000))).then((results) => {
+      void Promise.all(options.checks.map((c) => runCheck(c, options.checkTimeoutMs ?? 2000, options.onCheckError))).then((results) => {
         const checks = Object.fromEntries(results);
         const ready = options.accepting() && results.every(([, r]) => r === 'ok');
         reply(ready ? 200 : 503, JSON.stringify({ status: ready ? 'ready' : 'not ready', draining: !options.accepting(), checks }));
@@ -43,7 +58,10 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ serve
     if (path === '/metrics') {
       void options.registry.metrics().then(
         (text) => reply(200, text, options.registry.contentType),
-        (error: unknown) => reply(500, JSON.stringify({ error: errorMessage(error) })),
+        (error: unknown) => {
+          options.onCheckError?.('metrics', error);
+          reply(500, '{"error":"metrics unavailable"}');
+        },
       );
       return;
     }

@@ -5,9 +5,12 @@ import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { childTrace, parseTraceparent, type TraceContext } from '../tracing.ts';
 import { contextWithParent, recordSpanError, SpanKind, telemetryActive, traceOfSpan, tracer } from '../telemetry.ts';
-import { errorCode, errorMessage, isRetryable, permanentError } from '../errors.ts';
+import { errorCode, errorMessage, isRetryable, permanentError, unavailableDependency } from '../errors.ts';
 import { batchedHistogram, RecordTimer } from './batched-histogram.ts';
 import { deadLetterRecord, dlqTopicOf } from './dlq.ts';
+import { FailureLedger, type HeadFailure } from './failures.ts';
+import { PartitionOffsets } from './offsets.ts';
+import { PauseTracker } from './pauses.ts';
 import { backoffDelayMs, DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.ts';
 
 /** What a handler gets besides the decoded value. It never sees a Kafka client. */
@@ -18,7 +21,10 @@ export interface MessageContext<Deps> {
   readonly key: string | null;
   readonly headers: Headers;
   readonly timestamp: string;
-  /** 1 on the first delivery to the handler, 2 on the first retry, … */
+  /**
+   * 1 on the first delivery to the handler, 2 after the record failed once, … Retries while a
+   * dependency was down do not count (they never lead to the DLQ).
+   */
   readonly attempt: number;
   readonly trace: TraceContext;
   /** A logger carrying service, traceId and the record's key (the agentId). */
@@ -185,8 +191,8 @@ class BatchRun {
   index = 0;
   /** Records below this offset were already handled (a fetch from before a seek) and are skipped. */
   skipBelow: bigint | undefined;
-  /** Failed attempts of the record at the head of the partition, if its last attempt failed. */
-  failure: { readonly offset: string; readonly attempts: number } | undefined;
+  /** Failures of the record at the head of the partition, if its last attempt failed. */
+  failure: HeadFailure | undefined;
   attempt = 1;
   handle: HandleSpan | undefined = undefined;
   /** Index of the last record handled or dead-lettered (its offset is read once, at the end). */
@@ -219,6 +225,8 @@ const NO_ERROR: unique symbol = Symbol('no error');
 type Outcome = { readonly kind: 'done' } | { readonly kind: 'retry'; readonly delayMs: number };
 const DONE: Outcome = { kind: 'done' };
 const HEARTBEAT_EVERY_MS = 1_000;
+/** A dependency wait is logged at its start, then every this many retries (a long outage stays readable). */
+const LOG_WAIT_EVERY = 10;
 
 export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, runtime: WorkerRuntimeDeps): Worker {
   const { topic, service } = options;
@@ -236,62 +244,15 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
 
   let state: WorkerState = 'INITIALIZED';
   let assigned: number[] = [];
-  /** Failed attempts of the record at the head of a partition, by partition. */
-  const failures = new Map<number, { offset: string; attempts: number }>();
-  /** Why each partition is paused; fetching resumes only when no reason is left. */
-  const pauseReasons = new Map<number, Set<string>>();
-  const topicPauseReasons = new Set<string>();
+  const failures = new FailureLedger(metrics.dependencyBlockedPartitions, topic);
+  const updatePausedGauge = () => metrics.pausedPartitions.set({ topic }, pauses.pausedCount(assigned.length));
+  const pauses = new PauseTracker(consumer, topic, () => state === 'RUNNING', updatePausedGauge);
+  const offsets = new PartitionOffsets(consumer, topic, options.commitIntervalMs ?? 1_000, log);
   const retryTimers = new Set<NodeJS.Timeout>();
-  /**
-   * Next offset to process, by partition. A fetch made before a seek can still arrive; records
-   * below this position were already handled (or are waiting for their retry) and are skipped.
-   */
-  const positions = new Map<number, bigint>();
   /** Batches being processed: a drain waits for them, while the client is still in the group, so their commits land. */
   const inFlight = new Set<Promise<void>>();
   let draining = false;
-  /** Offsets handled but not yet committed, by partition. */
-  const pendingCommits = new Map<number, string>();
-  const commitIntervalMs = options.commitIntervalMs ?? 1_000;
-  let lastCommitAt = Date.now();
   let commitTimer: NodeJS.Timeout | undefined;
-
-  async function flushCommits(): Promise<void> {
-    lastCommitAt = Date.now();
-    if (pendingCommits.size === 0) return;
-    const offsets = [...pendingCommits.entries()].map(([partition, offset]) => ({ topic, partition, offset }));
-    pendingCommits.clear();
-    try {
-      await consumer.commit(offsets);
-    } catch (error) {
-      // A rebalance took a partition: its next owner re-reads from the last commit (at-least-once).
-      log.warn({ offsets, err: errorMessage(error) }, 'offset commit failed');
-    }
-  }
-
-  /** Partitions with at least one pause reason: the per-record check skips the map while it is 0. */
-  let pausedPartitionCount = 0;
-  const isPaused = (partition: number) => topicPauseReasons.size > 0 || (pausedPartitionCount > 0 && (pauseReasons.get(partition)?.size ?? 0) > 0);
-  /** False while nothing at all is paused (the common case): the per-record check stops there. */
-  const pauseCheckNeeded = () => topicPauseReasons.size > 0 || pausedPartitionCount > 0;
-  const updatePausedGauge = () =>
-    metrics.pausedPartitions.set({ topic }, topicPauseReasons.size > 0 ? assigned.length : [...pauseReasons.values()].filter((r) => r.size > 0).length);
-
-  function pausePartition(partition: number, reason: string) {
-    let reasons = pauseReasons.get(partition);
-    if (!reasons) pauseReasons.set(partition, (reasons = new Set()));
-    if (reasons.size === 0) pausedPartitionCount++;
-    reasons.add(reason);
-    consumer.pause(topic, [partition]);
-    updatePausedGauge();
-  }
-
-  function resumePartition(partition: number, reason: string) {
-    const reasons = pauseReasons.get(partition);
-    if (reasons?.delete(reason) && reasons.size === 0) pausedPartitionCount--;
-    if (state === 'RUNNING' && !isPaused(partition)) consumer.resume(topic, [partition]);
-    updatePausedGauge();
-  }
 
   async function deadLetter(record: KafkaRecord, error: unknown, attempts: number): Promise<void> {
     const code = errorCode(error);
@@ -311,24 +272,49 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     }
   }
 
-  /** A record that failed decoding, validation or its handler: retried later (its partition rewinds) or dead-lettered now. */
+  /**
+   * A record that failed decoding, validation or its handler: retried later (its partition rewinds)
+   * or dead-lettered now. A dependency being down is not the record's fault: the partition waits
+   * for it (capped backoff, for as long as it takes) and the DLQ budget is left alone.
+   */
   async function onFailure(record: KafkaRecord, error: unknown, attempt: number): Promise<Outcome> {
-    metrics.recordsFailed.inc({ topic, code: errorCode(error) });
-    if (isRetryable(error) && attempt < retryPolicy.maxAttempts) {
-      failures.set(record.partition, { offset: record.offset, attempts: attempt });
+    const code = errorCode(error);
+    metrics.recordsFailed.inc({ topic, code });
+    const partition = record.partition;
+    const entry = failures.entryFor(partition, record.offset);
+    const dependency = unavailableDependency(error);
+    if (dependency !== undefined) return waitFor(dependency, record, entry, error);
+    const waited = failures.endWait(partition);
+    if (waited !== undefined) log.info({ partition, dependency: waited }, 'dependency back');
+    entry.waits = 0;
+    entry.attempts = attempt;
+    if (entry.deadLetterPending === undefined && isRetryable(error) && attempt < retryPolicy.maxAttempts) {
       const delayMs = backoffDelayMs(attempt, retryPolicy);
-      log.info({ partition: record.partition, offset: record.offset, attempt, delayMs, code: errorCode(error), err: errorMessage(error) }, 'retrying record after backoff');
+      log.info({ partition, offset: record.offset, attempt, delayMs, code, err: errorMessage(error) }, 'retrying record after backoff');
       return { kind: 'retry', delayMs };
     }
-    failures.delete(record.partition);
     try {
       await deadLetter(record, error, attempt);
     } catch (dlqError) {
-      // Keep the record (not committed) and try again later.
-      log.error({ partition: record.partition, offset: record.offset, err: errorMessage(dlqError) }, 'dead-lettering failed; will retry');
-      return { kind: 'retry', delayMs: backoffDelayMs(1, retryPolicy) };
+      // Kept (not committed) with its count: the next delivery goes straight to the DLQ once Kafka answers.
+      entry.deadLetterPending = error instanceof Error ? error : new Error(String(error));
+      log.error({ partition, offset: record.offset, err: errorMessage(dlqError) }, 'dead-lettering failed; will retry');
+      return waitFor('kafka', record, entry, dlqError);
     }
+    failures.clear(partition);
     return DONE;
+  }
+
+  /** Holds the partition until `dependency` answers: readiness fails (the gauge) and the wait is counted. */
+  function waitFor(dependency: string, record: KafkaRecord, entry: HeadFailure, error: unknown): Outcome {
+    entry.waits++;
+    const started = failures.wait(record.partition, dependency);
+    metrics.dependencyWaits.inc({ topic, dependency });
+    const delayMs = backoffDelayMs(entry.waits, { ...retryPolicy, maxDelayMs: retryPolicy.unavailableMaxDelayMs });
+    if (started || entry.waits % LOG_WAIT_EVERY === 0) {
+      log.warn({ partition: record.partition, offset: record.offset, dependency, waits: entry.waits, delayMs, code: errorCode(error), err: errorMessage(error) }, 'dependency unavailable; holding the partition');
+    }
+    return { kind: 'retry', delayMs };
   }
 
   /** The `handle` span of a record: its parent is the record's `traceparent` (linked to the batch's `consume` span), else the `consume` span. */
@@ -358,12 +344,11 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
 
   /** Pauses the partition, rewinds it to the failed record and resumes it after the delay. */
   function scheduleRetry(record: KafkaRecord, delayMs: number) {
-    pausePartition(record.partition, 'retry');
-    positions.set(record.partition, BigInt(record.offset));
-    consumer.seek(topic, record.partition, record.offset);
+    pauses.pause(record.partition, 'retry');
+    offsets.rewind(record.partition, record.offset);
     const timer = setTimeout(() => {
       retryTimers.delete(timer);
-      resumePartition(record.partition, 'retry');
+      pauses.resume(record.partition, 'retry');
     }, delayMs);
     retryTimers.add(timer);
   }
@@ -374,7 +359,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
    * fails before its handler runs (decode, validation).
    */
   function startRecord(run: BatchRun): Promise<void> | typeof STOP | typeof SKIPPED {
-    if (draining || !run.control.isActive() || (pauseCheckNeeded() && isPaused(run.partition))) return STOP;
+    if (draining || !run.control.isActive() || (pauses.anyPaused() && pauses.isPaused(run.partition))) return STOP;
     const { batch, index } = run;
     // The offset is read only when a skip or a failed head record needs it (rarely).
     if (run.skipBelow !== undefined) {
@@ -382,7 +367,16 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       run.skipBelow = undefined; // offsets only grow within a batch
     }
     const failure = run.failure;
-    const attempt = (run.attempt = failure !== undefined && failure.offset === batch.offsetAt(index) ? failure.attempts + 1 : 1);
+    let attempt = 1;
+    if (failure !== undefined && failure.offset === batch.offsetAt(index)) {
+      // Its budget is spent and only the dead-letter write failed: straight to the DLQ again.
+      if (failure.deadLetterPending !== undefined) {
+        run.attempt = failure.attempts;
+        throw failure.deadLetterPending;
+      }
+      attempt = failure.attempts + 1;
+    }
+    run.attempt = attempt;
     run.handle = run.consumeSpan === undefined ? undefined : startHandleSpan(batch.recordAt(index), run.consumeSpan, attempt);
     const buffer = batch.valueAt(index);
     if (buffer === null) throw permanentError('DECODE_EMPTY_VALUE', 'record has no value (tombstone)');
@@ -415,7 +409,8 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       run.handle = undefined;
     }
     if (run.failure !== undefined) {
-      failures.delete(run.partition);
+      if (failures.endWait(run.partition) !== undefined) log.info({ partition: run.partition }, 'dependency back');
+      failures.clear(run.partition);
       run.failure = undefined;
     }
   }
@@ -431,7 +426,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     }
     const record = handle?.record ?? run.batch.recordAt(run.index);
     const outcome = await onFailure(record, error, run.attempt);
-    run.failure = failures.get(run.partition);
+    run.failure = failures.head(run.partition);
     run.timer.resume();
     if (outcome.kind === 'retry') {
       run.retried = true;
@@ -494,7 +489,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
           },
         })
       : undefined;
-    const run = new BatchRun(batch, control, consumeSpan, positions.get(partition), failures.get(partition), new RecordTimer(handlerSeconds, firstBound));
+    const run = new BatchRun(batch, control, consumeSpan, offsets.position(partition), failures.head(partition), new RecordTimer(handlerSeconds, firstBound));
     try {
       await runBatch(run);
     } finally {
@@ -513,10 +508,8 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
     if (lastHandled !== undefined) {
       const next = BigInt(lastHandled) + 1n;
       // After a retry the position is the failed record's (set by scheduleRetry).
-      if (!run.retried) positions.set(partition, next);
-      const committable = next.toString();
-      pendingCommits.set(partition, committable);
-      if (draining || Date.now() - lastCommitAt >= commitIntervalMs) await flushCommits();
+      offsets.handled(partition, next, run.retried);
+      if (draining || offsets.commitDue()) await offsets.flush();
       metrics.consumerLag.set({ topic, partition: String(partition) }, Math.max(0, Number(BigInt(batch.highWatermark) - next)));
     }
     return lastHandled;
@@ -530,10 +523,9 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       if (state !== 'INITIALIZED') throw permanentError('WORKER_STATE', `worker for ${topic} cannot start from ${state}`);
       consumer.onAssignment((assignment) => {
         assigned = assignment[topic] ?? [];
-        failures.clear();
-        positions.clear();
-        // Offsets of partitions this member no longer owns cannot be committed by it.
-        for (const partition of pendingCommits.keys()) if (!assigned.includes(partition)) pendingCommits.delete(partition);
+        // Attempt counts are kept (see FailureLedger); waits end on partitions gone elsewhere.
+        failures.reassigned(assigned);
+        offsets.reassigned(assigned);
         log.info({ partitions: assigned }, 'partitions assigned');
       });
       try {
@@ -541,8 +533,8 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
         await consumer.subscribe([topic], options.fromBeginning ?? true);
         state = 'RUNNING';
         await consumer.run({ concurrency: options.concurrency ?? 4, onBatch });
-        commitTimer = setInterval(() => void flushCommits(), commitIntervalMs);
-        if (topicPauseReasons.size > 0) consumer.pause(topic);
+        commitTimer = setInterval(() => void offsets.flush(), offsets.intervalMs);
+        if (pauses.topicPaused()) consumer.pause(topic);
         log.info({ concurrency: options.concurrency ?? 4 }, 'worker running');
       } catch (error) {
         state = 'FAILED';
@@ -555,6 +547,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       draining = true;
       for (const timer of retryTimers) clearTimeout(timer);
       retryTimers.clear();
+      failures.endAllWaits();
       try {
         // Stop fetching, let each in-flight batch finish its current record and commit, then leave.
         // Throws when the consumer never ran (a failed start); there is nothing to pause then.
@@ -565,7 +558,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
         }
         clearInterval(commitTimer);
         await Promise.allSettled([...inFlight]);
-        await flushCommits();
+        await offsets.flush();
         await consumer.disconnect();
       } finally {
         state = 'STOPPED';
@@ -573,19 +566,11 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
       }
     },
     pauseAll(reason) {
-      topicPauseReasons.add(reason);
-      if (state === 'RUNNING') consumer.pause(topic);
-      updatePausedGauge();
+      pauses.pauseAll(reason);
       log.info({ reason }, 'all partitions paused');
     },
     resumeAll(reason) {
-      topicPauseReasons.delete(reason);
-      if (state === 'RUNNING' && topicPauseReasons.size === 0) {
-        const stillPaused = [...pauseReasons.entries()].filter(([, r]) => r.size > 0).map(([p]) => p);
-        consumer.resume(topic);
-        if (stillPaused.length > 0) consumer.pause(topic, stillPaused);
-      }
-      updatePausedGauge();
+      pauses.resumeAll(reason);
       log.info({ reason }, 'partitions resumed');
     },
   };

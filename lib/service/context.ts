@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
-import { commonConfigShape, databaseConfigShape, loadConfig, redisConfigShape, type Env } from '../config.ts';
+import { commonConfigShape, databaseConfigShape, kafkaTlsOf, loadConfig, redisConfigShape, type Env } from '../config.ts';
 import { avroTypeOptions } from '../contracts/schemas.ts';
 import { TOPICS, type TopicName } from '../contracts/types.ts';
 import { createPool, type Pool } from '../db/pool.ts';
@@ -14,6 +14,13 @@ import { createOutboxRelay, type OutboxRelay } from '../outbox/relay.ts';
 import { startOpsServer, type ReadinessCheck } from '../runtime/http.ts';
 import { createEventProducer, type EventProducer } from '../runtime/producer.ts';
 import { runCleanup, type CleanupStep } from '../runtime/shutdown.ts';
+import { errorMessage } from '../errors.ts';
+
+/** True while any partition of this process waits for an unavailable dependency. */
+async function dependencyBlocked(metrics: Metrics): Promise<boolean> {
+  const { values } = await metrics.dependencyBlockedPartitions.get();
+  return values.some((sample) => sample.value > 0);
+}
 
 /**
  * What every service process shares: validated configuration, logger, metrics, the Kafka client and
@@ -91,7 +98,7 @@ export async function createServiceContext(options: ServiceContextOptions): Prom
   const onShutdown = (step: CleanupStep) => void steps.unshift(step);
   let accepting = true;
 
-  const kafka = createKafkajsClient({ clientId: `${config.KAFKA_CLIENT_ID}-${service}`, brokers: config.KAFKA_BROKERS, logger });
+  const kafka = createKafkajsClient({ clientId: `${config.KAFKA_CLIENT_ID}-${service}`, brokers: config.KAFKA_BROKERS, tls: kafkaTlsOf(config), logger });
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
   const producer = kafka.producer();
   await producer.connect();
@@ -143,7 +150,15 @@ export async function createServiceContext(options: ServiceContextOptions): Prom
     onShutdown,
     async startOps(extraChecks = []) {
       if (options.opsServer === false) return;
-      const ops = await startOpsServer({ port: config.HTTP_PORT, registry: metrics.registry, accepting: () => accepting, checks: [...checks, ...extraChecks] });
+      const ops = await startOpsServer({
+        port: config.HTTP_PORT,
+        host: config.HTTP_HOST,
+        registry: metrics.registry,
+        accepting: () => accepting,
+        // Not ready while a worker holds a partition for a dependency that is down (the gauge says which).
+        checks: [...checks, ...extraChecks, ['dependencies', async () => !(await dependencyBlocked(metrics))]],
+        onCheckError: (name, error) => logger.warn({ check: name, err: errorMessage(error) }, 'readiness check failed'),
+      });
       logger.info({ port: ops.port }, 'ops listener on /livez /readyz /metrics');
       onShutdown(['ops listener', () => ops.close()]);
     },

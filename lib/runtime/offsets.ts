@@ -1,0 +1,65 @@
+import type { ConsumerClient } from '../kafka/types.ts';
+import type { Logger } from '../logger.ts';
+import { errorMessage } from '../errors.ts';
+
+/**
+ * Where each partition of one topic stands: the next offset to process (a fetch made before a seek
+ * can still arrive; records below it were handled, or wait for their retry, and are skipped) and the
+ * offsets handled but not committed yet. Commits are batched: at most one per `intervalMs`, and
+ * always on drain; a crash re-delivers at most that window (handlers are idempotent).
+ */
+export class PartitionOffsets {
+  readonly #consumer: ConsumerClient;
+  readonly #topic: string;
+  readonly #log: Logger;
+  readonly intervalMs: number;
+  readonly #positions = new Map<number, bigint>();
+  readonly #pending = new Map<number, string>();
+  #lastCommitAt = Date.now();
+
+  constructor(consumer: ConsumerClient, topic: string, intervalMs: number, log: Logger) {
+    this.#consumer = consumer;
+    this.#topic = topic;
+    this.intervalMs = intervalMs;
+    this.#log = log;
+  }
+
+  position(partition: number): bigint | undefined {
+    return this.#positions.get(partition);
+  }
+
+  /** The partition rewinds to `offset` (a retry): later records of an earlier fetch are skipped until then. */
+  rewind(partition: number, offset: string): void {
+    this.#positions.set(partition, BigInt(offset));
+    this.#consumer.seek(this.#topic, partition, offset);
+  }
+
+  /** Records up to `next` - 1 are done: `next` is the partition's position (unless it rewound) and its commit. */
+  handled(partition: number, next: bigint, rewound: boolean): void {
+    if (!rewound) this.#positions.set(partition, next);
+    this.#pending.set(partition, next.toString());
+  }
+
+  commitDue(): boolean {
+    return Date.now() - this.#lastCommitAt >= this.intervalMs;
+  }
+
+  /** After a rebalance: positions are re-read from Kafka, and partitions this member lost cannot be committed by it. */
+  reassigned(assigned: readonly number[]): void {
+    this.#positions.clear();
+    for (const partition of this.#pending.keys()) if (!assigned.includes(partition)) this.#pending.delete(partition);
+  }
+
+  async flush(): Promise<void> {
+    this.#lastCommitAt = Date.now();
+    if (this.#pending.size === 0) return;
+    const offsets = [...this.#pending.entries()].map(([partition, offset]) => ({ topic: this.#topic, partition, offset }));
+    this.#pending.clear();
+    try {
+      await this.#consumer.commit(offsets);
+    } catch (error) {
+      // A rebalance took a partition: its next owner re-reads from the last commit (at-least-once).
+      this.#log.warn({ offsets, err: errorMessage(error) }, 'offset commit failed');
+    }
+  }
+}
