@@ -7,6 +7,9 @@
  *   AGENT_INSTANCE_ID      default `<hostname>:<pid>`
  *   AGENT_GENERATION, AGENT_ATTEMPT   the start fence, logged only
  *   KAFKA_BROKERS, SCHEMA_REGISTRY_URL   required (the provisioner passes its own)
+ *   KAFKA_SECURITY_PROTOCOL (default ssl), KAFKA_SSL_CA(_FILE), KAFKA_SSL_CERT_FILE, KAFKA_SSL_KEY_FILE
+ *                          the agent's own credentials (the provisioner passes the agents' principal,
+ *                          which may only write heartbeats); `vault:` references need VAULT_ADDR/TOKEN
  *   HEARTBEAT_TOPIC        default `agent-heartbeats`
  *   HEARTBEAT_INTERVAL_MS  default 2000
  *   AGENT_EXIT_AFTER_MS    tests: exit with code 1 after this long (a crash)
@@ -20,20 +23,21 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { createAgentHeartbeater, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TOPIC } from '../lib/agent-sdk/index.ts';
-import { configFields, loadConfig } from '../lib/config.ts';
+import { configFields, kafkaConfigShape, kafkaTlsOf, loadConfig, type Env, type KafkaTls } from '../lib/config.ts';
+import { loadServiceEnv } from '../lib/secrets.ts';
 import { errorCode, errorMessage } from '../lib/errors.ts';
 import { createLogger } from '../lib/logger.ts';
 
 const SHUTDOWN_TIMEOUT_MS = 10_000;
 
-function loadAgentConfig() {
+function loadAgentConfig(env: Env) {
   return loadConfig(
     {
       AGENT_ID: z.string().min(1, 'expected the agent id'),
       AGENT_INSTANCE_ID: z.string().min(1).default(`${hostname()}:${process.pid}`),
       AGENT_GENERATION: z.coerce.number().int().min(0).optional(),
       AGENT_ATTEMPT: z.coerce.number().int().min(0).optional(),
-      KAFKA_BROKERS: configFields.brokers,
+      ...kafkaConfigShape,
       SCHEMA_REGISTRY_URL: configFields.url(),
       HEARTBEAT_TOPIC: z.string().min(1).default(DEFAULT_HEARTBEAT_TOPIC),
       HEARTBEAT_INTERVAL_MS: configFields.positiveInt(DEFAULT_HEARTBEAT_INTERVAL_MS),
@@ -41,13 +45,16 @@ function loadAgentConfig() {
       AGENT_IGNORE_SIGTERM: configFields.boolean(false),
       LOG_LEVEL: configFields.logLevel,
     },
-    process.env,
+    env,
   );
 }
 
 let config: ReturnType<typeof loadAgentConfig>;
+let tls: KafkaTls | undefined;
 try {
-  config = loadAgentConfig();
+  // Credentials from files (`<NAME>_FILE`) or Vault, like a service's.
+  config = loadAgentConfig(await loadServiceEnv(process.env));
+  tls = kafkaTlsOf(config);
 } catch (error) {
   createLogger('heartbeat-agent').fatal({ code: errorCode(error), err: errorMessage(error) }, 'invalid configuration');
   process.exit(2);
@@ -67,6 +74,7 @@ const heartbeater = createAgentHeartbeater({
   agentId: config.AGENT_ID,
   instanceId: config.AGENT_INSTANCE_ID,
   brokers: config.KAFKA_BROKERS,
+  tls,
   registryUrl: config.SCHEMA_REGISTRY_URL,
   topic: config.HEARTBEAT_TOPIC,
   intervalMs: config.HEARTBEAT_INTERVAL_MS,

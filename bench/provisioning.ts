@@ -11,7 +11,10 @@ import { startServices } from '../cli/services.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import type { AgentRequest } from '../lib/contracts/types.ts';
 import { createAvroCodec } from '../lib/kafka/avro.ts';
-import { KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
+import { kernelTlsFromEnv, KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
+import { kafkaTlsOf } from '../lib/config.ts';
+import { aclPlan, deleteAcls } from '../lib/contracts/acls.ts';
+import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
@@ -89,8 +92,9 @@ export async function run(args: string[]): Promise<void> {
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
   // In-process (one Node thread for everything) or one process per service, as deployed.
   const fleet = values.processes ? await startServiceProcesses(env) : await startServices(['ingest', 'provisioner'], env, { opsServer: false });
-  const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, topics, codec });
-  const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, topics, codec, groupId: `${prefix}status` });
+  const kernelTls = kernelTlsFromEnv(env);
+  const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec });
+  const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec, groupId: `${prefix}kernel-status` });
 
   const sentAt = new Map<string, number>();
   const failures: string[] = [];
@@ -184,10 +188,12 @@ export async function run(args: string[]): Promise<void> {
     await client.connect();
     await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
     await client.end();
-    const admin = new Kafka({ clientId: 'bench-cleanup', brokers: config.KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+    const ssl = kafkajsSsl(kafkaTlsOf(config));
+    const admin = new Kafka({ clientId: 'bench-cleanup', brokers: config.KAFKA_BROKERS, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
     await admin.connect();
     const mine = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
     if (mine.length > 0) await admin.deleteTopics({ topics: mine });
+    await deleteAcls(admin, aclPlan({ prefix })).catch(() => undefined);
     await admin.disconnect();
   }
 }

@@ -8,7 +8,9 @@ import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
 import { createTopicsAndWait } from '../lib/contracts/topics.ts';
 import { localStackEnv } from '../dev/stack/endpoints.ts';
 import { createAvroCodec, NOT_CACHED, type AvroCodec } from '../lib/kafka/avro.ts';
-import { createKafkajsClient } from '../lib/kafka/kafkajs.ts';
+import { createKafkajsClient, kafkajsSsl } from '../lib/kafka/kafkajs.ts';
+import { kafkaConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
+import { loadServiceEnv } from '../lib/secrets.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createMetrics } from '../lib/metrics.ts';
 import { createWorker } from '../lib/runtime/worker.ts';
@@ -29,6 +31,8 @@ const env = { ...localStackEnv(), ...process.env } as Record<string, string>;
 let groups = 0;
 const uniqueSuffix = () => `${Date.now().toString(36)}-${groups++}`;
 const brokers = env.KAFKA_BROKERS?.split(',') ?? [];
+// The operator's credentials by default (`stack env`): the bench creates its own topic.
+const tls = kafkaTlsOf(loadConfig(kafkaConfigShape, await loadServiceEnv(env)));
 
 async function produce(kafka: Kafka, registry: SchemaRegistry, topic: string, count: number, partitions: number): Promise<void> {
   const admin = kafka.admin();
@@ -84,7 +88,7 @@ async function raw(kafka: Kafka, codec: AvroCodec, topic: string, count: number)
 
 async function runtime(codec: AvroCodec, topic: string, count: number): Promise<number> {
   const logger = createLogger('bench', 'warn');
-  const kafka = createKafkajsClient({ clientId: 'bench', brokers, logger });
+  const kafka = createKafkajsClient({ clientId: 'bench', brokers, tls, logger });
   const producer = kafka.producer();
   await producer.connect();
   let seen = 0;
@@ -180,7 +184,8 @@ export async function run(args: string[]): Promise<void> {
   }
   const reuse = values.topic !== undefined;
   const topic = values.topic ?? `bench-runtime-${Date.now().toString(36)}`;
-  const kafka = new Kafka({ clientId: 'bench', brokers, logLevel: logLevel.NOTHING });
+  const ssl = kafkajsSsl(tls);
+  const kafka = new Kafka({ clientId: 'bench', brokers, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING });
   const registry = new SchemaRegistry({ host: env.SCHEMA_REGISTRY_URL ?? '' });
   const newCodec = () => createAvroCodec({ registryUrl: env.SCHEMA_REGISTRY_URL ?? '' });
   console.log(`runtime benchmark: ${count} records, ${partitions} partitions, ${rounds} round(s) after a warm-up, telemetry ${values.telemetry ? 'on' : 'off'}, topic ${topic}`);

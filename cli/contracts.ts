@@ -1,5 +1,9 @@
 import type { Command } from 'commander';
-import { Kafka, logLevel } from 'kafkajs';
+import kafkajs, { Kafka, logLevel, type AclEntry } from 'kafkajs';
+import { kafkaConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
+import { aclPlan, applyAcls, KAFKA_ROLES, principalsFromEnv } from '../lib/contracts/acls.ts';
+import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
+import { loadServiceEnv } from '../lib/secrets.ts';
 import { registerSchemas } from '../lib/contracts/registry.ts';
 import { defaultSchemasDir } from '../lib/contracts/schemas.ts';
 import { createTopics, topicSettingsFromEnv } from '../lib/contracts/topics.ts';
@@ -12,6 +16,14 @@ function requiredEnv(name: string, expected: string): string {
   const value = process.env[name]?.trim();
   if (value === undefined || value === '') throw permanentError('CONFIG_INVALID', `${name} is not set: expected ${expected} (for the local stack: eval "$(npx agent-manager stack env --export)")`);
   return value;
+}
+
+/** `Write agent-requests`, `Read group kernel*`. */
+function describeAcl(entry: AclEntry): string {
+  const operation = entry.operation === kafkajs.AclOperationTypes.READ ? 'Read' : entry.operation === kafkajs.AclOperationTypes.WRITE ? 'Write' : String(entry.operation);
+  const kind = entry.resourceType === kafkajs.AclResourceTypes.GROUP ? 'group ' : '';
+  const prefixed = entry.resourcePatternType === kafkajs.ResourcePatternTypes.PREFIXED ? '*' : '';
+  return `${operation} ${kind}${entry.resourceName}${prefixed}`;
 }
 
 function days(ms: number): string {
@@ -43,15 +55,18 @@ export function registerContractCommands(program: Command, root: string, setExit
     .description(
       'Create every topic and its .dlq that does not exist yet (KAFKA_BROKERS), with partitions, replication factor, ' +
         'min.insync.replicas and retention from TOPIC_PARTITIONS, TOPIC_REPLICATION_FACTOR, TOPIC_MIN_INSYNC_REPLICAS, TOPIC_RETENTION_DAYS, ' +
-        'AUDIT_RETENTION_DAYS and DLQ_RETENTION_DAYS. Existing topics are left alone and reported, with any difference from the configuration.',
+        'AUDIT_RETENTION_DAYS and DLQ_RETENTION_DAYS. Existing topics are left alone and reported, with any difference from the configuration. ' +
+        'Then applies the ACLs of every role (kernel, ingest, provisioner, heartbeat, archiver, agent: principals User:<role> unless KAFKA_ACL_PRINCIPALS says ' +
+        'otherwise, e.g. kernel=User:kernel-prod); connect as a principal allowed to create topics and ACLs (KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*_FILE).',
     )
     .action(async () => {
-      const settings = topicSettingsFromEnv(process.env);
-      const brokers = requiredEnv('KAFKA_BROKERS', 'a comma-separated list of host:port')
-        .split(',')
-        .map((b) => b.trim())
-        .filter((b) => b !== '');
-      const admin = new Kafka({ clientId: 'agent-manager-topics', brokers, logLevel: logLevel.NOTHING }).admin();
+      const env = await loadServiceEnv(process.env);
+      const settings = topicSettingsFromEnv(env);
+      const principals = principalsFromEnv(env);
+      if (env.KAFKA_BROKERS === undefined || env.KAFKA_BROKERS.trim() === '') requiredEnv('KAFKA_BROKERS', 'a comma-separated list of host:port');
+      const kafka = loadConfig(kafkaConfigShape, env);
+      const ssl = kafkajsSsl(kafkaTlsOf(kafka));
+      const admin = new Kafka({ clientId: 'agent-manager-topics', brokers: kafka.KAFKA_BROKERS, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
       await admin.connect();
       try {
         const results = await createTopics(admin, settings);
@@ -60,6 +75,16 @@ export function registerContractCommands(program: Command, root: string, setExit
           const config = `partitions=${r.partitions} rf=${r.replicationFactor} min.insync.replicas=${r.config['min.insync.replicas']} retention=${days(Number(r.config['retention.ms']))}`;
           const drift = r.drift.length > 0 ? `  differs: ${r.drift.join(', ')}` : '';
           console.log(`${r.topic.padEnd(width)}  ${r.status.padEnd(7)}  ${config}${drift}`);
+        }
+        const plan = aclPlan({ principals });
+        const acls = await applyAcls(admin, plan);
+        if (acls.status === 'unsupported') {
+          console.log('acls: NOT applied: the cluster has no authorizer, so every client may do everything');
+        } else {
+          for (const role of KAFKA_ROLES) {
+            const rights = plan.filter((e) => e.principal === principals[role]).map(describeAcl);
+            console.log(`acl ${principals[role]}: ${rights.join(', ')}`);
+          }
         }
         setExitCode(0);
       } finally {

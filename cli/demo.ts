@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { AgentRequest, AgentState } from '../lib/contracts/types.ts';
-import { KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
+import { join } from 'node:path';
+import { kernelTlsFromEnv, KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
@@ -8,7 +9,7 @@ import { createAvroCodec } from '../lib/kafka/avro.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import { runStackUp } from './stack.ts';
 import { startServices } from './services.ts';
-import { localStackEnv } from '../dev/stack/endpoints.ts';
+import { localStackEnv, stackPkiFiles } from '../dev/stack/endpoints.ts';
 
 export interface DemoOptions {
   readonly agents: number;
@@ -42,23 +43,34 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
   if (!(await runStackUp(root))) throw new Error('the local stack did not come up; see the messages above');
 
   // The demo is one of the two places (with `stack env`) where the local stack's addresses are defaults.
-  const stackEnv: Record<string, string | undefined> = { ...localStackEnv(), ...process.env };
+  const stackEnv: Record<string, string | undefined> = { ...localStackEnv(root), ...process.env };
   // The stack's OPA stands in for SentinelNet, so the demo's policy decisions come over HTTP.
   const env = { LOG_LEVEL: 'error', ...stackEnv, ...(stackEnv.SENTINELNET_URL || !stackEnv.OPA_URL ? {} : { SENTINELNET_URL: stackEnv.OPA_URL }) };
   const config = loadServiceConfig(env);
   const report = await bootstrapFleet(root, config, env, createLogger('bootstrap', 'warn'));
   say(`demo: database migrated (${report.migrations.length} new), topics ready (${report.topicsCreated} created), schemas registered`);
 
-  const fleet = await startServices(['ingest', 'provisioner'], env);
-  say(`demo: fleet running (ingest + provisioner; local driver: each agent is a real process; policy: ${env.SENTINELNET_URL ? `OPA at ${env.SENTINELNET_URL}` : 'local file'})`);
+  // Each service with its own Kafka principal (its own context in this process), as deployed: the
+  // stack's ACLs let each do only its part of the data flow. The bootstrap above ran as the operator.
+  const pki = stackPkiFiles(join(root, '.stack'));
+  const as = (principal: 'ingest' | 'provisioner') => ({ ...env, KAFKA_SSL_CERT_FILE: pki.principals[principal].cert, KAFKA_SSL_KEY_FILE: pki.principals[principal].key });
+  const ingest = await startServices(['ingest'], as('ingest'), { opsServer: false });
+  const provisioner = await startServices(['provisioner'], as('provisioner')).catch(async (error: unknown) => {
+    await ingest.shutdown();
+    throw error;
+  });
+  const fleet = { shutdown: async () => [...(await ingest.shutdown()), ...(await provisioner.shutdown())] };
+  say(`demo: fleet running (ingest and provisioner as Kafka principals User:ingest and User:provisioner; local driver: each agent is a real process (User:agent); policy: ${env.SENTINELNET_URL ? `OPA at ${env.SENTINELNET_URL}` : 'local file'})`);
   const topics = topicNames(config.TOPIC_PREFIX);
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
   const run = randomUUID().slice(0, 8);
   let kernel: KernelClient;
   let status: StatusWatcher;
   try {
-    kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, topics, codec });
-    status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, topics, codec, groupId: `demo-status-${run}` });
+    // The Kernel as User:kernel: it may write agent-requests and read agent-status, nothing else.
+    const tls = kernelTlsFromEnv(env);
+    kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, tls, topics, codec });
+    status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, tls, topics, codec, groupId: `${config.TOPIC_PREFIX}kernel-demo-status-${run}` });
   } catch (error) {
     await fleet.shutdown();
     throw error;

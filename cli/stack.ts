@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
+import { kafkaStackEnv, STACK_PRINCIPALS } from '../dev/stack/endpoints.ts';
 import { stackContext, stackDown, stackEnv, stackStatus, stackUp } from '../dev/stack/index.ts';
+import { permanentError } from '../lib/errors.ts';
 
 const elapsed = (since: number) => `${((Date.now() - since) / 1000).toFixed(1)}s`;
 
@@ -60,10 +62,28 @@ export function registerStackCommands(program: Command, root: string, setExitCod
 
   stack
     .command('env')
-    .description('Print the environment variables that point the services at the stack.')
+    .description(
+      'Print the environment variables that point the services at the stack. Kafka: the bootstrap address, KAFKA_SECURITY_PROTOCOL=ssl and the ' +
+        "PEM files (CA, certificate, key) of a principal: the operator's (a super user) unless --as names another; AGENT_KAFKA_SSL_* are the agents' own, " +
+        "handed by the provisioner to the agents it starts; KERNEL_KAFKA_SSL_* the Kernel's.",
+    )
     .option('--export', 'print `export KEY=value` lines, for `eval "$(npx agent-manager stack env --export)"`')
-    .action((options: { export?: boolean }) => {
-      const env = stackEnv(stackContext(root, () => undefined));
+    .option('--as <principal>', `connect to Kafka as this principal: ${STACK_PRINCIPALS.filter((p) => p !== 'broker').join(', ')}`, 'admin')
+    .option('--librdkafka', "print the principal's Kafka client properties in librdkafka's terms instead (bootstrap.servers, security.protocol, ssl.*.location)")
+    .action((options: { export?: boolean; as: string; librdkafka?: boolean }) => {
+      const principal = STACK_PRINCIPALS.find((p) => p === options.as && p !== 'broker');
+      if (principal === undefined) throw permanentError('USAGE', `unknown principal "${options.as}": expected ${STACK_PRINCIPALS.filter((p) => p !== 'broker').join(', ')}`);
+      const ctx = stackContext(root, () => undefined);
+      const env = { ...stackEnv(ctx), ...kafkaStackEnv(ctx.stackDir, principal) };
+      if (options.librdkafka) {
+        console.log(`# librdkafka properties of User:${principal} on the local stack`);
+        console.log(`bootstrap.servers=${env.KAFKA_BROKERS}`);
+        console.log('security.protocol=ssl');
+        console.log(`ssl.ca.location=${env.KAFKA_SSL_CA_FILE}`);
+        console.log(`ssl.certificate.location=${env.KAFKA_SSL_CERT_FILE}`);
+        console.log(`ssl.key.location=${env.KAFKA_SSL_KEY_FILE}`);
+        return;
+      }
       for (const [key, value] of Object.entries(env)) console.log(options.export ? `export ${key}='${value}'` : `${key}=${value}`);
     });
 }

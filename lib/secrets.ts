@@ -28,6 +28,10 @@ export const SECRET_VARIABLES: readonly string[] = [
   'VAULT_TOKEN',
   'KAFKA_SASL_USERNAME',
   'KAFKA_SASL_PASSWORD',
+  // PEM contents; usually given as files (KAFKA_SSL_CA_FILE, …) or vault: references.
+  'KAFKA_SSL_CA',
+  'KAFKA_SSL_CERT',
+  'KAFKA_SSL_KEY',
   'OTEL_EXPORTER_OTLP_HEADERS',
 ];
 

@@ -1,16 +1,48 @@
+import { readFileSync } from 'node:fs';
 import { Kafka, logLevel, type Consumer, type Producer } from 'kafkajs';
+import type { KafkaTls } from '../../lib/config.ts';
 import type { AgentRequest, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
+import { permanentError } from '../../lib/errors.ts';
 import type { AvroCodec } from '../../lib/kafka/avro.ts';
+import { kafkajsSsl } from '../../lib/kafka/kafkajs.ts';
 import type { TopicNames } from '../../lib/service/context.ts';
 
 /**
  * A scripted Kernel: sends requests on `agent-requests` and watches `agent-status`. Used by the
- * demo, the end-to-end tests and the provisioning benchmark.
+ * demo, the end-to-end tests and the provisioning benchmark. On the local stack it connects as the
+ * `kernel` principal, which may write `agent-requests`, read `agent-status` and use the consumer
+ * groups `<prefix>kernel*` (so a watcher's group id starts with `<prefix>kernel`).
  */
 export interface KernelOptions {
   readonly brokers: readonly string[];
+  /** TLS with the Kernel's client certificate; undefined connects in plaintext. */
+  readonly tls: KafkaTls | undefined;
   readonly topics: TopicNames;
   readonly codec: AvroCodec;
+}
+
+/**
+ * The scripted Kernel's TLS from the environment `agent-manager stack env` prints: its certificate
+ * and key from KERNEL_KAFKA_SSL_CERT_FILE/KERNEL_KAFKA_SSL_KEY_FILE, the CA from KAFKA_SSL_CA_FILE;
+ * undefined with KAFKA_SECURITY_PROTOCOL=plaintext.
+ */
+export function kernelTlsFromEnv(env: Readonly<Record<string, string | undefined>>): KafkaTls | undefined {
+  if ((env.KAFKA_SECURITY_PROTOCOL ?? 'ssl') === 'plaintext') return undefined;
+  const read = (name: string) => {
+    const path = env[name];
+    return path ? readFileSync(path, 'utf8') : undefined;
+  };
+  const cert = read('KERNEL_KAFKA_SSL_CERT_FILE');
+  const key = read('KERNEL_KAFKA_SSL_KEY_FILE');
+  if (cert === undefined || key === undefined) {
+    throw permanentError('CONFIG_INVALID', "invalid configuration:\n  KERNEL_KAFKA_SSL_CERT_FILE, KERNEL_KAFKA_SSL_KEY_FILE: the scripted Kernel's certificate and key, required with KAFKA_SECURITY_PROTOCOL=ssl (`agent-manager stack env` prints them)");
+  }
+  return { ca: read('KAFKA_SSL_CA_FILE') ?? env.KAFKA_SSL_CA, cert, key };
+}
+
+function kafkaOf(clientId: string, options: KernelOptions): Kafka {
+  const ssl = kafkajsSsl(options.tls);
+  return new Kafka({ clientId, brokers: [...options.brokers], ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING });
 }
 
 /** Watches `agent-status` and keeps every agent's sequence of states. */
@@ -26,7 +58,7 @@ export class StatusWatcher {
   }
 
   static async start(options: KernelOptions & { groupId: string }): Promise<StatusWatcher> {
-    const consumer = new Kafka({ clientId: 'status-watcher', brokers: [...options.brokers], logLevel: logLevel.NOTHING }).consumer({ groupId: options.groupId });
+    const consumer = kafkaOf('status-watcher', options).consumer({ groupId: options.groupId });
     const watcher = new StatusWatcher(consumer, options.codec);
     await consumer.connect();
     await consumer.subscribe({ topic: options.topics['agent-status'], fromBeginning: true });
@@ -77,7 +109,7 @@ export class KernelClient {
   }
 
   static async connect(options: KernelOptions): Promise<KernelClient> {
-    const producer = new Kafka({ clientId: 'kernel', brokers: [...options.brokers], logLevel: logLevel.NOTHING }).producer({ idempotent: true });
+    const producer = kafkaOf('kernel', options).producer({ idempotent: true });
     await producer.connect();
     return new KernelClient(producer, options);
   }

@@ -1,9 +1,12 @@
+import { join } from 'node:path';
+
 /**
  * Where the local stack listens. Ports are off the well-known defaults so the stack can run beside a
  * developer's own Postgres, Redis or Kafka; every service reads these through its configuration,
  * so pointing it elsewhere is a matter of environment variables (see `agent-manager stack env`).
  */
 export const LOCAL_STACK = {
+  /** One TLS listener with client certificates required (mTLS); the controller listener too. */
   kafka: { host: '127.0.0.1', port: 19092, controllerPort: 19093 },
   schemaRegistry: { host: '127.0.0.1', port: 18081 },
   postgres: { host: '127.0.0.1', port: 15432, user: 'agent_manager', password: 'agent_manager', database: 'agent_manager' },
@@ -13,11 +16,68 @@ export const LOCAL_STACK = {
   opa: { host: '127.0.0.1', port: 18181 },
 } as const;
 
-/** The environment that points a service (or a test) at the local stack. */
-export function localStackEnv(): Record<string, string> {
-  const { kafka, schemaRegistry, postgres, redis, s3, opa } = LOCAL_STACK;
+/**
+ * The Kafka principals of the local stack, one certificate each (`CN=<name>` = `User:<name>`).
+ * `broker` is the broker itself; `admin` is the operator (a super user: the stack's health checks,
+ * `topics create`, tests); the others are the Kernel, one per service, and the agents (all agents
+ * share one principal that may only heartbeat).
+ */
+export const STACK_PRINCIPALS = ['broker', 'admin', 'kernel', 'ingest', 'provisioner', 'heartbeat', 'archiver', 'agent'] as const;
+export type StackPrincipal = (typeof STACK_PRINCIPALS)[number];
+
+/** Principals with every right (Kafka `super.users`). */
+export const SUPER_PRINCIPALS: readonly StackPrincipal[] = ['broker', 'admin'];
+
+export interface PrincipalFiles {
+  /** The certificate (PEM). */
+  readonly cert: string;
+  /** The private key (PEM, PKCS#8, unencrypted, mode 600). */
+  readonly key: string;
+}
+
+export interface StackPkiFiles {
+  readonly dir: string;
+  /** The CA certificate every client and the broker trust. */
+  readonly ca: string;
+  /** The broker's key store: its key followed by its certificate (Kafka's `ssl.keystore.type=PEM`). */
+  readonly brokerKeystore: string;
+  readonly principals: Readonly<Record<StackPrincipal, PrincipalFiles>>;
+}
+
+/** Where `stack up` keeps the PKI (`<stackDir>/pki`, made by dev/stack/pki.ts), whether or not it exists yet. */
+export function stackPkiFiles(stackDir: string): StackPkiFiles {
+  const dir = join(stackDir, 'pki');
+  const principals = Object.fromEntries(STACK_PRINCIPALS.map((p) => [p, { cert: join(dir, `${p}.pem`), key: join(dir, `${p}-key.pem`) }])) as Record<StackPrincipal, PrincipalFiles>;
+  return { dir, ca: join(dir, 'ca.pem'), brokerKeystore: join(dir, 'broker-keystore.pem'), principals };
+}
+
+/**
+ * What a Kafka client needs to act as `principal` on the local stack: the bootstrap address, the
+ * security protocol and the credential files (`<NAME>_FILE` variables: see lib/secrets.ts). The
+ * default principal is the operator's; the provisioner also gets the agents' own certificate to hand
+ * to the agents it starts, and the Kernel's files are listed for a Kernel run from elsewhere.
+ */
+export function kafkaStackEnv(stackDir: string, principal: StackPrincipal = 'admin'): Record<string, string> {
+  const { kafka } = LOCAL_STACK;
+  const pki = stackPkiFiles(stackDir);
   return {
     KAFKA_BROKERS: `${kafka.host}:${kafka.port}`,
+    KAFKA_SECURITY_PROTOCOL: 'ssl',
+    KAFKA_SSL_CA_FILE: pki.ca,
+    KAFKA_SSL_CERT_FILE: pki.principals[principal].cert,
+    KAFKA_SSL_KEY_FILE: pki.principals[principal].key,
+    AGENT_KAFKA_SSL_CERT_FILE: pki.principals.agent.cert,
+    AGENT_KAFKA_SSL_KEY_FILE: pki.principals.agent.key,
+    KERNEL_KAFKA_SSL_CERT_FILE: pki.principals.kernel.cert,
+    KERNEL_KAFKA_SSL_KEY_FILE: pki.principals.kernel.key,
+  };
+}
+
+/** The environment that points a service (or a test) at the local stack (`root` holds `.stack/`). */
+export function localStackEnv(root: string = process.cwd(), principal: StackPrincipal = 'admin'): Record<string, string> {
+  const { schemaRegistry, postgres, redis, s3, opa } = LOCAL_STACK;
+  return {
+    ...kafkaStackEnv(join(root, '.stack'), principal),
     SCHEMA_REGISTRY_URL: `http://${schemaRegistry.host}:${schemaRegistry.port}/apis/ccompat/v7`,
     DATABASE_URL: `postgres://${postgres.user}:${postgres.password}@${postgres.host}:${postgres.port}/${postgres.database}`,
     REDIS_URL: `redis://${redis.host}:${redis.port}`,

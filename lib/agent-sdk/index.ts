@@ -14,6 +14,7 @@
  * Metrics on every heartbeat: `cpuPercent` = CPU time used by this process (user + system) since the
  * previous heartbeat, in percent of one core; `memoryRssBytes` = resident set size.
  */
+import type { KafkaTls } from '../config.ts';
 import { createAvroCodec, type AvroCodec } from '../kafka/avro.ts';
 import { createKafkajsClient } from '../kafka/kafkajs.ts';
 import type { ProducerClient } from '../kafka/types.ts';
@@ -31,6 +32,11 @@ export interface AgentHeartbeaterOptions {
   /** This run of the agent (pod name, or host:pid); a new value tells the fleet the agent restarted. */
   readonly instanceId: string;
   readonly brokers: readonly string[];
+  /**
+   * TLS with the agent's client certificate (its principal may only write heartbeats); undefined
+   * connects in plaintext. See `kafkaTlsOf` for reading it from KAFKA_SECURITY_PROTOCOL and KAFKA_SSL_*.
+   */
+  readonly tls?: KafkaTls | undefined;
   /** Base URL of the Confluent-compatible registry API. */
   readonly registryUrl: string;
   /** Defaults to `agent-heartbeats`. */
@@ -93,7 +99,7 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
   const pid = options.pid === undefined ? process.pid : options.pid;
 
   const producer: ProducerClient =
-    options.producer ?? createKafkajsClient({ clientId: `agent-${options.agentId}`, brokers: options.brokers, logger: base }).producer();
+    options.producer ?? createKafkajsClient({ clientId: `agent-${options.agentId}`, brokers: options.brokers, tls: options.tls, logger: base }).producer();
   // timestamp-millis ↔ Date, like every other producer of the contracts.
   const codec = options.codec ?? createAvroCodec({ registryUrl: options.registryUrl, avroOptions: avroTypeOptions() });
   const events: EventProducer = createEventProducer(producer, codec);

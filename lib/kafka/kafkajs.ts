@@ -1,5 +1,7 @@
+import type { ConnectionOptions } from 'node:tls';
 import { Kafka, logLevel, Partitioners, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
 import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient, RecordBatch } from './types.ts';
+import type { KafkaTls } from '../config.ts';
 import type { Logger } from '../logger.ts';
 
 const NO_HEADERS: Headers = Object.freeze({});
@@ -89,6 +91,14 @@ export interface KafkajsOptions {
   readonly clientId: string;
   readonly brokers: readonly string[];
   readonly logger: Logger;
+  /** TLS with a client certificate (see `kafkaTlsOf`); undefined connects in plaintext. */
+  readonly tls?: KafkaTls | undefined;
+}
+
+/** kafkajs' `ssl` option for `tls` (undefined for plaintext): the broker's name is checked against its certificate. */
+export function kafkajsSsl(tls: KafkaTls | undefined): ConnectionOptions | undefined {
+  if (!tls) return undefined;
+  return { ...(tls.ca === undefined ? {} : { ca: [tls.ca] }), cert: tls.cert, key: tls.key };
 }
 
 /** The kafkajs implementation of the runtime's Kafka interface. */
@@ -97,6 +107,7 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
   const kafka = new Kafka({
     clientId: options.clientId,
     brokers: [...options.brokers],
+    ...(options.tls ? { ssl: kafkajsSsl(options.tls) } : {}),
     logLevel: kafkajsLogLevel(options.logger),
     logCreator: () => (entry) => {
       const { message, ...extra } = entry.log;

@@ -50,6 +50,14 @@ export const provisionerConfigShape = {
   AGENT_READY_TIMEOUT_MS: configFields.positiveInt(30_000),
   /** The simulated driver's delay before an agent reports STARTED (benchmarks, timeout tests). */
   SIMULATED_START_DELAY_MS: configFields.nonNegativeInt(0),
+  /**
+   * The agents' own Kafka credentials (PEM files the agents read), not the provisioner's: their
+   * principal may only write heartbeats. Required with KAFKA_SECURITY_PROTOCOL=ssl and the local
+   * driver. The CA defaults to the provisioner's own KAFKA_SSL_CA.
+   */
+  AGENT_KAFKA_SSL_CERT_FILE: z.string().trim().min(1).optional(),
+  AGENT_KAFKA_SSL_KEY_FILE: z.string().trim().min(1).optional(),
+  AGENT_KAFKA_SSL_CA_FILE: z.string().trim().min(1).optional(),
 };
 
 export type ProvisionerConfig = z.infer<z.ZodObject<typeof provisionerConfigShape>>;
@@ -92,6 +100,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     readyTimeoutMs: config.AGENT_READY_TIMEOUT_MS,
     agentEnv: {
       KAFKA_BROKERS: ctx.config.KAFKA_BROKERS.join(','),
+      ...agentKafkaEnv(ctx.config, config),
       SCHEMA_REGISTRY_URL: ctx.config.SCHEMA_REGISTRY_URL,
       HEARTBEAT_TOPIC: ctx.topics['agent-heartbeats'],
       HEARTBEAT_INTERVAL_MS: String(config.AGENT_HEARTBEAT_INTERVAL_MS),
@@ -220,5 +229,21 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
 }
 
 export function loadProvisionerConfig(env: Env): ProvisionerConfig {
-  return loadConfig(provisionerConfigShape, env);
+  const config = loadConfig(provisionerConfigShape, env);
+  const missing = ['AGENT_KAFKA_SSL_CERT_FILE', 'AGENT_KAFKA_SSL_KEY_FILE'].filter((name) => config[name as 'AGENT_KAFKA_SSL_CERT_FILE'] === undefined);
+  if (config.PROVISIONER_DRIVER === 'local' && (env.KAFKA_SECURITY_PROTOCOL ?? 'ssl') === 'ssl' && missing.length > 0) {
+    throw permanentError('CONFIG_INVALID', `invalid configuration:\n  ${missing.join(', ')}: required with the local driver and KAFKA_SECURITY_PROTOCOL=ssl (the agents' own Kafka certificate and key)`);
+  }
+  return config;
+}
+
+/** How the agents connect to Kafka: the provisioner's protocol and CA, the agents' own certificate. */
+function agentKafkaEnv(service: ServiceContext['config'], config: ProvisionerConfig): Record<string, string> {
+  if (service.KAFKA_SECURITY_PROTOCOL === 'plaintext') return { KAFKA_SECURITY_PROTOCOL: 'plaintext' };
+  const env: Record<string, string> = { KAFKA_SECURITY_PROTOCOL: 'ssl' };
+  if (config.AGENT_KAFKA_SSL_CA_FILE) env.KAFKA_SSL_CA_FILE = config.AGENT_KAFKA_SSL_CA_FILE;
+  else if (service.KAFKA_SSL_CA) env.KAFKA_SSL_CA = service.KAFKA_SSL_CA;
+  if (config.AGENT_KAFKA_SSL_CERT_FILE) env.KAFKA_SSL_CERT_FILE = config.AGENT_KAFKA_SSL_CERT_FILE;
+  if (config.AGENT_KAFKA_SSL_KEY_FILE) env.KAFKA_SSL_KEY_FILE = config.AGENT_KAFKA_SSL_KEY_FILE;
+  return env;
 }

@@ -1,7 +1,8 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Kafka, logLevel } from 'kafkajs';
+import { Kafka } from 'kafkajs';
+import { aclPlan, deleteAcls } from '../../lib/contracts/acls.ts';
 import pg from 'pg';
 import { avroTypeOptions } from '../../lib/contracts/schemas.ts';
 import { createAvroCodec, type AvroCodec } from '../../lib/kafka/avro.ts';
@@ -9,7 +10,7 @@ import { createLogger } from '../../lib/logger.ts';
 import { bootstrapFleet } from '../../lib/service/bootstrap.ts';
 import { KernelClient, StatusWatcher } from '../../dev/kernel/client.ts';
 import { loadServiceConfig, topicNames, type TopicNames } from '../../lib/service/context.ts';
-import { brokers, testEnv, uniqueName } from './stack.ts';
+import { brokers, testEnv, testKafkaConfig, testTls, uniqueName } from './stack.ts';
 
 /**
  * A whole fleet's isolated world for one test file: its own topic prefix (topics, DLQs and schema
@@ -79,10 +80,12 @@ export async function createFleetWorld(name: string, extraEnv: Record<string, st
       await client.connect();
       await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => undefined);
       await client.end();
-      const admin = new Kafka({ clientId: 'fleet-teardown', brokers: brokers(), logLevel: logLevel.NOTHING }).admin();
+      const admin = new Kafka(testKafkaConfig('fleet-teardown')).admin();
       await admin.connect();
       const mine = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
       if (mine.length > 0) await admin.deleteTopics({ topics: mine }).catch(() => undefined);
+      // The bootstrap granted every role its rights on this prefix's topics: take them back.
+      await deleteAcls(admin, aclPlan({ prefix })).catch(() => undefined);
       await admin.disconnect();
     },
   };
@@ -107,12 +110,15 @@ export function killAgents(stateDir: string): void {
 }
 
 
+/** The scripted Kernel, as the `kernel` principal (its ACLs on the world's prefix come from the bootstrap). */
 export function connectKernel(world: FleetWorld): Promise<KernelClient> {
-  return within('kernel producer connect', 30_000, KernelClient.connect({ brokers: brokers(), topics: world.topics, codec: world.codec }));
+  return within('kernel producer connect', 30_000, KernelClient.connect({ brokers: brokers(), tls: testTls('kernel'), topics: world.topics, codec: world.codec }));
 }
 
+/** Watches the world's `agent-status` as the Kernel (its groups are `<prefix>kernel*`). */
 export function watchStatus(world: FleetWorld): Promise<StatusWatcher> {
-  return within('status watcher start', 60_000, StatusWatcher.start({ brokers: brokers(), topics: world.topics, codec: world.codec, groupId: uniqueName('status-watcher') }));
+  const groupId = uniqueName(`${world.env.TOPIC_PREFIX ?? ''}kernel-status`);
+  return within('status watcher start', 60_000, StatusWatcher.start({ brokers: brokers(), tls: testTls('kernel'), topics: world.topics, codec: world.codec, groupId }));
 }
 
 export type { KernelClient, StatusWatcher };

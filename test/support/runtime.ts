@@ -1,4 +1,5 @@
-import { Kafka, logLevel, type Admin } from 'kafkajs';
+import { Kafka, type Admin } from 'kafkajs';
+import type { StackPrincipal } from '../../dev/stack/endpoints.ts';
 import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
 import { createTopicsAndWait } from '../../lib/contracts/topics.ts';
 import { createKafkajsClient } from '../../lib/kafka/kafkajs.ts';
@@ -6,7 +7,7 @@ import { createAvroCodec } from '../../lib/kafka/avro.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { createMetrics } from '../../lib/metrics.ts';
 import type { KafkaRecord } from '../../lib/kafka/types.ts';
-import { brokers, testEnv } from './stack.ts';
+import { brokers, testEnv, testKafkaConfig, testTls } from './stack.ts';
 
 export const TEST_SCHEMA = {
   type: 'record',
@@ -25,8 +26,9 @@ export interface TestEvent {
   kind: string;
 }
 
-export function rawKafka(): Kafka {
-  return new Kafka({ clientId: 'test', brokers: brokers(), logLevel: logLevel.NOTHING });
+/** A plain kafkajs client on the test brokers, as `principal` (default: the operator, a super user). */
+export function rawKafka(principal?: StackPrincipal): Kafka {
+  return new Kafka(testKafkaConfig('test', principal));
 }
 
 /** Creates `topic` (and its `.dlq`) and registers the test schema; returns the cleanup. */
@@ -49,7 +51,7 @@ export async function createTestTopic(topic: string, partitions: number): Promis
 /** The runtime's real dependencies, pointed at the local stack, with silent logs. */
 export function testRuntimeDeps(service: string) {
   const logger = createLogger(service, (process.env.TEST_LOG_LEVEL as 'info' | undefined) ?? 'silent');
-  const kafka = createKafkajsClient({ clientId: service, brokers: brokers(), logger });
+  const kafka = createKafkajsClient({ clientId: service, brokers: brokers(), tls: testTls(), logger });
   const codec = createAvroCodec({ registryUrl: testEnv().SCHEMA_REGISTRY_URL ?? '' });
   const producer = kafka.producer();
   const metrics = createMetrics(service, { defaultMetrics: false });

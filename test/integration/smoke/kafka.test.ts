@@ -1,9 +1,9 @@
-import { Kafka, logLevel, type Admin } from 'kafkajs';
+import { Kafka, type Admin } from 'kafkajs';
 import { createTopicsAndWait } from '../../../lib/contracts/topics.ts';
-import { brokers, uniqueName } from '../../support/stack.ts';
+import { testKafkaConfig, uniqueName } from '../../support/stack.ts';
 
 describe('Kafka 4 broker with kafkajs', () => {
-  const kafka = new Kafka({ clientId: 'smoke', brokers: brokers(), logLevel: logLevel.NOTHING });
+  const kafka = new Kafka(testKafkaConfig('smoke'));
   const topic = uniqueName('smoke-topic');
   const groupId = uniqueName('smoke-group');
   let admin: Admin;

@@ -1,11 +1,11 @@
-import kafkajs, { Kafka, logLevel, type Admin } from 'kafkajs';
+import kafkajs, { Kafka, type Admin } from 'kafkajs';
 import { createTopics, topicPlan, topicSettingsFromEnv } from '../../../../lib/contracts/topics.ts';
-import { brokers, uniqueName } from '../../../support/stack.ts';
+import { testKafkaConfig, uniqueName } from '../../../support/stack.ts';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 describe('createTopics against the real Kafka broker', () => {
-  const kafka = new Kafka({ clientId: 'it-contracts-topics', brokers: brokers(), logLevel: logLevel.NOTHING });
+  const kafka = new Kafka(testKafkaConfig('it-contracts-topics'));
   const prefix = `${uniqueName('it-topics')}.`;
   const settings = topicSettingsFromEnv({ TOPIC_PARTITIONS: '3', AUDIT_RETENTION_DAYS: '10' });
   const names = topicPlan(settings, { prefix }).map((p) => p.topic);

@@ -2,13 +2,13 @@ import { createMetrics } from '../../../../lib/metrics.ts';
 import { startOpsServer } from '../../../../lib/runtime/http.ts';
 import { createKafkajsClient } from '../../../../lib/kafka/kafkajs.ts';
 import { createLogger } from '../../../../lib/logger.ts';
-import { brokers } from '../../../support/stack.ts';
+import { brokers, testTls } from '../../../support/stack.ts';
 
 describe('ops HTTP listener', () => {
   it('serves /livez, /readyz with a real Kafka check, and /metrics', async () => {
     const metrics = createMetrics('ops-test', { defaultMetrics: false });
     metrics.recordsProcessed.inc({ topic: 't' }, 3);
-    const kafka = createKafkajsClient({ clientId: 'ops-test', brokers: brokers(), logger: createLogger('ops-test', 'silent') });
+    const kafka = createKafkajsClient({ clientId: 'ops-test', brokers: brokers(), tls: testTls(), logger: createLogger('ops-test', 'silent') });
     let accepting = true;
     const ops = await startOpsServer({
       port: 0,

@@ -3,7 +3,7 @@
 // database transaction and produces a record, each handled record's trace printed as a JSON line;
 // on SIGTERM it drains, flushes the spans (telemetry shutdown) and exits 0.
 import { z } from 'zod';
-import { configFields, databaseConfigShape, loadConfig } from '../../../../lib/config.ts';
+import { configFields, databaseConfigShape, kafkaConfigShape, kafkaTlsOf, loadConfig, resolveSecretFiles } from '../../../../lib/config.ts';
 import { createPool, withTransaction } from '../../../../lib/db/pool.ts';
 import { createAvroCodec } from '../../../../lib/kafka/avro.ts';
 import { createKafkajsClient } from '../../../../lib/kafka/kafkajs.ts';
@@ -17,21 +17,22 @@ import { startTelemetry } from '../../../../lib/telemetry.ts';
 const config = loadConfig(
   {
     ...databaseConfigShape,
-    KAFKA_BROKERS: configFields.brokers,
+    ...kafkaConfigShape,
     SCHEMA_REGISTRY_URL: z.url(),
     OTEL_EXPORTER_OTLP_ENDPOINT: z.url(),
     TOPIC: z.string().min(1),
     OUT_TOPIC: z.string().min(1),
     GROUP_ID: z.string().min(1),
   },
-  process.env,
+  // Kafka credentials from KAFKA_SSL_*_FILE, as a service reads them.
+  resolveSecretFiles(process.env),
 );
 
 const logger = createLogger('traced-worker', 'warn');
 const telemetry = startTelemetry({ serviceName: 'traced-worker', otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, logger });
 await telemetry.ready;
 const pool = createPool({ connectionString: config.DATABASE_URL, max: 2 });
-const kafka = createKafkajsClient({ clientId: 'traced-worker', brokers: config.KAFKA_BROKERS, logger });
+const kafka = createKafkajsClient({ clientId: 'traced-worker', brokers: config.KAFKA_BROKERS, tls: kafkaTlsOf(config), logger });
 const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL });
 const producer = kafka.producer();
 await producer.connect();

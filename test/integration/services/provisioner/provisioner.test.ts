@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { Kafka, logLevel, type Producer } from 'kafkajs';
+import { Kafka, type Producer } from 'kafkajs';
 import type { AgentCommand } from '../../../../lib/contracts/types.ts';
 import { createServiceContext, loadServiceConfig, type ServiceContext } from '../../../../lib/service/context.ts';
 import { loadProvisionerConfig, startProvisioner } from '../../../../services/provisioner/main.ts';
 import { eventually } from '../../../support/runtime.ts';
-import { brokers } from '../../../support/stack.ts';
+import { testKafkaConfig } from '../../../support/stack.ts';
 import { createFleetWorld, watchStatus, type FleetWorld, type StatusWatcher } from '../../../support/fleet.ts';
 
 jest.setTimeout(120_000);
@@ -15,7 +15,7 @@ async function startWorld(name: string, extra: Record<string, string>) {
   const world = await createFleetWorld(name, { PROVISIONER_DRIVER: 'simulated', ...extra });
   const ctx = await createServiceContext({ service: 'provisioner', config: loadServiceConfig(world.env), database: true, redis: true, opsServer: false });
   await startProvisioner(ctx, loadProvisionerConfig(world.env));
-  const producer = new Kafka({ clientId: 'test-commands', brokers: brokers(), logLevel: logLevel.NOTHING }).producer({ idempotent: true });
+  const producer = new Kafka(testKafkaConfig('test-commands')).producer({ idempotent: true });
   await producer.connect();
   const status = await watchStatus(world);
   return { world, ctx, producer, status };

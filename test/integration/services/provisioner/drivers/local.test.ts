@@ -19,7 +19,7 @@ import { parseTraceparent } from '../../../../../lib/tracing.ts';
 import { createLocalDriver, type LocalAgentState, type LocalDriverOptions } from '../../../../../services/provisioner/drivers/local.ts';
 import type { AgentWorkload, AllocatorDriver, DriverEvent } from '../../../../../services/provisioner/drivers/types.ts';
 import { eventually, rawKafka } from '../../../../support/runtime.ts';
-import { testEnv, uniqueName } from '../../../../support/stack.ts';
+import { kafkaEnv, testEnv, uniqueName } from '../../../../support/stack.ts';
 
 const ROOT = process.cwd();
 const env = testEnv();
@@ -83,7 +83,7 @@ describe('local allocator driver with real agent processes', () => {
       stateDir,
       agentProgram: join(ROOT, 'agents', 'heartbeat-agent.ts'),
       agentEnv: {
-        KAFKA_BROKERS: env.KAFKA_BROKERS ?? '',
+        ...kafkaEnv(),
         SCHEMA_REGISTRY_URL: registryUrl,
         HEARTBEAT_TOPIC: topic,
         HEARTBEAT_INTERVAL_MS: '250',
@@ -257,7 +257,7 @@ describe('local allocator driver with real agent processes', () => {
 
   it('an agent that crashes (AGENT_EXIT_AFTER_MS) → PROCESS_EXITED with exit code 1', async () => {
     const d = driver('crashing', {
-      agentEnv: { KAFKA_BROKERS: env.KAFKA_BROKERS ?? '', SCHEMA_REGISTRY_URL: registryUrl, HEARTBEAT_TOPIC: topic, HEARTBEAT_INTERVAL_MS: '250', AGENT_EXIT_AFTER_MS: '5000' },
+      agentEnv: { ...kafkaEnv(), SCHEMA_REGISTRY_URL: registryUrl, HEARTBEAT_TOPIC: topic, HEARTBEAT_INTERVAL_MS: '250', AGENT_EXIT_AFTER_MS: '5000' },
     });
     const agentId = randomUUID();
     await d.start(workload(agentId), { generation: 1, attempt: 1 });
@@ -267,7 +267,7 @@ describe('local allocator driver with real agent processes', () => {
 
   it('an agent ignoring SIGTERM is SIGKILLed after the grace', async () => {
     const d = driver('stubborn', {
-      agentEnv: { KAFKA_BROKERS: env.KAFKA_BROKERS ?? '', SCHEMA_REGISTRY_URL: registryUrl, HEARTBEAT_TOPIC: topic, HEARTBEAT_INTERVAL_MS: '250', AGENT_IGNORE_SIGTERM: 'true' },
+      agentEnv: { ...kafkaEnv(), SCHEMA_REGISTRY_URL: registryUrl, HEARTBEAT_TOPIC: topic, HEARTBEAT_INTERVAL_MS: '250', AGENT_IGNORE_SIGTERM: 'true' },
     });
     const agentId = randomUUID();
     await d.start(workload(agentId), { generation: 1, attempt: 1 });
@@ -371,7 +371,7 @@ describe('local allocator driver with real agent processes', () => {
     // No schema is registered for this topic: heartbeat #0 is never acknowledged.
     const d = driver('never-ready', {
       readyTimeoutMs: 2_500,
-      agentEnv: { KAFKA_BROKERS: env.KAFKA_BROKERS ?? '', SCHEMA_REGISTRY_URL: registryUrl, HEARTBEAT_TOPIC: `${prefix}unregistered`, HEARTBEAT_INTERVAL_MS: '250' },
+      agentEnv: { ...kafkaEnv(), SCHEMA_REGISTRY_URL: registryUrl, HEARTBEAT_TOPIC: `${prefix}unregistered`, HEARTBEAT_INTERVAL_MS: '250' },
     });
     const agentId = randomUUID();
     await d.start(workload(agentId), { generation: 1, attempt: 1 });
