@@ -16,11 +16,16 @@
  *   for identities with a reading role, limited to the divisions that role covers (others: 404).
  *   The list is ordered by (createdAt, agentId) with keyset pagination: `nextCursor` is opaque.
  * - Errors are `{ error: { code, message } }`: 400 invalid, 403 not allowed, 404 unknown,
- *   409 conflicting with an earlier request, 503 when a dependency is down (retry later).
+ *   409 conflicting with an earlier request, 413 body too large, 429 over the identity's rate
+ *   (with Retry-After), 503 when a dependency is down (retry later).
+ * - Limits (`ApiLimits`): the body size, how long a connection may idle and a request may take to
+ *   arrive (a slow client cannot hold sockets forever), and a rate per identity (the certificate's
+ *   CN; counted in this process).
  */
 import { randomUUID } from 'node:crypto';
 import type { Server as HttpsServer } from 'node:https';
 import type { TLSSocket } from 'node:tls';
+import rateLimit from '@fastify/rate-limit';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { QueryResultRow } from 'pg';
 import { z } from 'zod';
@@ -41,12 +46,35 @@ export interface ApiTls {
   readonly ca: string | Buffer;
 }
 
+export interface ApiLimits {
+  /** Largest accepted request body in bytes (larger: 413). */
+  readonly bodyLimitBytes: number;
+  /** A socket idle this long is closed. */
+  readonly connectionTimeoutMs: number;
+  /** The whole request (headers and body) must arrive within this (else 408). */
+  readonly requestTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  readonly keepAliveTimeoutMs: number;
+  /** Requests one identity may make per window (more: 429 with Retry-After). */
+  readonly rateLimitMax: number;
+  readonly rateLimitWindowMs: number;
+}
+
+export const DEFAULT_API_LIMITS: ApiLimits = {
+  bodyLimitBytes: 1024 * 1024,
+  connectionTimeoutMs: 60_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 30_000,
+  rateLimitMax: 1200,
+  rateLimitWindowMs: 60_000,
+};
+
 export interface ApiOptions {
   readonly tls: ApiTls;
   readonly deps: ProcessDeps;
   readonly logger: Logger;
-  /** Largest accepted request body in bytes. Default 1 MiB. */
-  readonly bodyLimit?: number;
+  /** Each one defaults to `DEFAULT_API_LIMITS`. */
+  readonly limits?: Partial<ApiLimits>;
 }
 
 export type IngestApi = FastifyInstance<HttpsServer>;
@@ -285,11 +313,15 @@ function peerCommonName(request: FastifyRequest): string | undefined {
 /** Builds the HTTPS server (not listening yet: call `listen`). */
 export function buildApi(options: ApiOptions): IngestApi {
   const { deps } = options;
+  const limits: ApiLimits = { ...DEFAULT_API_LIMITS, ...options.limits };
   const log = options.logger.child({ component: 'api' });
   const app: IngestApi = Fastify({
     https: { key: options.tls.key, cert: options.tls.cert, ca: options.tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
     logger: false,
-    bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    bodyLimit: limits.bodyLimitBytes,
+    connectionTimeout: limits.connectionTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
     return503OnClosing: true,
   });
   const identities = new WeakMap<FastifyRequest, string>();
@@ -310,6 +342,16 @@ export function buildApi(options: ApiOptions): IngestApi {
     identities.set(request, cn);
   });
 
+  // Per identity, not per address: the Kernel's replicas may share one. The plugin's onRequest hook
+  // runs after the identity check above (added first), so unknown CNs get 403 without a bucket.
+  void app.register(rateLimit, {
+    max: limits.rateLimitMax,
+    timeWindow: limits.rateLimitWindowMs,
+    keyGenerator: (request) => identities.get(request) ?? peerCommonName(request) ?? '',
+    errorResponseBuilder: (request, context) =>
+      apiError(429, 'RATE_LIMITED', `identity ${JSON.stringify(identities.get(request) ?? '')} made more than ${context.max} requests in ${limits.rateLimitWindowMs} ms; retry in ${context.after}`),
+  });
+
   app.addHook('onResponse', async (request, reply) => {
     log.info({ method: request.method, url: request.url, status: reply.statusCode, identity: identities.get(request), ms: Math.round(reply.elapsedTime) }, 'api request');
   });
@@ -324,8 +366,9 @@ export function buildApi(options: ApiOptions): IngestApi {
   app.setErrorHandler(async (error: unknown, request, reply) => {
     if (isAppError(error) && httpStatusOf(error) !== undefined) return sendError(reply, error);
     const status = (error as { statusCode?: unknown }).statusCode;
+    if (status === 413) return sendError(reply, apiError(413, 'BODY_TOO_LARGE', `the request body is larger than ${limits.bodyLimitBytes} bytes`));
     if (typeof status === 'number' && status >= 400 && status < 500) {
-      // Fastify's own refusals: malformed JSON, wrong content type, body too large, …
+      // Fastify's own refusals: malformed JSON, wrong content type, …
       const code = (error as { code?: unknown }).code;
       return sendError(reply, apiError(status, typeof code === 'string' ? code : 'BAD_REQUEST', errorMessage(error)));
     }
@@ -340,57 +383,61 @@ export function buildApi(options: ApiOptions): IngestApi {
 
   app.setNotFoundHandler(async (request, reply) => sendError(reply, apiError(404, 'NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`)));
 
-  app.post('/v1/requests', async (request, reply) => {
-    const identity = identityOf(request);
-    const agentRequest = requestFromBody(request.body, identity, (deps.now ?? (() => new Date()))());
-    const outcome = await processRequest(agentRequest, identity, deps, { source: 'api' });
-    countDecision(deps, 'api', outcome);
-    const answer = outcomeResponse(outcome);
-    return reply.code(answer.status).send(answer.body);
-  });
+  // The routes are registered after the rate limiter has loaded (it attaches itself to routes as
+  // they are added).
+  void app.register(async (routes) => {
+    routes.post('/v1/requests', async (request, reply) => {
+      const identity = identityOf(request);
+      const agentRequest = requestFromBody(request.body, identity, (deps.now ?? (() => new Date()))());
+      const outcome = await processRequest(agentRequest, identity, deps, { source: 'api' });
+      countDecision(deps, 'api', outcome);
+      const answer = outcomeResponse(outcome);
+      return reply.code(answer.status).send(answer.body);
+    });
 
-  app.get('/v1/agents/:id', { preHandler: requireReader }, async (request, reply) => {
-    const { id } = request.params as { id: string };
-    if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `agent id ${JSON.stringify(id)} is not a lower-case uuid`);
-    const rows = await read<AgentRow>(`SELECT ${AGENT_COLUMNS} FROM agents WHERE id = $1`, [id]);
-    const row = rows[0];
-    if (!row || !mayRead(deps.authz, identityOf(request), row.division)) {
-      throw apiError(404, 'AGENT_NOT_FOUND', `no agent ${id} (an accepted INSTANTIATE appears here once the provisioner has created the agent; GET /v1/requests/:requestId has the request's outcome)`);
-    }
-    return reply.send(agentJson(row));
-  });
+    routes.get('/v1/agents/:id', { preHandler: requireReader }, async (request, reply) => {
+      const { id } = request.params as { id: string };
+      if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `agent id ${JSON.stringify(id)} is not a lower-case uuid`);
+      const rows = await read<AgentRow>(`SELECT ${AGENT_COLUMNS} FROM agents WHERE id = $1`, [id]);
+      const row = rows[0];
+      if (!row || !mayRead(deps.authz, identityOf(request), row.division)) {
+        throw apiError(404, 'AGENT_NOT_FOUND', `no agent ${id} (an accepted INSTANTIATE appears here once the provisioner has created the agent; GET /v1/requests/:requestId has the request's outcome)`);
+      }
+      return reply.send(agentJson(row));
+    });
 
-  app.get('/v1/agents', { preHandler: requireReader }, async (request, reply) => {
-    const query = parseListQuery(request.query);
-    const readable = readableDivisions(deps.authz, identityOf(request));
-    if (query.division !== undefined && readable !== ANY && !readable.includes(query.division)) {
-      throw apiError(403, 'UNAUTHORIZED', `identity ${JSON.stringify(identityOf(request))} may not read division ${JSON.stringify(query.division)}`);
-    }
-    const where: string[] = [];
-    const params: unknown[] = [];
-    const param = (value: unknown) => `$${params.push(value)}`;
-    if (query.state !== undefined) where.push(`state = ${param(query.state)}`);
-    if (query.division !== undefined) where.push(`division = ${param(query.division)}`);
-    else if (readable !== ANY) where.push(`division = ANY(${param(readable)}::text[])`);
-    if (query.cursor) where.push(`(created_at, id) > (${param(query.cursor.createdAt)}::timestamptz, ${param(query.cursor.id)}::uuid)`);
-    const sql = `SELECT ${AGENT_COLUMNS} FROM agents ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ${param(query.limit + 1)}`;
-    const rows = await read<AgentRow>(sql, params);
-    const page = rows.slice(0, query.limit);
-    const last = page.at(-1);
-    const nextCursor = rows.length > query.limit && last ? encodeCursor({ createdAt: last.cursor_time, id: last.id }) : null;
-    return reply.send({ items: page.map(agentJson), nextCursor });
-  });
+    routes.get('/v1/agents', { preHandler: requireReader }, async (request, reply) => {
+      const query = parseListQuery(request.query);
+      const readable = readableDivisions(deps.authz, identityOf(request));
+      if (query.division !== undefined && readable !== ANY && !readable.includes(query.division)) {
+        throw apiError(403, 'UNAUTHORIZED', `identity ${JSON.stringify(identityOf(request))} may not read division ${JSON.stringify(query.division)}`);
+      }
+      const where: string[] = [];
+      const params: unknown[] = [];
+      const param = (value: unknown) => `$${params.push(value)}`;
+      if (query.state !== undefined) where.push(`state = ${param(query.state)}`);
+      if (query.division !== undefined) where.push(`division = ${param(query.division)}`);
+      else if (readable !== ANY) where.push(`division = ANY(${param(readable)}::text[])`);
+      if (query.cursor) where.push(`(created_at, id) > (${param(query.cursor.createdAt)}::timestamptz, ${param(query.cursor.id)}::uuid)`);
+      const sql = `SELECT ${AGENT_COLUMNS} FROM agents ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ${param(query.limit + 1)}`;
+      const rows = await read<AgentRow>(sql, params);
+      const page = rows.slice(0, query.limit);
+      const last = page.at(-1);
+      const nextCursor = rows.length > query.limit && last ? encodeCursor({ createdAt: last.cursor_time, id: last.id }) : null;
+      return reply.send({ items: page.map(agentJson), nextCursor });
+    });
 
-  app.get('/v1/requests/:id', { preHandler: requireReader }, async (request, reply) => {
-    const { id } = request.params as { id: string };
-    if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `request id ${JSON.stringify(id)} is not a lower-case uuid`);
-    const rows = await read<RequestRow>(
-      'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id, created_at FROM requests WHERE request_id = $1',
-      [id],
-    );
-    const row = rows[0];
-    if (!row || !mayRead(deps.authz, identityOf(request), row.division)) throw apiError(404, 'REQUEST_NOT_FOUND', `no request ${id}`);
-    return reply.send(requestJson(row));
+    routes.get('/v1/requests/:id', { preHandler: requireReader }, async (request, reply) => {
+      const { id } = request.params as { id: string };
+      if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `request id ${JSON.stringify(id)} is not a lower-case uuid`);
+      const rows = await read<RequestRow>(
+        'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id, created_at FROM requests WHERE request_id = $1',
+        [id],
+      );
+      const row = rows[0];
+      if (!row || !mayRead(deps.authz, identityOf(request), row.division)) throw apiError(404, 'REQUEST_NOT_FOUND', `no request ${id}`);
+      return reply.send(requestJson(row));
+    });
   });
 
   return app;

@@ -1,6 +1,9 @@
 /**
- * What makes a request the same request: the agentId of a new agent, derived from the idempotency
- * key alone, and the hash of the fields that define the request. Pure: no I/O.
+ * What makes a request the same request: the agentId of a new agent, derived from the requesting
+ * identity and its idempotency key, and the hash of the fields that define the request. Pure: no I/O.
+ *
+ * Idempotency keys are scoped to the identity that sends them: two identities using the same key
+ * make two independent requests (and agents), so one cannot learn or pre-claim the other's.
  */
 import { createHash } from 'node:crypto';
 import { canonicalJson, sha256Hex } from '../../lib/audit.ts';
@@ -8,8 +11,9 @@ import type { AgentRequest } from '../../lib/contracts/types.ts';
 import { permanentError } from '../../lib/errors.ts';
 
 /**
- * The namespace of agentIds derived from idempotency keys. Fixed forever: changing it would give a
- * retried INSTANTIATE another agentId than its first delivery.
+ * The namespace of agentIds derived from (identity, idempotency key). Fixed forever, as is the name
+ * `agentIdFor` builds: changing either would give a retried INSTANTIATE another agentId than its
+ * first delivery (a stored request keeps its agentId, but its unstored rejections would not).
  */
 export const AGENT_ID_NAMESPACE = 'fe971498-ebbf-4efb-be15-29a282c922e9';
 
@@ -30,9 +34,12 @@ export function uuidV5(name: string, namespace: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** The agentId of the agent an INSTANTIATE with this idempotency key creates: the same on every delivery. */
-export function agentIdFor(idempotencyKey: string): string {
-  return uuidV5(idempotencyKey, AGENT_ID_NAMESPACE);
+/**
+ * The agentId of the agent an INSTANTIATE by `identity` with this idempotency key creates: the same
+ * on every delivery. The name is the JSON array [identity, key], so no pair can spell another.
+ */
+export function agentIdFor(identity: string, idempotencyKey: string): string {
+  return uuidV5(JSON.stringify([identity, idempotencyKey]), AGENT_ID_NAMESPACE);
 }
 
 /** The fields that define a request; requestId and createdAt differ between retries of one request. */

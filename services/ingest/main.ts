@@ -9,6 +9,9 @@
  * - INGEST_TLS_CERT_FILE, INGEST_TLS_KEY_FILE, INGEST_TLS_CA_FILE   PEM files of the API: all three
  *   to serve it (the CA signs the clients' certificates), none to run without it
  * - INGEST_API_PORT (default 8443), INGEST_API_HOST (default 127.0.0.1)
+ * - INGEST_API_BODY_LIMIT_BYTES (1 MiB), INGEST_API_CONNECTION_TIMEOUT_MS (60 s idle),
+ *   INGEST_API_REQUEST_TIMEOUT_MS (30 s), INGEST_API_KEEP_ALIVE_TIMEOUT_MS (30 s),
+ *   INGEST_API_RATE_LIMIT_MAX requests per identity per INGEST_API_RATE_LIMIT_WINDOW_MS (1200 per 60 s)
  */
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -19,7 +22,7 @@ import type { AgentRequest } from '../../lib/contracts/types.ts';
 import { errorMessage, permanentError } from '../../lib/errors.ts';
 import { createWorker, type Worker } from '../../lib/runtime/worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
-import { buildApi, type ApiTls, type IngestApi } from './api.ts';
+import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type ApiTls, type IngestApi } from './api.ts';
 import { loadIdentitiesConfig } from './authz.ts';
 import { createIngestHandler, validateAgentRequestRecord, type IngestDeps } from './handler.ts';
 
@@ -44,6 +47,12 @@ export const ingestConfigShape = {
   INGEST_TLS_CERT_FILE: optionalFile,
   INGEST_TLS_KEY_FILE: optionalFile,
   INGEST_TLS_CA_FILE: optionalFile,
+  INGEST_API_BODY_LIMIT_BYTES: configFields.positiveInt(DEFAULT_API_LIMITS.bodyLimitBytes),
+  INGEST_API_CONNECTION_TIMEOUT_MS: configFields.positiveInt(DEFAULT_API_LIMITS.connectionTimeoutMs),
+  INGEST_API_REQUEST_TIMEOUT_MS: configFields.positiveInt(DEFAULT_API_LIMITS.requestTimeoutMs),
+  INGEST_API_KEEP_ALIVE_TIMEOUT_MS: configFields.positiveInt(DEFAULT_API_LIMITS.keepAliveTimeoutMs),
+  INGEST_API_RATE_LIMIT_MAX: configFields.positiveInt(DEFAULT_API_LIMITS.rateLimitMax),
+  INGEST_API_RATE_LIMIT_WINDOW_MS: configFields.positiveInt(DEFAULT_API_LIMITS.rateLimitWindowMs),
 };
 
 export type IngestConfig = z.infer<z.ZodObject<typeof ingestConfigShape>>;
@@ -54,6 +63,8 @@ export interface IngestApiOptions {
   readonly tlsCertFile: string;
   readonly tlsKeyFile: string;
   readonly tlsCaFile: string;
+  /** Each one defaults to `DEFAULT_API_LIMITS`. */
+  readonly limits?: Partial<ApiLimits>;
 }
 
 export interface IngestOptions {
@@ -94,7 +105,21 @@ export function ingestOptionsFromConfig(config: IngestConfig, cwd = process.cwd(
     concurrency: config.INGEST_CONCURRENCY,
     api:
       cert !== undefined && key !== undefined && ca !== undefined
-        ? { port: config.INGEST_API_PORT, host: config.INGEST_API_HOST, tlsCertFile: resolve(cwd, cert), tlsKeyFile: resolve(cwd, key), tlsCaFile: resolve(cwd, ca) }
+        ? {
+            port: config.INGEST_API_PORT,
+            host: config.INGEST_API_HOST,
+            tlsCertFile: resolve(cwd, cert),
+            tlsKeyFile: resolve(cwd, key),
+            tlsCaFile: resolve(cwd, ca),
+            limits: {
+              bodyLimitBytes: config.INGEST_API_BODY_LIMIT_BYTES,
+              connectionTimeoutMs: config.INGEST_API_CONNECTION_TIMEOUT_MS,
+              requestTimeoutMs: config.INGEST_API_REQUEST_TIMEOUT_MS,
+              keepAliveTimeoutMs: config.INGEST_API_KEEP_ALIVE_TIMEOUT_MS,
+              rateLimitMax: config.INGEST_API_RATE_LIMIT_MAX,
+              rateLimitWindowMs: config.INGEST_API_RATE_LIMIT_WINDOW_MS,
+            },
+          }
         : undefined,
   };
 }
@@ -153,7 +178,7 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
     await worker.start();
     ctx.onShutdown(['agent-requests worker', stopWorker]);
     if (options.api && tls) {
-      api = buildApi({ tls, deps, logger });
+      api = buildApi({ tls, deps, logger, limits: options.api.limits });
       await api.listen({ port: options.api.port, host: options.api.host });
       const address = api.server.address() as AddressInfo;
       apiAddress = { host: options.api.host, port: address.port };

@@ -3,10 +3,14 @@
  * recorded in ONE Postgres transaction: the request row and its outgoing events (status, command,
  * audit) through the outbox, so they are published if and only if the decision is stored.
  *
- * Idempotency: requests are serialized per idempotency key (a transaction-scoped advisory lock).
- * - key seen with the same payload hash: the stored outcome is returned, nothing is written;
- * - key seen with another payload hash: rejected with IDEMPOTENCY_CONFLICT (status + audit), the
- *   original row is left as it is;
+ * Idempotency: a key belongs to the identity that sends it (the same key from two identities makes
+ * two independent requests). Requests are serialized per (identity, key) (a transaction-scoped
+ * advisory lock).
+ * - key seen with the same payload hash: authorized again (the identity's roles may have been
+ *   revoked since; refused like a new request, without the stored outcome), then the stored
+ *   outcome is returned and nothing is written;
+ * - key seen with another payload hash: authorized again, then rejected with IDEMPOTENCY_CONFLICT
+ *   (status + audit), the original row is left as it is;
  * - new key: validated, authorized, stored with its outcome (ACCEPTED or REJECTED) and events.
  *
  * Rejections are outcomes, never errors: only an unavailable dependency (Postgres, the schema
@@ -22,7 +26,7 @@ import type { AvroCodec } from '../../lib/kafka/avro.ts';
 import { enqueueEvents, type OutboxEvent } from '../../lib/outbox/outbox.ts';
 import type { TopicNames } from '../../lib/service/context.ts';
 import { childTrace, type TraceContext } from '../../lib/tracing.ts';
-import { authorizeAction, type IdentitiesConfig } from './authz.ts';
+import { authorizeAction, type AuthzDecision, type IdentitiesConfig } from './authz.ts';
 import { agentIdFor, isUuid, requestPayloadHash } from './idempotency.ts';
 import { isUsableIdempotencyKey, validateRequest, type ValidationRules } from './validation.ts';
 
@@ -68,7 +72,7 @@ export interface RequestOutcome {
   /** The stored request's id: for a replay, the first request's id (the outcome is the first one's). */
   readonly requestId: string;
   readonly idempotencyKey: string;
-  /** The agent the request is about; for INSTANTIATE the agentId derived from the idempotency key. */
+  /** The agent the request is about; for INSTANTIATE the agentId derived from the identity and idempotency key. */
   readonly agentId: string | null;
   readonly commandId: string | null;
   /** Null when accepted. */
@@ -117,12 +121,12 @@ export function reasonCode(reason: string): RejectionCode | null {
 }
 
 /**
- * The agentId events about this request are keyed by: the derived one for INSTANTIATE (and for a
- * request that names no valid agent), the request's agentId otherwise.
+ * The agentId events about this request are keyed by: the one derived from the identity and key
+ * for INSTANTIATE (and for a request that names no valid agent), the request's agentId otherwise.
  */
-export function subjectAgentId(request: AgentRequest): string {
+export function subjectAgentId(request: AgentRequest, identity: string): string {
   if (request.action !== 'INSTANTIATE' && isUuid(request.agentId)) return request.agentId;
-  return agentIdFor(request.idempotencyKey);
+  return agentIdFor(identity, request.idempotencyKey);
 }
 
 function outcomeFromRow(row: RequestRow, replayed: boolean): RequestOutcome {
@@ -191,12 +195,29 @@ async function decide(client: PoolClient, request: AgentRequest, identity: strin
   return { outcome: 'ACCEPTED', status: { state: agent.state, previousState: agent.state, version: agent.version } };
 }
 
-/** Decides `request` on behalf of `identity` and records it; see the module comment. */
+/**
+ * Whether `identity` may still make a request it made before: the same checks as a new request's
+ * (the action in the request's division and, for an existing agent, in the agent's division).
+ */
+async function authorizeRepeat(client: PoolClient, request: AgentRequest, identity: string, original: RequestRow, deps: ProcessDeps): Promise<AuthzDecision> {
+  const onRequest = authorizeAction(deps.authz, identity, request.action, [request.division]);
+  if (!onRequest.allowed || request.action === 'INSTANTIATE' || original.agent_id === null) return onRequest;
+  const agent = await agentView(client, original.agent_id);
+  return agent ? authorizeAction(deps.authz, identity, request.action, [agent.division]) : onRequest;
+}
+
+/**
+ * Decides `request` on behalf of `identity` (its `requestedBy`, authenticated by the caller) and
+ * records it; see the module comment.
+ */
 export async function processRequest(request: AgentRequest, identity: string, deps: ProcessDeps, options: ProcessOptions): Promise<RequestOutcome> {
+  if (identity !== request.requestedBy) {
+    throw permanentError('IDENTITY_MISMATCH', `request ${request.requestId} says requestedBy ${JSON.stringify(request.requestedBy)} but is decided for ${JSON.stringify(identity)}`);
+  }
   const now = deps.now ?? (() => new Date());
   const trace = options.trace ?? childTrace();
   const payloadHash = requestPayloadHash(request);
-  const subject = subjectAgentId(request);
+  const subject = subjectAgentId(request, identity);
   const storedAgentId = request.action === 'INSTANTIATE' ? subject : isUuid(request.agentId) ? request.agentId : null;
 
   const statusEvent = (status: Pick<AgentStatus, 'state' | 'previousState' | 'version'>, reason: string, commandId: string | null, time: Date): OutboxEvent => {
@@ -235,13 +256,17 @@ export async function processRequest(request: AgentRequest, identity: string, de
         const validation = validateRequest(request, deps.rules);
         return rejectUnstored(client, 'VALIDATION_FAILED', validation.ok ? 'idempotencyKey is not usable' : validation.reason);
       }
-      await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [IDEMPOTENCY_LOCK_CLASS, request.idempotencyKey]);
+      await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [IDEMPOTENCY_LOCK_CLASS, JSON.stringify([identity, request.idempotencyKey])]);
       const seen = await client.query<RequestRow>(
-        'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, outcome, reason, command_id FROM requests WHERE idempotency_key = $1',
-        [request.idempotencyKey],
+        'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, outcome, reason, command_id FROM requests WHERE requested_by = $1 AND idempotency_key = $2',
+        [identity, request.idempotencyKey],
       );
       const original = seen.rows[0];
       if (original) {
+        // Neither the stored outcome nor the conflict (which names the stored request) goes to an
+        // identity that may no longer make this request.
+        const allowed = await authorizeRepeat(client, request, identity, original, deps);
+        if (!allowed.allowed) return rejectUnstored(client, allowed.code, allowed.reason, { repeatOf: original.request_id });
         if (original.payload_hash === payloadHash) return outcomeFromRow(original, true);
         return rejectUnstored(
           client,
@@ -250,9 +275,12 @@ export async function processRequest(request: AgentRequest, identity: string, de
           { conflictsWith: original.request_id },
         );
       }
-      const sameId = await client.query<{ idempotency_key: string }>('SELECT idempotency_key FROM requests WHERE request_id = $1', [request.requestId]);
-      if (sameId.rows[0]) {
-        return rejectUnstored(client, 'DUPLICATE_REQUEST_ID', `requestId ${request.requestId} was already used with idempotency key ${JSON.stringify(sameId.rows[0].idempotency_key)}`);
+      const sameId = await client.query<{ idempotency_key: string; requested_by: string }>('SELECT idempotency_key, requested_by FROM requests WHERE request_id = $1', [request.requestId]);
+      const taken = sameId.rows[0];
+      if (taken) {
+        // Another identity's key stays its own.
+        const usedWith = taken.requested_by === identity ? `with idempotency key ${JSON.stringify(taken.idempotency_key)}` : 'by another identity';
+        return rejectUnstored(client, 'DUPLICATE_REQUEST_ID', `requestId ${request.requestId} was already used ${usedWith}`);
       }
 
       const decision = await decide(client, request, identity, subject, deps);

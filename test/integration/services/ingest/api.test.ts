@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { createPool, type Pool } from '../../../../lib/db/pool.ts';
 import { createLogger } from '../../../../lib/logger.ts';
-import { buildApi, type IngestApi } from '../../../../services/ingest/api.ts';
-import { loadIdentitiesConfig } from '../../../../services/ingest/authz.ts';
+import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type IngestApi } from '../../../../services/ingest/api.ts';
+import { loadIdentitiesConfig, parseIdentitiesConfig, type IdentitiesConfig } from '../../../../services/ingest/authz.ts';
 import { agentIdFor } from '../../../../services/ingest/idempotency.ts';
 import type { ProcessDeps } from '../../../../services/ingest/process-request.ts';
 import { createTestPki, mtlsRequest, type KeyAndCert, type TestPki } from '../../../support/certs.ts';
@@ -25,6 +26,15 @@ describe('ingest HTTPS API with mTLS', () => {
   let api: IngestApi;
   let port: number;
   let pki: TestPki;
+  let deps: ProcessDeps;
+  /** More servers on the same schema (other identities configurations, other limits); closed after. */
+  const others: IngestApi[] = [];
+  const serve = async (options: { authz?: IdentitiesConfig; limits?: ApiLimits }) => {
+    const other = buildApi({ tls: { key: pki.server.key, cert: pki.server.cert, ca: pki.ca.cert }, deps: { ...deps, authz: options.authz ?? deps.authz }, logger: createLogger('ingest-api-test', 'silent'), limits: options.limits });
+    others.push(other);
+    await other.listen({ port: 0, host: '127.0.0.1' });
+    return (other.server.address() as AddressInfo).port;
+  };
   /** What the server saw of refused TLS connections, and how many it let through to HTTP. */
   const tlsErrors: string[] = [];
   let secureConnections = 0;
@@ -56,7 +66,7 @@ describe('ingest HTTPS API with mTLS', () => {
     world = await createIngestWorld('it-ingest-api', { topics: false });
     pool = createPool({ connectionString: world.env.DATABASE_URL ?? '', schema: world.schema, max: 4 });
     pki = createTestPki();
-    const deps: ProcessDeps = { pool, codec: world.codec, topics: world.topics, authz: loadIdentitiesConfig(join(process.cwd(), 'config', 'identities.json')), rules: { knownTemplates: ['echo'] } };
+    deps = { pool, codec: world.codec, topics: world.topics, authz: loadIdentitiesConfig(join(process.cwd(), 'config', 'identities.json')), rules: { knownTemplates: ['echo'] } };
     api = buildApi({ tls: { key: pki.server.key, cert: pki.server.cert, ca: pki.ca.cert }, deps, logger: createLogger('ingest-api-test', 'silent') });
     await api.listen({ port: 0, host: '127.0.0.1' });
     port = (api.server.address() as AddressInfo).port;
@@ -65,6 +75,7 @@ describe('ingest HTTPS API with mTLS', () => {
   });
 
   afterAll(async () => {
+    for (const other of others) await other.close();
     await api?.close();
     await pool?.end();
     await world?.teardown();
@@ -106,7 +117,7 @@ describe('ingest HTTPS API with mTLS', () => {
       const response = await call(kernel(), 'POST', '/v1/requests', instantiateBody(key));
       expect(response.status).toBe(202);
       first = response.body as typeof first;
-      expect(first).toMatchObject({ outcome: 'ACCEPTED', agentId: agentIdFor(key), replayed: false });
+      expect(first).toMatchObject({ outcome: 'ACCEPTED', agentId: agentIdFor('kernel', key), replayed: false });
       expect(first.requestId).toMatch(/^[0-9a-f-]{36}$/);
       const { rows } = await pool.query('SELECT outcome, requested_by, command_id FROM requests WHERE idempotency_key = $1', [key]);
       expect(rows).toEqual([{ outcome: 'ACCEPTED', requested_by: 'kernel', command_id: first.commandId }]);
@@ -128,7 +139,7 @@ describe('ingest HTTPS API with mTLS', () => {
       expect(ids.size).toBe(1);
       expect(answers.filter((a) => (a.body as { replayed: boolean }).replayed)).toHaveLength(7);
       expect((await pool.query('SELECT 1 FROM requests WHERE idempotency_key = $1', [racing])).rowCount).toBe(1);
-      expect(await outboxRows(agentIdFor(racing))).toHaveLength(3);
+      expect(await outboxRows(agentIdFor('kernel', racing))).toHaveLength(3);
     });
 
     it('refuses the same key with another payload: 409 IDEMPOTENCY_CONFLICT naming the key', async () => {
@@ -188,6 +199,93 @@ describe('ingest HTTPS API with mTLS', () => {
       expect(rejection.body).toMatchObject({ outcome: 'REJECTED', code: 'UNAUTHORIZED', reason: expect.stringContaining('may not INSTANTIATE') as unknown });
       expect((await call(kernel(), 'GET', `/v1/requests/${randomUUID()}`)).status).toBe(404);
       expect((await call(kernel(), 'GET', '/v1/requests/nope')).status).toBe(400);
+    });
+  });
+
+  describe('idempotency keys belong to the identity that sends them', () => {
+    it('makes the same key from two identities two independent requests and agents, and shows neither the other\'s requestId', async () => {
+      const key = `shared-${randomUUID()}`;
+      const byKernel = await call(kernel(), 'POST', '/v1/requests', instantiateBody(key));
+      expect(byKernel.status).toBe(202);
+      const kernelAnswer = byKernel.body as { requestId: string; agentId: string };
+      expect(kernelAnswer.agentId).toBe(agentIdFor('kernel', key));
+      // Another payload under the same key: not a conflict with the Kernel's request, a request of its own.
+      const byBot = await call(pki.clients.researchBot, 'POST', '/v1/requests', instantiateBody(key, { labels: { team: 'bots' } }));
+      expect(byBot).toMatchObject({ status: 202, body: { outcome: 'ACCEPTED', replayed: false, agentId: agentIdFor('research-bot', key) } });
+      const botAnswer = byBot.body as { requestId: string; agentId: string };
+      expect(botAnswer.requestId).not.toBe(kernelAnswer.requestId);
+      expect(botAnswer.agentId).not.toBe(kernelAnswer.agentId);
+      expect(JSON.stringify(byBot.body)).not.toContain(kernelAnswer.requestId);
+      // Each identity's repeat gets its own outcome.
+      expect((await call(pki.clients.researchBot, 'POST', '/v1/requests', instantiateBody(key, { labels: { team: 'bots' } }))).body).toMatchObject({ requestId: botAnswer.requestId, replayed: true });
+      expect((await call(kernel(), 'POST', '/v1/requests', instantiateBody(key))).body).toMatchObject({ requestId: kernelAnswer.requestId, replayed: true });
+      const { rows } = await pool.query('SELECT requested_by, agent_id FROM requests WHERE idempotency_key = $1 ORDER BY requested_by', [key]);
+      expect(rows).toEqual([
+        { requested_by: 'kernel', agent_id: kernelAnswer.agentId },
+        { requested_by: 'research-bot', agent_id: botAnswer.agentId },
+      ]);
+      expect(await outboxRows(botAnswer.agentId)).toEqual([world.topics['agent-status'], world.topics['agent-commands'], world.topics['audit-events']]);
+    });
+
+    it('does not name another identity\'s idempotency key when a requestId is reused', async () => {
+      const key = `reused-id-${randomUUID()}`;
+      const byKernel = (await call(kernel(), 'POST', '/v1/requests', instantiateBody(key))).body as { requestId: string };
+      const reused = await call(pki.clients.researchBot, 'POST', '/v1/requests', instantiateBody(`bot-${randomUUID()}`, { requestId: byKernel.requestId }));
+      expect(reused.status).toBe(409);
+      expect((reused.body as ErrorBody).error.code).toBe('DUPLICATE_REQUEST_ID');
+      expect(JSON.stringify(reused.body)).not.toContain(key);
+    });
+
+    it('authorizes a repeat again: once research-bot\'s roles are revoked, its repeat is refused without the stored outcome', async () => {
+      const key = `revoked-${randomUUID()}`;
+      const first = await call(pki.clients.researchBot, 'POST', '/v1/requests', instantiateBody(key));
+      expect(first.status).toBe(202);
+      const stored = first.body as { requestId: string; agentId: string; commandId: string };
+      // The same identities file with research-bot reduced to reading: a restarted ingest's view.
+      const document = JSON.parse(readFileSync(join(process.cwd(), 'config', 'identities.json'), 'utf8')) as { identities: Record<string, { roles: string[] }> };
+      document.identities['research-bot'] = { roles: ['viewer'] };
+      const revokedPort = await serve({ authz: parseIdentitiesConfig(document, 'revoked') });
+      const repeat = await mtlsRequest(revokedPort, { method: 'POST', path: '/v1/requests', ca: pki.ca.cert, client: pki.clients.researchBot, body: instantiateBody(key) });
+      expect(repeat.status).toBe(403);
+      expect((repeat.body as ErrorBody).error).toMatchObject({ code: 'UNAUTHORIZED', replayed: false, message: expect.stringContaining('identity "research-bot" may not INSTANTIATE') as unknown });
+      for (const id of [stored.requestId, stored.commandId]) expect(JSON.stringify(repeat.body)).not.toContain(id);
+      // The conflict path is refused the same way (it would name the stored request).
+      const conflicting = await mtlsRequest(revokedPort, { method: 'POST', path: '/v1/requests', ca: pki.ca.cert, client: pki.clients.researchBot, body: instantiateBody(key, { labels: { team: 'other' } }) });
+      expect(conflicting.status).toBe(403);
+      expect(JSON.stringify(conflicting.body)).not.toContain(stored.requestId);
+      // Nothing stored changed; with its roles the identity still gets its outcome.
+      expect((await pool.query('SELECT request_id FROM requests WHERE idempotency_key = $1', [key])).rows).toEqual([{ request_id: stored.requestId }]);
+      expect((await call(pki.clients.researchBot, 'POST', '/v1/requests', instantiateBody(key))).body).toMatchObject({ requestId: stored.requestId, replayed: true });
+    });
+  });
+
+  describe('limits', () => {
+    const limits: ApiLimits = { ...DEFAULT_API_LIMITS, bodyLimitBytes: 2048, rateLimitMax: 3, rateLimitWindowMs: 60_000 };
+    let limitedPort: number;
+    const limited = (client: KeyAndCert, method: string, path: string, body?: unknown) => mtlsRequest(limitedPort, { method, path, ca: pki.ca.cert, client, body });
+
+    beforeAll(async () => {
+      limitedPort = await serve({ limits });
+    });
+
+    it('refuses a body over the limit with 413 in the API\'s error shape', async () => {
+      const response = await limited(pki.clients.researchBot, 'POST', '/v1/requests', instantiateBody(`big-${randomUUID()}`, { labels: { filler: 'x'.repeat(4096) } }));
+      expect(response.status).toBe(413);
+      expect(response.body).toEqual({ error: { code: 'BODY_TOO_LARGE', message: 'the request body is larger than 2048 bytes' } });
+    });
+
+    it('answers 429 with Retry-After once one identity is over its rate, while another identity still passes', async () => {
+      for (let i = 0; i < limits.rateLimitMax; i++) expect((await limited(kernel(), 'GET', '/v1/agents?limit=1')).status).toBe(200);
+      const refused = await limited(kernel(), 'GET', '/v1/agents?limit=1');
+      expect(refused.status).toBe(429);
+      expect((refused.body as ErrorBody).error).toEqual({ code: 'RATE_LIMITED', message: expect.stringMatching(/^identity "kernel" made more than 3 requests in 60000 ms; retry in /) as unknown });
+      expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+      expect(Number(refused.headers['retry-after'])).toBeLessThanOrEqual(60);
+      // A POST by the same identity is refused too (before its body is even read).
+      expect((await limited(kernel(), 'POST', '/v1/requests', instantiateBody(`limited-${randomUUID()}`))).status).toBe(429);
+      expect((await limited(pki.clients.viewer, 'GET', '/v1/agents?limit=1')).status).toBe(200);
+      // The limit is per server process: the other server still serves the Kernel.
+      expect((await call(kernel(), 'GET', '/v1/agents?limit=1')).status).toBe(200);
     });
   });
 

@@ -6,6 +6,7 @@ import { recordKey } from '../../../../lib/contracts/schemas.ts';
 import type { AgentCommand, AgentRequest, AgentStatus, AuditEvent } from '../../../../lib/contracts/types.ts';
 import type { KafkaRecord } from '../../../../lib/kafka/types.ts';
 import { DLQ_HEADERS } from '../../../../lib/runtime/dlq.ts';
+import { resolveSecretFiles } from '../../../../lib/secrets.ts';
 import { createServiceContext, loadServiceConfig, type ServiceContext } from '../../../../lib/service/context.ts';
 import { agentIdFor } from '../../../../services/ingest/idempotency.ts';
 import { startIngest, type RunningIngest } from '../../../../services/ingest/main.ts';
@@ -92,7 +93,8 @@ describe('ingest: the agent-requests worker on the real stack', () => {
     await admin.connect();
     pki = createTestPki();
     files = writeServerFiles(pki);
-    const config = loadServiceConfig({ ...world.env, TOPIC_PREFIX: world.prefix, DATABASE_SCHEMA: world.schema, HTTP_PORT: '0', LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent' });
+    // The stack's Kafka credentials are files (KAFKA_SSL_*_FILE), read as a service's start-up reads them.
+    const config = loadServiceConfig(resolveSecretFiles({ ...world.env, TOPIC_PREFIX: world.prefix, DATABASE_SCHEMA: world.schema, HTTP_PORT: '0', LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent' }));
     ctx = await createServiceContext({ service: 'ingest', config, database: true, opsServer: false });
     ingest = await startIngest(ctx, {
       identitiesFile: join(process.cwd(), 'config', 'identities.json'),
@@ -148,7 +150,7 @@ describe('ingest: the agent-requests worker on the real stack', () => {
     const rows = await query<{ request_id: string; outcome: string; reason: string; agent_id: string | null }>('SELECT request_id, outcome, reason, agent_id FROM requests');
     expect(rows).toHaveLength(7);
     const row = (r: AgentRequest) => rows.find((x) => x.request_id === r.requestId);
-    const agentA = agentIdFor(accepted.idempotencyKey);
+    const agentA = agentIdFor('kernel', accepted.idempotencyKey);
     expect(row(accepted)).toMatchObject({ outcome: 'ACCEPTED', reason: '', agent_id: agentA });
     expect(row(duplicate)).toBeUndefined();
     expect(row(conflicting)).toBeUndefined();
@@ -177,7 +179,7 @@ describe('ingest: the agent-requests worker on the real stack', () => {
     // The conflict does not pretend the first agent was rejected: it is still PENDING.
     expect(status(conflicting)?.value).toMatchObject({ agentId: agentA, state: 'PENDING', version: 0, commandId: null });
     expect(status(conflicting)?.value.reason).toMatch(new RegExp(`^IDEMPOTENCY_CONFLICT: idempotency key "${accepted.idempotencyKey}" was already used by request ${accepted.requestId}`));
-    expect(status(invalid)?.value).toMatchObject({ agentId: agentIdFor(invalid.idempotencyKey), state: 'REJECTED', previousState: null, version: 0 });
+    expect(status(invalid)?.value).toMatchObject({ agentId: agentIdFor('kernel', invalid.idempotencyKey), state: 'REJECTED', previousState: null, version: 0 });
     expect(status(invalid)?.value.reason).toMatch(/gpuCount: must be at most 16/);
     expect(status(byViewer)?.value.state).toBe('REJECTED');
     expect(status(outOfDivision)?.value.state).toBe('REJECTED');
@@ -225,17 +227,17 @@ describe('ingest: the agent-requests worker on the real stack', () => {
     const response = await mtlsRequest(port, { method: 'POST', path: '/v1/requests', ca: pki.ca.cert, client: pki.clients.kernel, body });
     expect(response.status).toBe(202);
     const answer = response.body as { requestId: string; agentId: string };
-    expect(answer.agentId).toBe(agentIdFor(key));
+    expect(answer.agentId).toBe(agentIdFor('kernel', key));
 
     // The same request the Kernel sent on Kafka, repeated over the API: the stored outcome, no new agent.
     const { requestId: _r, createdAt: _c, requestedBy: _b, ...same } = accepted;
     const repeat = await mtlsRequest(port, { method: 'POST', path: '/v1/requests', ca: pki.ca.cert, client: pki.clients.kernel, body: same });
-    expect(repeat).toMatchObject({ status: 202, body: { requestId: accepted.requestId, agentId: agentIdFor(accepted.idempotencyKey), replayed: true } });
+    expect(repeat).toMatchObject({ status: 202, body: { requestId: accepted.requestId, agentId: agentIdFor('kernel', accepted.idempotencyKey), replayed: true } });
 
     await settled();
     const commands = await decode<AgentCommand>(await readRecords(world.topics['agent-commands'], 3, uniqueName('cmd-reader-2')));
     expect(commands.filter((c) => c.value.requestId === answer.requestId)).toHaveLength(1);
-    expect(commands.filter((c) => c.value.agentId === agentIdFor(accepted.idempotencyKey))).toHaveLength(1);
+    expect(commands.filter((c) => c.value.agentId === agentIdFor('kernel', accepted.idempotencyKey))).toHaveLength(1);
     const statuses = await decode<AgentStatus>(await readRecords(world.topics['agent-status'], 9, uniqueName('status-reader-2')));
     expect(statuses.find((s) => s.value.requestId === answer.requestId)?.value).toMatchObject({ state: 'PENDING', agentId: answer.agentId });
     const audits = await decode<AuditEvent>(await readRecords(world.topics['audit-events'], 9, uniqueName('audit-reader-2')));

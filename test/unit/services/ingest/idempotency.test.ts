@@ -28,17 +28,24 @@ describe('agentIdFor', () => {
   });
 
   it('is deterministic, a version-5 uuid, and differs per key', () => {
-    const id = agentIdFor('kernel-req-1');
-    expect(agentIdFor('kernel-req-1')).toBe(id);
+    const id = agentIdFor('kernel', 'kernel-req-1');
+    expect(agentIdFor('kernel', 'kernel-req-1')).toBe(id);
     expect(isUuid(id)).toBe(true);
     expect(id[14]).toBe('5');
     expect(['8', '9', 'a', 'b']).toContain(id[19]);
-    expect(agentIdFor('kernel-req-2')).not.toBe(id);
-    expect(id).toBe(uuidV5('kernel-req-1', AGENT_ID_NAMESPACE));
+    expect(agentIdFor('kernel', 'kernel-req-2')).not.toBe(id);
+    expect(id).toBe(uuidV5('["kernel","kernel-req-1"]', AGENT_ID_NAMESPACE));
   });
 
-  it('is pinned: the namespace never changes (a retried INSTANTIATE must get the same agent)', () => {
-    expect(agentIdFor('kernel-req-1')).toBe('e829623e-347d-5247-89ec-d1f1d19cb831');
+  it('is scoped to the identity: the same key from another identity is another agent', () => {
+    expect(agentIdFor('research-bot', 'kernel-req-1')).not.toBe(agentIdFor('kernel', 'kernel-req-1'));
+    // No (identity, key) pair spells another one, whatever separators they contain.
+    expect(agentIdFor('a', 'b","c')).not.toBe(agentIdFor('a","b', 'c'));
+    expect(agentIdFor('a\n', 'b')).not.toBe(agentIdFor('a', '\nb'));
+  });
+
+  it('is pinned: the namespace and the name never change (a retried INSTANTIATE must get the same agent)', () => {
+    expect(agentIdFor('kernel', 'kernel-req-1')).toBe('5015103e-eb27-5a04-80ff-8c3ddf448a1c');
   });
 });
 

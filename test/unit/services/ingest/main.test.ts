@@ -9,6 +9,7 @@ import { childTrace } from '../../../../lib/tracing.ts';
 import type { AgentRequest } from '../../../../lib/contracts/types.ts';
 import { loadIdentitiesConfig } from '../../../../services/ingest/authz.ts';
 import { createIngestHandler, type IngestDeps } from '../../../../services/ingest/handler.ts';
+import { DEFAULT_API_LIMITS } from '../../../../services/ingest/api.ts';
 import { DEFAULT_KNOWN_TEMPLATES, loadIngestOptions } from '../../../../services/ingest/main.ts';
 import { formatReason, reasonCode } from '../../../../services/ingest/process-request.ts';
 
@@ -45,8 +46,25 @@ describe('loadIngestOptions', () => {
       tlsCertFile: join(process.cwd(), 'tls/server.pem'),
       tlsKeyFile: '/secrets/server-key.pem',
       tlsCaFile: join(process.cwd(), 'tls/ca.pem'),
+      limits: DEFAULT_API_LIMITS,
     });
     expect(options.knownTemplates).toEqual(['echo', 'custom']);
+  });
+
+  it('reads the API limits', () => {
+    const tls = { INGEST_TLS_CERT_FILE: 'a.pem', INGEST_TLS_KEY_FILE: 'b.pem', INGEST_TLS_CA_FILE: 'c.pem' };
+    const options = loadIngestOptions({
+      ...tls,
+      INGEST_API_BODY_LIMIT_BYTES: '2048',
+      INGEST_API_CONNECTION_TIMEOUT_MS: '5000',
+      INGEST_API_REQUEST_TIMEOUT_MS: '4000',
+      INGEST_API_KEEP_ALIVE_TIMEOUT_MS: '3000',
+      INGEST_API_RATE_LIMIT_MAX: '10',
+      INGEST_API_RATE_LIMIT_WINDOW_MS: '1000',
+    });
+    expect(options.api?.limits).toEqual({ bodyLimitBytes: 2048, connectionTimeoutMs: 5000, requestTimeoutMs: 4000, keepAliveTimeoutMs: 3000, rateLimitMax: 10, rateLimitWindowMs: 1000 });
+    expect(errorMessage(caught(() => loadIngestOptions({ ...tls, INGEST_API_RATE_LIMIT_MAX: '0' })))).toMatch(/INGEST_API_RATE_LIMIT_MAX/);
+    expect(errorMessage(caught(() => loadIngestOptions({ ...tls, INGEST_API_BODY_LIMIT_BYTES: 'lots' })))).toMatch(/INGEST_API_BODY_LIMIT_BYTES/);
   });
 
   it('refuses a partial TLS configuration, naming what is missing', () => {
