@@ -10,8 +10,9 @@
  *   `createdAt` is set by the server (a value in the body is ignored), `requestedBy` is the
  *   certificate's identity: omit it or send the same value; another value is refused with 400
  *   REQUESTED_BY_MISMATCH (a client cannot act on behalf of someone else over the API).
- *   202 `{ requestId, agentId, commandId, outcome, replayed }` when accepted (also for a repeat with the
- *   same key and payload), else the rejection as an error.
+ *   202 `{ requestId, agentId, commandId, outcome, replayed }` when accepted (also for a repeat by
+ *   the same identity with the same key and payload, while it is still authorized), else the
+ *   rejection as an error. Keys are per identity: another client's key is not a repeat.
  * - `GET /v1/agents/:id`, `GET /v1/agents?state=&division=&cursor=&limit=`, `GET /v1/requests/:id`:
  *   for identities with a reading role, limited to the divisions that role covers (others: 404).
  *   The list is ordered by (createdAt, agentId) with keyset pagination: `nextCursor` is opaque.
