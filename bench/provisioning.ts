@@ -18,7 +18,7 @@ import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
-import { localStackEnv } from '../dev/stack/endpoints.ts';
+import { localStackEnv, stackCredentials } from '../dev/stack/endpoints.ts';
 
 function request(key: string): AgentRequest {
   return {
@@ -35,10 +35,13 @@ function request(key: string): AgentRequest {
   };
 }
 
-/** `agent-manager run ingest` and `run provisioner` as child processes; resolves once both run. */
+/** `agent-manager run ingest` and `run provisioner` as child processes, each as its own Kafka principal; resolves once both run. */
 async function startServiceProcesses(env: Record<string, string | undefined>): Promise<{ shutdown(): Promise<string[]> }> {
   const children = (['ingest', 'provisioner'] as const).map((service) =>
-    spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', service], { env: { ...env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'inherit'] }),
+    spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', service], {
+      env: { ...env, ...stackCredentials(process.cwd(), service), LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
   );
   await Promise.all(
     children.map(

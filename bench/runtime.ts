@@ -10,7 +10,6 @@ import { localStackEnv } from '../dev/stack/endpoints.ts';
 import { createAvroCodec, NOT_CACHED, type AvroCodec } from '../lib/kafka/avro.ts';
 import { createKafkajsClient, kafkajsSsl } from '../lib/kafka/kafkajs.ts';
 import { kafkaConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
-import { loadServiceEnv } from '../lib/secrets.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createMetrics } from '../lib/metrics.ts';
 import { createWorker } from '../lib/runtime/worker.ts';
@@ -32,7 +31,7 @@ let groups = 0;
 const uniqueSuffix = () => `${Date.now().toString(36)}-${groups++}`;
 const brokers = env.KAFKA_BROKERS?.split(',') ?? [];
 // The operator's credentials by default (`stack env`): the bench creates its own topic.
-const tls = kafkaTlsOf(loadConfig(kafkaConfigShape, await loadServiceEnv(env)));
+const tls = kafkaTlsOf(loadConfig(kafkaConfigShape, env));
 
 async function produce(kafka: Kafka, registry: SchemaRegistry, topic: string, count: number, partitions: number): Promise<void> {
   const admin = kafka.admin();

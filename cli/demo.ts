@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import type { AgentRequest, AgentState } from '../lib/contracts/types.ts';
-import { join } from 'node:path';
 import { kernelTlsFromEnv, KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
@@ -9,7 +8,7 @@ import { createAvroCodec } from '../lib/kafka/avro.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import { runStackUp } from './stack.ts';
 import { startServices } from './services.ts';
-import { localStackEnv, stackPkiFiles } from '../dev/stack/endpoints.ts';
+import { localStackEnv, stackCredentials } from '../dev/stack/endpoints.ts';
 
 export interface DemoOptions {
   readonly agents: number;
@@ -52,8 +51,7 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
 
   // Each service with its own Kafka principal (its own context in this process), as deployed: the
   // stack's ACLs let each do only its part of the data flow. The bootstrap above ran as the operator.
-  const pki = stackPkiFiles(join(root, '.stack'));
-  const as = (principal: 'ingest' | 'provisioner') => ({ ...env, KAFKA_SSL_CERT_FILE: pki.principals[principal].cert, KAFKA_SSL_KEY_FILE: pki.principals[principal].key });
+  const as = (principal: 'ingest' | 'provisioner') => ({ ...env, ...stackCredentials(root, principal) });
   const ingest = await startServices(['ingest'], as('ingest'), { opsServer: false });
   const provisioner = await startServices(['provisioner'], as('provisioner')).catch(async (error: unknown) => {
     await ingest.shutdown();

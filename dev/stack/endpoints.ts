@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -73,11 +74,39 @@ export function kafkaStackEnv(stackDir: string, principal: StackPrincipal = 'adm
   };
 }
 
-/** The environment that points a service (or a test) at the local stack (`root` holds `.stack/`). */
+const KAFKA_PEM_VARIABLES = ['KAFKA_SSL_CA', 'KAFKA_SSL_CERT', 'KAFKA_SSL_KEY'] as const;
+
+/**
+ * `env` with KAFKA_SSL_CA_FILE, KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE replaced by the files'
+ * contents (KAFKA_SSL_CA, …): for what loads its configuration straight from an object without
+ * reading `<NAME>_FILE` (tests, the demo, benchmarks). Files the stack has not made yet stay files.
+ */
+export function inlineKafkaFiles(env: Readonly<Record<string, string>>): Record<string, string> {
+  const result = { ...env };
+  for (const name of KAFKA_PEM_VARIABLES) {
+    const file = result[`${name}_FILE`];
+    if (file === undefined || !existsSync(file)) continue;
+    result[name] = readFileSync(file, 'utf8');
+    delete result[`${name}_FILE`];
+  }
+  return result;
+}
+
+/** The Kafka certificate and key (PEM contents) of a principal of the local stack. */
+export function stackCredentials(root: string, principal: StackPrincipal): { KAFKA_SSL_CERT: string; KAFKA_SSL_KEY: string } {
+  const files = stackPkiFiles(join(root, '.stack')).principals[principal];
+  return { KAFKA_SSL_CERT: readFileSync(files.cert, 'utf8'), KAFKA_SSL_KEY: readFileSync(files.key, 'utf8') };
+}
+
+/**
+ * The environment that points an in-process service (or a test) at the local stack (`root` holds
+ * `.stack/`): like `stack env`, but with the Kafka PEM contents in place of their files (see
+ * `inlineKafkaFiles`).
+ */
 export function localStackEnv(root: string = process.cwd(), principal: StackPrincipal = 'admin'): Record<string, string> {
   const { schemaRegistry, postgres, redis, s3, opa } = LOCAL_STACK;
   return {
-    ...kafkaStackEnv(join(root, '.stack'), principal),
+    ...inlineKafkaFiles(kafkaStackEnv(join(root, '.stack'), principal)),
     SCHEMA_REGISTRY_URL: `http://${schemaRegistry.host}:${schemaRegistry.port}/apis/ccompat/v7`,
     DATABASE_URL: `postgres://${postgres.user}:${postgres.password}@${postgres.host}:${postgres.port}/${postgres.database}`,
     REDIS_URL: `redis://${redis.host}:${redis.port}`,
