@@ -4,7 +4,7 @@ import { createKeyedQueue } from '../../lib/keyed-queue.ts';
 import type { AgentCommand, AgentSpec, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
 import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.ts';
 import { errorCode, errorMessage, isRetryable } from '../../lib/errors.ts';
-import { assertFence, type LeaderFence } from '../../lib/leader/fence.ts';
+import { assertFence, isStaleFence, type LeaderFence } from '../../lib/leader/fence.ts';
 import type { AvroCodec } from '../../lib/kafka/avro.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { Metrics } from '../../lib/metrics.ts';
@@ -307,13 +307,14 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           return follow({ type: 'DRIVER_FAILED', generation: effect.generation, attempt: effect.attempt, retryable: isRetryable(error), reason: `start failed: ${errorMessage(error)}` });
         }
       case 'STOP_PROCESS':
-        await deps.driver.stop(agent.id, effect.graceMs);
+        await deps.driver.stop(agent.id, effect.graceMs, origin.fence);
         return undefined;
       case 'DESTROY_RESOURCES':
         try {
-          await deps.driver.destroy(agent.id);
+          await deps.driver.destroy(agent.id, origin.fence);
           return follow({ type: 'DESTROYED' });
         } catch (error) {
+          if (isStaleFence(error)) throw error;
           // Left in DESTROYING: the reconciler repeats the destroy.
           log.warn({ agentId: agent.id, err: errorMessage(error) }, 'destroy failed; the reconciler will retry');
           return undefined;
@@ -337,6 +338,8 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
         const step = await runEffect(agent, effect, before, origin, db);
         if (step) next.push(step);
       } catch (error) {
+        // A deposed leader's repair: nothing more of it runs (and its claim is rolled back).
+        if (isStaleFence(error)) throw error;
         // The transition is committed (a redelivered command would be a duplicate): an effect that
         // failed is left to the reconciler, which drives stuck states again, and the others still run.
         log.warn({ agentId: agent.id, effect: effect.type, code: errorCode(error), err: errorMessage(error) }, 'effect failed after the transition; the reconciler repairs it');
@@ -392,7 +395,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           const agent = await lockAgent(client, agentId);
           if (agent !== undefined && agent.snapshot.state !== 'DESTROYED') return false;
           if (fence) await assertFence(client, fence);
-          await deps.driver.destroy(agentId);
+          await deps.driver.destroy(agentId, fence);
           return true;
         }),
       );

@@ -11,7 +11,7 @@ import type { LeaderElector } from '../../lib/leader/types.ts';
 import { createWorker } from '../../lib/runtime/worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
 import { createLifecycleApplier, type LifecycleApplier } from './apply.ts';
-import { createDriver } from './drivers/index.ts';
+import { createDriver, defaultInstance, INSTANCE_PATTERN } from './drivers/index.ts';
 import type { AllocatorDriver } from './drivers/types.ts';
 import { handleCommand, validateAgentCommand } from './handler.ts';
 import type { RetryPolicy } from './lifecycle.ts';
@@ -43,6 +43,12 @@ export const provisionerConfigShape = {
   LEADER_ELECTION: z.enum(['postgres', 'kubernetes'], 'expected postgres or kubernetes').default('postgres'),
   /** Namespace of the agents' Pods and of the Lease (in a cluster: the service account's namespace). */
   KUBERNETES_NAMESPACE: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'expected a Kubernetes namespace name').optional(),
+  /**
+   * The deployment (release) this provisioner belongs to: its agents carry it (Pod label
+   * `app.kubernetes.io/instance`, the local folders' `instance` file) and only they are watched,
+   * adopted and swept as orphans. Default `<TOPIC_PREFIX>agent-manager`.
+   */
+  AGENT_MANAGER_INSTANCE: z.string().regex(INSTANCE_PATTERN, 'expected a Kubernetes label value (letters, digits, ".", "_", "-"; at most 63)').optional(),
   LEASE_DURATION_MS: configFields.positiveInt(15_000),
   LEASE_RENEW_MS: configFields.positiveInt(5_000),
   /** How often local agents heartbeat. */
@@ -97,6 +103,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
     logger,
     onEvent: (agentId, event) => late.applier?.onDriverEvent(agentId, event),
     stateDir: config.PROVISIONER_STATE_DIR,
+    instance: config.AGENT_MANAGER_INSTANCE ?? defaultInstance(prefix),
     readyTimeoutMs: config.AGENT_READY_TIMEOUT_MS,
     agentEnv: {
       KAFKA_BROKERS: ctx.config.KAFKA_BROKERS.join(','),

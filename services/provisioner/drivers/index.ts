@@ -1,8 +1,8 @@
 /**
  * `createDriver(name, options)`: the allocator driver chosen by configuration. The options are one
  * flat object: what every driver needs (`onEvent`, `logger`), the local driver's settings (also the
- * agents' environment, which the kubernetes driver passes on as plain Pod environment), and a
- * section per other driver.
+ * agents' environment, which the kubernetes driver passes on as plain Pod environment, and the
+ * deployment's `instance`, which scopes both drivers' agents), and a section per other driver.
  */
 import { permanentError } from '../../../lib/errors.ts';
 import type { Logger } from '../../../lib/logger.ts';
@@ -16,6 +16,18 @@ export { createLocalDriver, type LocalDriverOptions } from './local.ts';
 export { createSimulatedDriver, type SimulatedDriver, type SimulatedDriverOptions } from './simulated.ts';
 
 export const DRIVER_NAMES: readonly DriverName[] = ['local', 'kubernetes', 'simulated'];
+
+/** A Kubernetes label value: what an instance name must be. */
+export const INSTANCE_PATTERN = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
+
+/**
+ * The deployment's instance when none is configured: `agent-manager`, prefixed with the topic
+ * prefix when there is one (deployments sharing a cluster differ by it), made a valid label value.
+ */
+export function defaultInstance(topicPrefix: string): string {
+  const name = `${topicPrefix}agent-manager`.replace(/[^A-Za-z0-9._-]/g, '-').slice(-63).replace(/^[^A-Za-z0-9]+/, '');
+  return INSTANCE_PATTERN.test(name) ? name : 'agent-manager';
+}
 
 type Common = 'onEvent' | 'logger';
 
@@ -44,11 +56,13 @@ export function createDriver(name: DriverName, options: DriverOptions): Allocato
         ...(options.readyTimeoutMs !== undefined ? { readyTimeoutMs: options.readyTimeoutMs } : {}),
         ...(options.livenessPollMs !== undefined ? { livenessPollMs: options.livenessPollMs } : {}),
         ...(options.killWaitMs !== undefined ? { killWaitMs: options.killWaitMs } : {}),
+        ...(options.instance !== undefined ? { instance: options.instance } : {}),
       });
     }
     case 'kubernetes':
       return createKubernetesDriver({
         ...(options.agentEnv !== undefined ? { agentEnv: options.agentEnv } : {}),
+        ...(options.instance !== undefined ? { instance: options.instance } : {}),
         ...options.kubernetes,
         onEvent,
         logger,

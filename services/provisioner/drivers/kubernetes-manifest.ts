@@ -115,6 +115,8 @@ export interface AgentPodInput {
   /** GPU product as labelled on the nodes (e.g. `NVIDIA-A100-SXM4-80GB`); only with gpuCount > 0. */
   readonly gpuType?: string | null;
   readonly division?: string;
+  /** The deployment (release) the Pod belongs to: `app.kubernetes.io/instance`, what its driver selects on. */
+  readonly instance?: string;
   /** The lifecycle fence of this start (labels and env, so the driver can report it back). */
   readonly generation?: number;
   readonly attempt?: number;
@@ -145,6 +147,11 @@ export const LABEL_AGENT_ID = 'agentmanager.io/agent-id';
 export const LABEL_DIVISION = 'agentmanager.io/division';
 export const LABEL_GENERATION = 'agentmanager.io/generation';
 export const LABEL_ATTEMPT = 'agentmanager.io/attempt';
+export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
+export const LABEL_INSTANCE = 'app.kubernetes.io/instance';
+/** The leader term (lease and fencing token) that last claimed the Pod for a stop or a destroy. */
+export const ANNOTATION_FENCING_LEASE = 'agentmanager.io/fencing-lease';
+export const ANNOTATION_FENCING_TOKEN = 'agentmanager.io/fencing-token';
 /** Set by the builder; a secretEnv entry may not reuse them. */
 export const RESERVED_ENV = ['AGENT_ID', 'AGENT_GENERATION', 'AGENT_ATTEMPT'] as const;
 
@@ -211,6 +218,7 @@ function problemsOf(input: AgentPodInput, options: PodManifestOptions): string[]
   const { agentId, namespace, image, cpu, memoryMb, gpuCount, gpuType } = input;
   if (typeof agentId !== 'string' || agentId === '' || agentId.length > 253) problems.push('agentId must be a string of 1 to 253 characters');
   if (!isDnsLabel(namespace)) problems.push(`namespace ${JSON.stringify(namespace)} is not a DNS-1123 label`);
+  if (input.instance !== undefined && (!isLabelValue(input.instance) || input.instance === '')) problems.push(`instance ${JSON.stringify(input.instance)} is not a valid label value`);
   if (typeof image !== 'string' || image === '' || /\s/.test(image)) problems.push('image must be a non-empty reference without whitespace');
   if (typeof cpu !== 'number' || !Number.isFinite(cpu) || Math.round(cpu * 1000) < 1) problems.push('cpu must be a number of cores ≥ 0.001');
   if (!isCount(memoryMb) || memoryMb === 0) problems.push('memoryMb must be a positive integer');
@@ -290,9 +298,10 @@ export function buildAgentPod(input: AgentPodInput, options: PodManifestOptions 
 
   const labels: Record<string, string> = {
     'app.kubernetes.io/name': 'agent',
-    'app.kubernetes.io/managed-by': 'agent-manager',
+    [LABEL_MANAGED_BY]: 'agent-manager',
     [LABEL_AGENT_ID]: agentLabelValue(input.agentId),
   };
+  if (input.instance !== undefined) labels[LABEL_INSTANCE] = input.instance;
   const annotations: Record<string, string> = { [LABEL_AGENT_ID]: input.agentId };
   if (input.division !== undefined) {
     annotations[LABEL_DIVISION] = input.division;

@@ -14,22 +14,33 @@
  * - stop: SIGTERM to the process group, SIGKILL after `graceMs`, then STOPPED.
  * - destroy: SIGKILL, wait until gone, remove the folder.
  *
- * Agents do NOT inherit the provisioner's environment (it holds database passwords and the like):
- * they get PATH, HOME, LANG, LC_ALL, TZ and TMPDIR when set, `agentEnv`, and AGENT_ID,
- * AGENT_GENERATION, AGENT_ATTEMPT. The workload's spec (image, command, environment references) is
- * not used: this driver always runs `agentProgram`, never a command taken from a message.
+ * Agents do NOT inherit the provisioner's environment (`agentEnvironment`). The workload's spec
+ * (image, command, environment references) is not used: this driver always runs `agentProgram`,
+ * never a command taken from a message.
+ *
+ * This file supervises the instances (spawn, exit, ready, stop, kill, adoption); the folders and
+ * their records are ./local-state.ts, the process primitives ./local-process.ts. Agents of another
+ * deployment sharing the state folder (its `instance` file says so) are neither adopted nor listed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createKeyedQueue } from '../../../lib/keyed-queue.ts';
 import { createEventEmitter } from './emit.ts';
 import type { Logger } from '../../../lib/logger.ts';
 import { errorCode, errorMessage, isAppError, isRetryable, permanentError, retryableError } from '../../../lib/errors.ts';
+import { agentEnvironment, isAlive, killGroupRemains, processStartOf, signalGroup as signalPid } from './local-process.ts';
+import { createStateStore, LOG_FILE, type LocalAgentState } from './local-state.ts';
+import { isOlder, sameFence } from './start-fence.ts';
 import type { AgentWorkload, AllocatorDriver, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
+
+export type { LocalAgentState } from './local-state.ts';
+
+/** The deployment a local driver belongs to when none is configured. */
+export const DEFAULT_LOCAL_INSTANCE = 'agent-manager';
 
 export interface LocalDriverOptions {
   /** Where each agent's folder lives (`<stateDir>/<agentId>/`: state.json, agent.log). */
@@ -48,24 +59,12 @@ export interface LocalDriverOptions {
   readonly livenessPollMs?: number;
   /** How long to wait for a SIGKILLed agent to disappear. Default 10 s. */
   readonly killWaitMs?: number;
-}
-
-/** What `state.json` holds about the last instance started in an agent's folder. */
-export interface LocalAgentState {
-  readonly version: 1;
-  readonly agentId: string;
-  readonly pid: number;
-  readonly generation: number;
-  readonly attempt: number;
-  readonly instanceId: string;
-  readonly startedAt: string;
-  /** Start time of the process in clock ticks since boot (Linux `/proc/<pid>/stat`), null elsewhere. */
-  readonly processStart: string | null;
-  /** The agent said ready (its first heartbeat was acknowledged). */
-  readonly ready: boolean;
-  readonly exitedAt?: string;
-  readonly exitCode?: number | null;
-  readonly signal?: string | null;
+  /**
+   * This deployment (release) among those that may share `stateDir`: its folders are marked with it
+   * and only they are adopted and listed (the orphan sweep). Default `agent-manager`, which also owns
+   * folders made before the mark existed.
+   */
+  readonly instance?: string;
 }
 
 interface Instance {
@@ -89,79 +88,6 @@ interface Instance {
   readonly gone: Array<() => void>;
 }
 
-const STATE_FILE = 'state.json';
-const LOG_FILE = 'agent.log';
-const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$/;
-const INHERITED_ENV = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'];
-
-function sameFence(a: StartFence, b: StartFence): boolean {
-  return a.generation === b.generation && a.attempt === b.attempt;
-}
-
-function isOlder(a: StartFence, b: StartFence): boolean {
-  return a.generation < b.generation || (a.generation === b.generation && a.attempt < b.attempt);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** `[state, starttime]` of a process from `/proc/<pid>/stat`; null when unreadable (gone, or no procfs). */
-function procStat(pid: number): { state: string; start: string } | null {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
-  }
-  // The command name (field 2) is in parentheses and may contain spaces: split after the last ')'.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const state = fields[0];
-  const start = fields[19];
-  return state !== undefined && start !== undefined ? { state, start } : null;
-}
-
-const HAS_PROCFS = existsSync('/proc/self/stat');
-
-function processStartOf(pid: number): string | null {
-  return HAS_PROCFS ? (procStat(pid)?.start ?? null) : null;
-}
-
-/** Alive and still the same process (not a zombie, not a later process that reused the pid). */
-function isAlive(pid: number, processStart: string | null): boolean {
-  if (!Number.isInteger(pid) || pid <= 1) return false;
-  try {
-    process.kill(pid, 0);
-  } catch {
-    // ESRCH: gone. EPERM: a process of another user holds the pid, so it is not our agent any more.
-    return false;
-  }
-  if (!HAS_PROCFS) return true;
-  const stat = procStat(pid);
-  if (stat === null || stat.state === 'Z' || stat.state === 'X') return false;
-  return processStart === null || stat.start === processStart;
-}
-
-function parseState(text: string): LocalAgentState | null {
-  try {
-    const value = JSON.parse(text) as Partial<LocalAgentState>;
-    if (
-      typeof value === 'object' &&
-      value !== null &&
-      typeof value.agentId === 'string' &&
-      Number.isInteger(value.pid) &&
-      Number.isInteger(value.generation) &&
-      Number.isInteger(value.attempt) &&
-      typeof value.instanceId === 'string'
-    ) {
-      return value as LocalAgentState;
-    }
-  } catch {
-    // An unreadable state file is treated as no state.
-  }
-  return null;
-}
-
 export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver {
   const log = options.logger.child({ component: 'driver', driver: 'local' });
   const stateDir = resolve(options.stateDir);
@@ -175,7 +101,18 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
   const instances = new Map<string, Instance>();
   // The operations on one agent (start, stop, destroy, observe) never interleave.
   const perAgent = createKeyedQueue();
-  const writes = createKeyedQueue();
+  const instance = options.instance ?? DEFAULT_LOCAL_INSTANCE;
+  const store = createStateStore({
+    stateDir,
+    instance,
+    isDefaultInstance: instance === DEFAULT_LOCAL_INSTANCE,
+    log,
+    // A record of an instance already replaced by a newer one must not overwrite the newer one's.
+    superseded: (agentId, state) => {
+      const live = instances.get(agentId);
+      return live !== undefined && live.pid !== state.pid;
+    },
+  });
   let poller: NodeJS.Timeout | null = null;
   let closed = false;
 
@@ -189,45 +126,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     if (closed) throw permanentError('DRIVER_CLOSED', 'the local driver is closed');
   }
 
-  function folderOf(agentId: string): string {
-    if (typeof agentId !== 'string' || !SAFE_ID.test(agentId) || agentId === '.' || agentId === '..') {
-      throw permanentError('INVALID_AGENT_ID', `agent id ${JSON.stringify(agentId)} cannot name a folder (letters, digits, '.', '_', '-')`);
-    }
-    return join(stateDir, agentId);
-  }
-
-
-  /** Writes state.json atomically (temp file + rename), in order per agent; never throws. */
-  function writeState(agentId: string, state: LocalAgentState): Promise<void> {
-    const dir = join(stateDir, agentId);
-    return writes.run(agentId, async () => {
-      // A record of an instance already replaced by a newer one must not overwrite the newer one's.
-      const live = instances.get(agentId);
-      if (live !== undefined && live.pid !== state.pid) return;
-      const temp = join(dir, `.${STATE_FILE}.${randomBytes(4).toString('hex')}`);
-      try {
-        await writeFile(temp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
-        await rename(temp, join(dir, STATE_FILE));
-      } catch (error) {
-        // The folder may be gone (destroyed); nothing to record then.
-        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ agentId, err: errorMessage(error) }, 'could not write state.json');
-        await rm(temp, { force: true }).catch(() => undefined);
-      }
-    });
-  }
-
-  /** The synchronous form of writeState, for the record that must exist before anything else happens. */
-  function writeStateNow(agentId: string, state: LocalAgentState): void {
-    const dir = join(stateDir, agentId);
-    const temp = join(dir, `.${STATE_FILE}.${randomBytes(4).toString('hex')}`);
-    try {
-      writeFileSync(temp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
-      renameSync(temp, join(dir, STATE_FILE));
-    } catch (error) {
-      log.warn({ agentId, err: errorMessage(error) }, 'could not write state.json');
-      rmSync(temp, { force: true });
-    }
-  }
+  const folderOf = (agentId: string) => store.folderOf(agentId);
 
   function stateOf(inst: Instance, exit?: { code: number | null; signal: string | null }): LocalAgentState {
     return {
@@ -244,36 +143,14 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     };
   }
 
-  async function readState(agentId: string): Promise<LocalAgentState | null> {
-    try {
-      return parseState(await readFile(join(stateDir, agentId, STATE_FILE), 'utf8'));
-    } catch {
-      return null;
-    }
-  }
-
   function alive(inst: Instance): boolean {
     if (inst.exited) return false;
     if (inst.child !== null) return inst.child.exitCode === null && inst.child.signalCode === null;
     return isAlive(inst.pid, inst.processStart);
   }
 
-  /** Sends `signal` to the agent's whole process group (it is the group's leader: pgid = pid). */
   function signalGroup(inst: Instance, signal: NodeJS.Signals): void {
-    if (!Number.isInteger(inst.pid) || inst.pid <= 1) return;
-    try {
-      process.kill(-inst.pid, signal);
-      log.info({ agentId: inst.agentId, pid: inst.pid, signal }, 'signalled the agent process group');
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ESRCH') return;
-      // A group we cannot signal: at least the leader.
-      try {
-        process.kill(inst.pid, signal);
-      } catch {
-        log.warn({ agentId: inst.agentId, pid: inst.pid, signal, err: errorMessage(error) }, 'could not signal the agent');
-      }
-    }
+    signalPid(inst.agentId, inst.pid, signal, log);
   }
 
   function clearTimers(inst: Instance): void {
@@ -288,20 +165,15 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     if (inst.exited) return;
     inst.exited = true;
     clearTimers(inst);
-    // Whatever the agent started in its group goes with it (the leader's pid is not reused while
-    // its group still has members, so this cannot hit an unrelated group).
-    try {
-      process.kill(-inst.pid, 'SIGKILL');
-    } catch {
-      // ESRCH: nothing left in the group.
-    }
+    // Whatever the agent started in its group goes with it.
+    killGroupRemains(inst.pid);
     if (instances.get(inst.agentId) === inst) instances.delete(inst.agentId);
     if (inst.child) {
       inst.child.removeAllListeners('message');
       if (inst.child.connected) inst.child.disconnect();
     }
     log.info({ agentId: inst.agentId, pid: inst.pid, exitCode: code, signal, stop: inst.stopRequested }, 'agent process ended');
-    void writeState(inst.agentId, stateOf(inst, { code, signal }));
+    void store.write(inst.agentId, stateOf(inst, { code, signal }));
     if (inst.stopRequested) emit(inst.agentId, { type: 'STOPPED', exitCode: code, signal });
     else if (!inst.suppressExit) {
       emit(inst.agentId, { type: 'PROCESS_EXITED', generation: inst.fence.generation, attempt: inst.fence.attempt, exitCode: code, signal });
@@ -348,7 +220,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       if (known.child === null) onGone(known, null, null);
       return null;
     }
-    const state = await readState(agentId);
+    const state = await store.read(agentId);
     if (state === null || state.exitedAt !== undefined || state.agentId !== agentId) return null;
     if (!isAlive(state.pid, state.processStart)) return null;
     const inst: Instance = {
@@ -377,23 +249,10 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
   /** At start-up: adopt every agent that outlived the previous provisioner, so its end is reported. */
   const adoption = (async () => {
     await mkdir(stateDir, { recursive: true });
-    const entries = await readdir(stateDir, { withFileTypes: true });
-    for (const entry of entries) {
-      if (entry.isDirectory() && SAFE_ID.test(entry.name)) await current(entry.name);
-    }
+    for (const agentId of await store.owned()) await current(agentId);
   })().catch((error: unknown) => log.error({ stateDir, err: errorMessage(error) }, 'could not scan the state folder for running agents'));
 
   // ---- launching ---------------------------------------------------------------------------
-
-  function agentEnvironment(agentId: string, fence: StartFence): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = {};
-    for (const name of INHERITED_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
-    Object.assign(env, options.agentEnv);
-    env.AGENT_ID = agentId;
-    env.AGENT_GENERATION = String(fence.generation);
-    env.AGENT_ATTEMPT = String(fence.attempt);
-    return env;
-  }
 
   function onMessage(inst: Instance, message: unknown): void {
     const ready = typeof message === 'object' && message !== null && (message as { type?: unknown }).type === 'ready';
@@ -406,7 +265,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     if (inst.child?.connected) inst.child.disconnect();
     log.info({ agentId: inst.agentId, pid: inst.pid, instanceId: inst.instanceId }, 'agent ready');
     // Reported once state.json says ready: a provisioner that restarts after STARTED adopts a ready agent.
-    void writeState(inst.agentId, stateOf(inst)).then(() => {
+    void store.write(inst.agentId, stateOf(inst)).then(() => {
       if (!inst.stopRequested && !inst.suppressExit) {
         emit(inst.agentId, { type: 'STARTED', generation: inst.fence.generation, attempt: inst.fence.attempt, instanceId: inst.instanceId });
       }
@@ -416,6 +275,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
   async function launch(agentId: string, dir: string, fence: StartFence): Promise<void> {
     // Closed while this start waited: launching now would leave an agent nobody watches.
     ensureOpen();
+    await store.claim(agentId);
     const logFd = openSync(join(dir, LOG_FILE), 'a', 0o600);
     let child: ChildProcess;
     try {
@@ -423,7 +283,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
         cwd: dir,
         detached: true,
         stdio: ['ignore', logFd, logFd, 'ipc'],
-        env: agentEnvironment(agentId, fence),
+        env: agentEnvironment(agentId, fence, options.agentEnv),
       });
     } finally {
       // The child has its own copy of the descriptor once spawn returns.
@@ -479,7 +339,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     inst.readyTimer.unref();
     // Recorded at once, synchronously: a provisioner killed right after the spawn must still find
     // (adopt, stop, replace) this agent after its restart, never leave an orphan nobody knows.
-    writeStateNow(agentId, stateOf(inst));
+    store.writeNow(agentId, stateOf(inst));
     log.info({ agentId, pid, fence }, 'agent spawned');
   }
 
@@ -493,6 +353,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       const dir = folderOf(workload.agentId);
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 });
+        await store.claim(workload.agentId);
       } catch (error) {
         const message = `cannot create the agent folder ${dir}: ${errorMessage(error)}`;
         const code = (error as NodeJS.ErrnoException).code;
@@ -529,7 +390,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
             }
           }
           // The old instance's last record goes to disk before the new one's first.
-          await writes.settled(agentId);
+          await store.settled(agentId);
           await launch(agentId, dir, fence);
         } catch (error) {
           log.error({ agentId, fence, code: errorCode(error), err: errorMessage(error) }, 'start failed');
@@ -594,7 +455,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
             throw retryableError('AGENT_KILL_TIMEOUT', `agent ${agentId} (pid ${inst.pid}) did not end within ${killWaitMs} ms of SIGKILL`);
           }
         }
-        await writes.settled(agentId);
+        await store.settled(agentId);
         try {
           await rm(dir, { recursive: true, force: true });
         } catch (error) {
@@ -624,13 +485,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     async list() {
       ensureOpen();
       await adoption;
-      try {
-        const entries = await readdir(stateDir, { withFileTypes: true });
-        return entries.filter((e) => e.isDirectory() && SAFE_ID.test(e.name)).map((e) => e.name);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
-        throw retryableError('LIST_FAILED', `cannot list ${stateDir}: ${errorMessage(error)}`, error);
-      }
+      return store.owned();
     },
 
     async close() {
@@ -654,7 +509,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
         for (const resolveGone of inst.gone.splice(0)) resolveGone();
       }
       instances.clear();
-      await writes.idle();
+      await store.idle();
       log.info({ stateDir }, 'local driver closed; agents keep running');
     },
   };

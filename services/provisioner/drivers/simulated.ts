@@ -6,6 +6,7 @@
  */
 import type { Logger } from '../../../lib/logger.ts';
 import { errorMessage, permanentError } from '../../../lib/errors.ts';
+import { isOlder, sameFence } from './start-fence.ts';
 import type { AgentWorkload, AllocatorDriver, DriverEvent, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
 
 export interface SimulatedDriverOptions {
@@ -28,14 +29,6 @@ interface SimulatedAgent {
   instanceId: string | null;
   /** Set while a start has not reported yet; cancelled by stop/destroy/newer start. */
   pending: (() => void) | null;
-}
-
-function sameFence(a: StartFence | null, b: StartFence): boolean {
-  return a !== null && a.generation === b.generation && a.attempt === b.attempt;
-}
-
-function isOlder(a: StartFence, b: StartFence): boolean {
-  return a.generation < b.generation || (a.generation === b.generation && a.attempt < b.attempt);
 }
 
 export function createSimulatedDriver(options: SimulatedDriverOptions): SimulatedDriver {

@@ -1,4 +1,5 @@
 import type { AgentSpec } from '../../../lib/contracts/types.ts';
+import type { LeaderFence } from '../../../lib/leader/fence.ts';
 
 /**
  * Allocator drivers: what turns the lifecycle's effects into running agents. Three implement this
@@ -58,10 +59,15 @@ export interface AllocatorDriver {
    * while an instance of the same fence runs is a no-op; an instance of an older fence is replaced.
    */
   start(workload: AgentWorkload, fence: StartFence): Promise<void>;
-  /** Begins stopping (SIGTERM or Pod deletion; a kill after `graceMs`); STOPPED follows. */
-  stop(agentId: string, graceMs: number): Promise<void>;
-  /** Kills whatever runs and removes every resource of the agent; idempotent. */
-  destroy(agentId: string): Promise<void>;
+  /**
+   * Begins stopping (SIGTERM or Pod deletion; a kill after `graceMs`); STOPPED follows.
+   * `leader`: the reconciler's term, for a driver whose resources can refuse a stale one themselves
+   * (Kubernetes: a conditional update and delete); the others rely on the Postgres check around the
+   * call. A stale term is refused with STALE_FENCE.
+   */
+  stop(agentId: string, graceMs: number, leader?: LeaderFence): Promise<void>;
+  /** Kills whatever runs and removes every resource of the agent; idempotent. `leader`: as for `stop`. */
+  destroy(agentId: string, leader?: LeaderFence): Promise<void>;
   observe(agentId: string): Promise<ObservedAgent>;
   /** Agent ids the driver holds resources for (finds orphans). */
   list(): Promise<string[]>;

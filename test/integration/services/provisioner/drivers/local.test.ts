@@ -398,4 +398,15 @@ describe('local allocator driver with real agent processes', () => {
     const d = main();
     await expect(d.provision(workload('../escape'))).rejects.toMatchObject({ code: 'INVALID_AGENT_ID', retryable: false });
   });
+
+  it('two deployments sharing a state folder list (and so sweep as orphans) only their own agents', async () => {
+    const stateDir = join(stateRoot, 'shared');
+    const blue = driver('blue', { instance: 'blue' }, stateDir);
+    const green = driver('green', { instance: 'green' }, stateDir);
+    const [b, g] = [randomUUID(), randomUUID()];
+    await blue.provision(workload(b));
+    await green.provision(workload(g));
+    expect(await blue.list()).toEqual([b]);
+    expect(await green.list()).toEqual([g]);
+  });
 });

@@ -2,8 +2,11 @@
  * The kubernetes allocator driver against a HAND-WRITTEN FAKE of the four CoreV1Api calls it uses
  * (`FakePodApi` below). No cluster runs here: these tests check the manifests sent, the
  * idempotency rules, the Pod-status → event mapping and every API error mapping. The fake mimics
- * the API server's behaviour that matters: 409 AlreadyExists on create, 404 on a missing Pod, a uid
- * precondition on delete (409 when it fails), graceful deletion (deletionTimestamp, then gone).
+ * the API server's behaviour that matters: 409 AlreadyExists on create, 404 on a missing Pod, uid
+ * and resourceVersion preconditions on delete and a resourceVersion-conditional replace (409 when
+ * they fail), a new resourceVersion on every change, label selectors `k=v,k=v`, graceful deletion
+ * (deletionTimestamp, then gone). The fencing of stops and destroys is tested here only, against
+ * this fake: there is no cluster in this environment.
  */
 import { createLogger } from '../../../../../lib/logger.ts';
 import {
@@ -26,10 +29,10 @@ function apiError(code: number, message: string): Error {
   return Object.assign(new Error(`HTTP-Code: ${code}\nMessage: Unknown API Status Code!`), { code, body: JSON.stringify({ kind: 'Status', code, message }) });
 }
 
-type Method = 'create' | 'read' | 'delete' | 'list';
+type Method = 'create' | 'read' | 'replace' | 'delete' | 'list';
 
 interface StoredPod extends PodObject {
-  metadata: NonNullable<PodObject['metadata']> & { name: string; uid: string; labels: Record<string, string> };
+  metadata: NonNullable<PodObject['metadata']> & { name: string; uid: string; resourceVersion: string; labels: Record<string, string> };
   status: NonNullable<PodObject['status']>;
 }
 
@@ -37,7 +40,10 @@ class FakePodApi implements PodApi {
   readonly pods = new Map<string, StoredPod>();
   readonly calls: Array<{ method: Method; param: unknown }> = [];
   /** Errors to throw, in order, per method. */
-  readonly failures: Record<Method, Error[]> = { create: [], read: [], delete: [], list: [] };
+  readonly failures: Record<Method, Error[]> = { create: [], read: [], replace: [], delete: [], list: [] };
+  /** Runs inside replace and delete before the preconditions are checked (to simulate a racing writer). */
+  beforeWrite: ((name: string) => void) | null = null;
+  private versions = 0;
   /** When true, deleted Pods stay (terminating) until `finishDeletion`. */
   holdDeletions = false;
   /** Runs inside create before the Pod is stored (to simulate a racing writer). */
@@ -53,7 +59,7 @@ class FakePodApi implements PodApi {
   store(manifest: PodManifest): StoredPod {
     this.uids += 1;
     const pod: StoredPod = {
-      metadata: { ...structuredClone(manifest.metadata), uid: `uid-${this.uids}` },
+      metadata: { ...structuredClone(manifest.metadata), uid: `uid-${this.uids}`, resourceVersion: this.nextVersion() },
       status: { phase: 'Pending', conditions: [], containerStatuses: [{ name: 'agent', ready: false, state: { waiting: { reason: 'ContainerCreating' } } }] },
     };
     this.pods.set(pod.metadata.name, pod);
@@ -74,21 +80,41 @@ class FakePodApi implements PodApi {
     return structuredClone(pod);
   }
 
-  async deleteNamespacedPod(param: { name: string; namespace: string; gracePeriodSeconds?: number; body?: { preconditions?: { uid?: string } } }): Promise<unknown> {
+  nextVersion(): string {
+    this.versions += 1;
+    return String(this.versions);
+  }
+
+  async replaceNamespacedPod(param: { name: string; namespace: string; body: PodObject }): Promise<PodObject> {
+    this.fail('replace', param);
+    this.beforeWrite?.(param.name);
+    const pod = this.pods.get(param.name);
+    if (!pod) throw apiError(404, `pods "${param.name}" not found`);
+    if (param.body.metadata?.resourceVersion !== pod.metadata.resourceVersion) throw apiError(409, 'the object has been modified; please apply your changes to the latest version and try again');
+    // Only metadata changes matter here (a Pod's spec is immutable anyway).
+    pod.metadata = { ...pod.metadata, annotations: { ...param.body.metadata?.annotations }, resourceVersion: this.nextVersion() };
+    return structuredClone(pod);
+  }
+
+  async deleteNamespacedPod(param: { name: string; namespace: string; gracePeriodSeconds?: number; body?: { preconditions?: { uid?: string; resourceVersion?: string } } }): Promise<unknown> {
     this.fail('delete', param);
+    this.beforeWrite?.(param.name);
     const pod = this.pods.get(param.name);
     if (!pod) throw apiError(404, `pods "${param.name}" not found`);
     const uid = param.body?.preconditions?.uid;
     if (uid !== undefined && uid !== pod.metadata.uid) throw apiError(409, 'Precondition failed: UID in precondition does not match');
+    const version = param.body?.preconditions?.resourceVersion;
+    if (version !== undefined && version !== pod.metadata.resourceVersion) throw apiError(409, 'Precondition failed: ResourceVersion in precondition does not match');
     pod.metadata.deletionTimestamp = new Date();
+    pod.metadata.resourceVersion = this.nextVersion();
     if (!this.holdDeletions) setImmediate(() => this.finishDeletion(param.name));
     return structuredClone(pod);
   }
 
   async listNamespacedPod(param: { namespace: string; labelSelector?: string }): Promise<{ items: PodObject[] }> {
     this.fail('list', param);
-    const [key, value] = (param.labelSelector ?? '=').split('=');
-    return { items: [...this.pods.values()].filter((p) => key === '' || p.metadata.labels[key ?? ''] === value).map((p) => structuredClone(p)) };
+    const terms = (param.labelSelector ?? '').split(',').filter((t) => t !== '').map((t) => t.split('='));
+    return { items: [...this.pods.values()].filter((p) => terms.every(([key, value]) => p.metadata.labels[key ?? ''] === value)).map((p) => structuredClone(p)) };
   }
 
   // ---- what the kubelet would do -------------------------------------------------------------
@@ -99,16 +125,19 @@ class FakePodApi implements PodApi {
   setReady(name: string): void {
     const pod = this.mustGet(name);
     pod.status = { phase: 'Running', conditions: [{ type: 'Ready', status: 'True' }], containerStatuses: [{ name: 'agent', ready: true, state: { running: {} } }] };
+    pod.metadata.resourceVersion = this.nextVersion();
   }
 
   setWaiting(name: string, reason: string, message = ''): void {
     const pod = this.mustGet(name);
     pod.status = { phase: 'Pending', conditions: [], containerStatuses: [{ name: 'agent', ready: false, state: { waiting: { reason, message } } }] };
+    pod.metadata.resourceVersion = this.nextVersion();
   }
 
   setTerminated(name: string, exitCode: number, phase: 'Failed' | 'Succeeded' | 'Running' = exitCode === 0 ? 'Succeeded' : 'Failed'): void {
     const pod = this.mustGet(name);
     pod.status = { phase, conditions: [{ type: 'Ready', status: 'False' }], containerStatuses: [{ name: 'agent', ready: false, state: { terminated: { exitCode, reason: 'Error' } } }] };
+    pod.metadata.resourceVersion = this.nextVersion();
   }
 
   count(method: Method): number {
@@ -196,6 +225,7 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
         gpuCount: 0,
         gpuType: null,
         division: 'research',
+        instance: 'agent-manager',
         generation: 2,
         attempt: 1,
         secretEnv: [{ name: 'OPENAI_API_KEY', secretName: 'openai', key: 'api-key' }],
@@ -253,7 +283,7 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
       const d = driver();
       api.beforeCreate = () => {
         api.beforeCreate = null;
-        const racing = buildAgentPod({ agentId: AGENT, namespace: NS, image: 'x', cpu: 1, memoryMb: 1, gpuCount: 0, generation: 1, attempt: 1 });
+        const racing = buildAgentPod({ agentId: AGENT, namespace: NS, image: 'x', cpu: 1, memoryMb: 1, gpuCount: 0, instance: 'agent-manager', generation: 1, attempt: 1 });
         api.store(racing);
       };
       await d.start(workload(), { generation: 1, attempt: 1 });
@@ -288,7 +318,7 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
 
     it('waits for a terminating Pod to be gone before creating', async () => {
       const d = driver();
-      api.store(buildAgentPod({ agentId: AGENT, namespace: NS, image: 'x', cpu: 1, memoryMb: 1, gpuCount: 0, generation: 1, attempt: 1 }));
+      api.store(buildAgentPod({ agentId: AGENT, namespace: NS, image: 'x', cpu: 1, memoryMb: 1, gpuCount: 0, instance: 'agent-manager', generation: 1, attempt: 1 }));
       const pod = api.pods.get(POD);
       if (pod) pod.metadata.deletionTimestamp = new Date();
       setTimeout(() => api.finishDeletion(POD), 30);
@@ -463,6 +493,97 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
     api.failures.list.push(apiError(500, 'boom'));
     await expect(d.list()).rejects.toMatchObject({ code: 'KUBERNETES_UNAVAILABLE', retryable: true });
   });
+
+  describe('deployments sharing a namespace', () => {
+    it('labels Pods with the instance and lists, watches and adopts only its own', async () => {
+      const blue = driver({ instance: 'blue' });
+      const green = driver({ instance: 'green' });
+      await blue.start(workload(), { generation: 1, attempt: 1 });
+      expect(api.pods.get(POD)?.metadata.labels['app.kubernetes.io/instance']).toBe('blue');
+      expect(await blue.list()).toEqual([AGENT]);
+      // Green's orphan sweep never sees blue's agent.
+      expect(await green.list()).toEqual([]);
+      api.setReady(POD);
+      await until(() => events.length === 1, 'STARTED');
+      await settle();
+      // Only blue reported (green did not adopt the Pod).
+      expect(events).toHaveLength(1);
+    });
+
+    it('refuses an instance that is not a label value', async () => {
+      const d = driver({ instance: 'not a label!' });
+      await expect(d.provision(workload())).rejects.toMatchObject({ code: 'POD_SPEC_INVALID' });
+    });
+  });
+
+  describe('fenced stops and destroys (a leader term claims the Pod first)', () => {
+    const lease = 'provisioner-reconciler';
+    const claim = (token: number) => {
+      const pod = api.pods.get(POD);
+      if (!pod) throw new Error('no pod');
+      pod.metadata.annotations = { ...pod.metadata.annotations, 'agentmanager.io/fencing-lease': lease, 'agentmanager.io/fencing-token': String(token) };
+      pod.metadata.resourceVersion = api.nextVersion();
+    };
+
+    it('claims the Pod with a conditional update, then deletes it with uid and resourceVersion preconditions', async () => {
+      const d = driver();
+      await d.start(workload(), { generation: 1, attempt: 1 });
+      await d.destroy(AGENT, { lease, token: 5 });
+      const replace = api.calls.find((c) => c.method === 'replace')?.param as { body: PodObject };
+      expect(replace.body.metadata?.annotations).toMatchObject({ 'agentmanager.io/fencing-lease': lease, 'agentmanager.io/fencing-token': '5' });
+      const del = api.calls.find((c) => c.method === 'delete')?.param as { body?: { preconditions?: { uid?: string; resourceVersion?: string } } };
+      expect(del.body?.preconditions?.uid).toBe('uid-1');
+      expect(del.body?.preconditions?.resourceVersion).toBeDefined();
+      await until(() => !api.pods.has(POD), 'Pod gone');
+    });
+
+    it('refuses a stale term: a Pod claimed by a newer term is neither stopped nor destroyed', async () => {
+      const d = driver();
+      await d.start(workload(), { generation: 1, attempt: 1 });
+      claim(7);
+      await expect(d.destroy(AGENT, { lease, token: 5 })).rejects.toMatchObject({ code: 'STALE_FENCE', retryable: false });
+      await expect(d.stop(AGENT, 1_000, { lease, token: 5 })).rejects.toMatchObject({ code: 'STALE_FENCE' });
+      expect(api.count('delete')).toBe(0);
+      expect(api.pods.get(POD)?.metadata.deletionTimestamp).toBeUndefined();
+      await settle();
+      expect(types()).not.toContain('STOPPED');
+      // The current term (or a later one) may.
+      await d.stop(AGENT, 1_000, { lease, token: 7 });
+      await until(() => types().includes('STOPPED'), 'STOPPED');
+    });
+
+    it('a newer term claiming between the old term’s claim and its delete wins: the old delete fails its precondition and is refused', async () => {
+      const d = driver();
+      await d.start(workload(), { generation: 1, attempt: 1 });
+      let raced = false;
+      api.beforeWrite = () => {
+        // The old leader's claim went through; the new leader claims before the old one deletes.
+        if (api.count('replace') === 1 && api.count('delete') === 1 && !raced) {
+          raced = true;
+          claim(9);
+        }
+      };
+      await expect(d.destroy(AGENT, { lease, token: 5 })).rejects.toMatchObject({ code: 'STALE_FENCE' });
+      expect(raced).toBe(true);
+      expect(api.pods.get(POD)?.metadata.deletionTimestamp).toBeUndefined();
+      expect(api.pods.get(POD)?.metadata.annotations?.['agentmanager.io/fencing-token']).toBe('9');
+    });
+
+    it('a status update between claim and delete only sends it round again', async () => {
+      const d = driver();
+      await d.start(workload(), { generation: 1, attempt: 1 });
+      let bumped = false;
+      api.beforeWrite = (name) => {
+        if (api.count('delete') === 1 && !bumped) {
+          bumped = true;
+          api.setWaiting(name, 'ContainerCreating');
+        }
+      };
+      await d.destroy(AGENT, { lease, token: 5 });
+      expect(api.count('delete')).toBe(2);
+      await until(() => !api.pods.has(POD), 'Pod gone');
+    });
+  });
 });
 
 describe('kubernetesError', () => {
@@ -492,4 +613,5 @@ describe('kubernetesError', () => {
     expect(defaultEnvRefResolver({ name: 'A', ref: 'secret:my-secret#token' })).toEqual({ name: 'A', secretName: 'my-secret', key: 'token' });
     expect(() => defaultEnvRefResolver({ name: 'A', ref: 'config:support/model' })).toThrow(/cannot be resolved/);
   });
+
 });
