@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { createPool, withTransaction, type Pool } from '../../../../lib/db/pool.ts';
 import { migrateUp } from '../../../../lib/db/migrate.ts';
 import type { AvroCodec } from '../../../../lib/kafka/avro.ts';
+import { assertFence, recordTerm } from '../../../../lib/leader/fence.ts';
 import type { LeaderElector } from '../../../../lib/leader/types.ts';
 import { createPostgresLease } from '../../../../lib/leader/postgres-lease.ts';
 import { createLogger } from '../../../../lib/logger.ts';
@@ -265,5 +266,17 @@ describe('fencing: a paused old leader cannot act after a new leader took over',
     await applierB.idle();
     expect(destroyed).toEqual([id]);
     expect((await readAgent(pool, id))?.snapshot.state).toBe('DESTROYED');
+  });
+
+  it('a term won elsewhere (a Kubernetes Lease) is recorded in Postgres, tokens only grow, and the check follows it', async () => {
+    const lease = uniqueName('k8s-lease');
+    expect(await recordTerm(pool, { lease, token: 3 }, 'pod-a', 15_000)).toBe(true);
+    await withTransaction(pool, (client) => assertFence(client, { lease, token: 3 }));
+    // A late write of an older term changes nothing.
+    expect(await recordTerm(pool, { lease, token: 2 }, 'pod-b', 15_000)).toBe(false);
+    expect(await recordTerm(pool, { lease, token: 4 }, 'pod-b', 15_000)).toBe(true);
+    await expect(withTransaction(pool, (client) => assertFence(client, { lease, token: 3 }))).rejects.toMatchObject({ code: 'STALE_FENCE', retryable: false });
+    await withTransaction(pool, (client) => assertFence(client, { lease, token: 4 }));
+    await expect(withTransaction(pool, (client) => assertFence(client, { lease: uniqueName('none'), token: 1 }))).rejects.toMatchObject({ code: 'STALE_FENCE' });
   });
 });

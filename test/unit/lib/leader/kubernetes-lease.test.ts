@@ -218,6 +218,39 @@ describe('Kubernetes Lease leader election (fake CoordinationV1Api, no cluster)'
     expect(a.state().fencingToken).toBe(1);
   });
 
+  it('records each new term where side effects check it before leading; a term not recorded does not lead', async () => {
+    const recorded: Array<{ lease: string; token: number }> = [];
+    let accept = false;
+    const a = createKubernetesLease({
+      api: fake.client(),
+      namespace: 'am',
+      name: 'reconciler',
+      identity: 'pod-a',
+      logger: createLogger('test', 'silent'),
+      timing: TIMING,
+      fenceLease: 'provisioner-reconciler',
+      recordTerm: async (fence) => {
+        recorded.push(fence);
+        return accept;
+      },
+    });
+    electors.push(a);
+    a.start();
+    await until(() => recorded.length >= 2, 'two terms offered');
+    // Refused (a newer term is recorded): never leads, and each round begins another term.
+    expect(a.state().leader).toBe(false);
+    expect(a.fence()).toBeNull();
+    expect(recorded[1]?.token).toBeGreaterThan(recorded[0]?.token ?? 0);
+    accept = true;
+    await until(() => a.state().leader, 'a leads once its term is recorded');
+    expect(a.fence()).toEqual({ lease: 'provisioner-reconciler', token: a.state().fencingToken });
+    expect(recorded.at(-1)).toEqual(a.fence());
+    // Renewals keep the term: nothing more to record.
+    const count = recorded.length;
+    await new Promise((r) => setTimeout(r, TIMING.renewIntervalMs * 3));
+    expect(recorded).toHaveLength(count);
+  });
+
   it('refuses a renew interval that is not below the lease duration', () => {
     let caught: unknown;
     try {
