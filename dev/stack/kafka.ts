@@ -5,7 +5,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import { kafkaStackEnv, LOCAL_STACK } from './endpoints.ts';
 import { ensureMaven, findJava } from './install.ts';
 import { ensureStackPki, stackPkiFiles, SUPER_PRINCIPALS, type StackPkiFiles, type StackPrincipal } from './pki.ts';
-import { processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
+import { isAlive, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
 
 const KAFKA_VERSION = '4.1.1';
@@ -106,7 +106,7 @@ export function kafkaComponent(): StackComponent {
 
   return {
     name,
-    version: `Apache Kafka ${KAFKA_VERSION} (KRaft, one broker+controller)`,
+    version: `Apache Kafka ${KAFKA_VERSION} (KRaft, one broker+controller; mTLS, ACLs)`,
     address,
     env: (ctx) => kafkaStackEnv(ctx.stackDir),
     async install(ctx) {
@@ -130,7 +130,13 @@ export function kafkaComponent(): StackComponent {
       const wanted = serverProperties(d.data, pki, fingerprint);
       const current = existsSync(properties) ? readFileSync(properties, 'utf8') : undefined;
       if (current === wanted && (await healthy(ctx))) return 'reused';
-      if (current !== wanted && readPid(d.pid) !== undefined) {
+      const running = readPid(d.pid);
+      if (current === wanted && running !== undefined && isAlive(running)) {
+        // Started with this configuration a moment ago (by another `stack up`): wait for it.
+        await waitUntil(name, () => healthy(ctx), { timeoutMs: 120_000, logFile: d.log, pid: running });
+        return 'reused';
+      }
+      if (current !== wanted && running !== undefined) {
         // A broker started with an older configuration (e.g. the plaintext listener of earlier
         // versions of the stack, or another CA): restart it with this one.
         ctx.progress('kafka: configuration changed; restarting the broker');
