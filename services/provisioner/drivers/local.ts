@@ -18,22 +18,20 @@
  * (image, command, environment references) is not used: this driver always runs `agentProgram`,
  * never a command taken from a message.
  *
- * This file supervises the instances (spawn, exit, ready, stop, kill, adoption); the folders and
- * their records are ./local-state.ts, the process primitives ./local-process.ts. Agents of another
+ * This file is the driver (per-agent ordering, idempotency, fences); the instances are supervised by
+ * ./local-supervisor.ts (spawn, ready, stop, kill, exit, adoption), the folders and their records
+ * are ./local-state.ts, the process primitives ./local-process.ts. Agents of another
  * deployment sharing the state folder (its `instance` file says so) are neither adopted nor listed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { hostname } from 'node:os';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createKeyedQueue } from '../../../lib/keyed-queue.ts';
 import { createEventEmitter } from './emit.ts';
 import type { Logger } from '../../../lib/logger.ts';
 import { errorCode, errorMessage, isAppError, isRetryable, permanentError, retryableError } from '../../../lib/errors.ts';
-import { agentEnvironment, isAlive, killGroupRemains, processStartOf, signalGroup as signalPid } from './local-process.ts';
-import { createStateStore, LOG_FILE, type LocalAgentState } from './local-state.ts';
+import { createStateStore } from './local-state.ts';
+import { createSupervisor } from './local-supervisor.ts';
 import { isOlder, sameFence } from './start-fence.ts';
 import type { AgentWorkload, AllocatorDriver, DriverEventListener, ObservedAgent, StartFence } from './types.ts';
 
@@ -67,27 +65,6 @@ export interface LocalDriverOptions {
   readonly instance?: string;
 }
 
-interface Instance {
-  readonly agentId: string;
-  readonly pid: number;
-  readonly fence: StartFence;
-  instanceId: string;
-  readonly startedAt: string;
-  readonly processStart: string | null;
-  ready: boolean;
-  /** Our child process; null for an adopted one (started by an earlier provisioner). */
-  child: ChildProcess | null;
-  exited: boolean;
-  /** A stop asked for its end: STOPPED is reported when it is gone. */
-  stopRequested: boolean;
-  /** Its end was asked for (replaced, destroyed, ready timeout): no PROCESS_EXITED. */
-  suppressExit: boolean;
-  killAt: number | null;
-  killTimer: NodeJS.Timeout | null;
-  readyTimer: NodeJS.Timeout | null;
-  readonly gone: Array<() => void>;
-}
-
 export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver {
   const log = options.logger.child({ component: 'driver', driver: 'local' });
   const stateDir = resolve(options.stateDir);
@@ -98,7 +75,6 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
   const killWaitMs = options.killWaitMs ?? 10_000;
   if (!isAbsolute(nodePath)) throw permanentError('CONFIG_INVALID', `nodePath must be an absolute path, got ${nodePath}`);
 
-  const instances = new Map<string, Instance>();
   // The operations on one agent (start, stop, destroy, observe) never interleave.
   const perAgent = createKeyedQueue();
   const instance = options.instance ?? DEFAULT_LOCAL_INSTANCE;
@@ -107,13 +83,8 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
     instance,
     isDefaultInstance: instance === DEFAULT_LOCAL_INSTANCE,
     log,
-    // A record of an instance already replaced by a newer one must not overwrite the newer one's.
-    superseded: (agentId, state) => {
-      const live = instances.get(agentId);
-      return live !== undefined && live.pid !== state.pid;
-    },
+    superseded: (agentId, state) => supervisor.superseded(agentId, state),
   });
-  let poller: NodeJS.Timeout | null = null;
   let closed = false;
 
   // ---- events ------------------------------------------------------------------------------
@@ -128,220 +99,25 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
 
   const folderOf = (agentId: string) => store.folderOf(agentId);
 
-  function stateOf(inst: Instance, exit?: { code: number | null; signal: string | null }): LocalAgentState {
-    return {
-      version: 1,
-      agentId: inst.agentId,
-      pid: inst.pid,
-      generation: inst.fence.generation,
-      attempt: inst.fence.attempt,
-      instanceId: inst.instanceId,
-      startedAt: inst.startedAt,
-      processStart: inst.processStart,
-      ready: inst.ready,
-      ...(exit ? { exitedAt: new Date().toISOString(), exitCode: exit.code, signal: exit.signal } : {}),
-    };
-  }
-
-  function alive(inst: Instance): boolean {
-    if (inst.exited) return false;
-    if (inst.child !== null) return inst.child.exitCode === null && inst.child.signalCode === null;
-    return isAlive(inst.pid, inst.processStart);
-  }
-
-  function signalGroup(inst: Instance, signal: NodeJS.Signals): void {
-    signalPid(inst.agentId, inst.pid, signal, log);
-  }
-
-  function clearTimers(inst: Instance): void {
-    if (inst.killTimer) clearTimeout(inst.killTimer);
-    if (inst.readyTimer) clearTimeout(inst.readyTimer);
-    inst.killTimer = null;
-    inst.readyTimer = null;
-  }
-
-  /** The instance ended (exit event of our child, or an adopted pid found dead). Runs once. */
-  function onGone(inst: Instance, code: number | null, signal: string | null): void {
-    if (inst.exited) return;
-    inst.exited = true;
-    clearTimers(inst);
-    // Whatever the agent started in its group goes with it.
-    killGroupRemains(inst.pid);
-    if (instances.get(inst.agentId) === inst) instances.delete(inst.agentId);
-    if (inst.child) {
-      inst.child.removeAllListeners('message');
-      if (inst.child.connected) inst.child.disconnect();
-    }
-    log.info({ agentId: inst.agentId, pid: inst.pid, exitCode: code, signal, stop: inst.stopRequested }, 'agent process ended');
-    void store.write(inst.agentId, stateOf(inst, { code, signal }));
-    if (inst.stopRequested) emit(inst.agentId, { type: 'STOPPED', exitCode: code, signal });
-    else if (!inst.suppressExit) {
-      emit(inst.agentId, { type: 'PROCESS_EXITED', generation: inst.fence.generation, attempt: inst.fence.attempt, exitCode: code, signal });
-    }
-    for (const resolveGone of inst.gone.splice(0)) resolveGone();
-  }
-
-  /** Polls the adopted instances (not our children, so no exit event) while there are any. */
-  function ensurePoller(): void {
-    if (poller !== null || closed) return;
-    poller = setInterval(() => {
-      let adopted = 0;
-      for (const inst of [...instances.values()]) {
-        if (inst.child !== null || inst.exited) continue;
-        if (isAlive(inst.pid, inst.processStart)) adopted += 1;
-        else onGone(inst, null, null);
-      }
-      if (adopted === 0 && poller !== null) {
-        clearInterval(poller);
-        poller = null;
-      }
-    }, livenessPollMs);
-    poller.unref();
-  }
-
-  /** Resolves true once the instance is gone, false after `timeoutMs`. */
-  async function waitGone(inst: Instance, timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!inst.exited) {
-      if (inst.child === null && !isAlive(inst.pid, inst.processStart)) onGone(inst, null, null);
-      if (inst.exited) break;
-      if (Date.now() >= deadline) return false;
-      await Promise.race([new Promise<void>((r) => inst.gone.push(r)), sleep(50)]);
-    }
-    return true;
-  }
-
-  /** The agent's live instance: ours, or adopted from its state.json; null when none runs. */
-  async function current(agentId: string): Promise<Instance | null> {
-    const known = instances.get(agentId);
-    if (known && !known.exited) {
-      if (alive(known)) return known;
-      // Our child's exit event is on its way; an adopted one is found dead now.
-      if (known.child === null) onGone(known, null, null);
-      return null;
-    }
-    const state = await store.read(agentId);
-    if (state === null || state.exitedAt !== undefined || state.agentId !== agentId) return null;
-    if (!isAlive(state.pid, state.processStart)) return null;
-    const inst: Instance = {
-      agentId,
-      pid: state.pid,
-      fence: { generation: state.generation, attempt: state.attempt },
-      instanceId: state.instanceId,
-      startedAt: state.startedAt,
-      processStart: state.processStart,
-      ready: state.ready,
-      child: null,
-      exited: false,
-      stopRequested: false,
-      suppressExit: false,
-      killAt: null,
-      killTimer: null,
-      readyTimer: null,
-      gone: [],
-    };
-    instances.set(agentId, inst);
-    log.info({ agentId, pid: inst.pid, fence: inst.fence }, 'adopted a running agent');
-    ensurePoller();
-    return inst;
-  }
+  const supervisor = createSupervisor({
+    store,
+    log,
+    emit,
+    ensureOpen,
+    isClosed: () => closed,
+    agentProgram,
+    nodePath,
+    agentEnv: options.agentEnv,
+    readyTimeoutMs,
+    livenessPollMs,
+  });
+  const current = (agentId: string) => supervisor.current(agentId);
 
   /** At start-up: adopt every agent that outlived the previous provisioner, so its end is reported. */
   const adoption = (async () => {
     await mkdir(stateDir, { recursive: true });
     for (const agentId of await store.owned()) await current(agentId);
   })().catch((error: unknown) => log.error({ stateDir, err: errorMessage(error) }, 'could not scan the state folder for running agents'));
-
-  // ---- launching ---------------------------------------------------------------------------
-
-  function onMessage(inst: Instance, message: unknown): void {
-    const ready = typeof message === 'object' && message !== null && (message as { type?: unknown }).type === 'ready';
-    if (!ready || inst.ready || inst.exited) return;
-    const reported = (message as { instanceId?: unknown }).instanceId;
-    if (typeof reported === 'string' && reported !== '') inst.instanceId = reported;
-    inst.ready = true;
-    if (inst.readyTimer) clearTimeout(inst.readyTimer);
-    inst.readyTimer = null;
-    if (inst.child?.connected) inst.child.disconnect();
-    log.info({ agentId: inst.agentId, pid: inst.pid, instanceId: inst.instanceId }, 'agent ready');
-    // Reported once state.json says ready: a provisioner that restarts after STARTED adopts a ready agent.
-    void store.write(inst.agentId, stateOf(inst)).then(() => {
-      if (!inst.stopRequested && !inst.suppressExit) {
-        emit(inst.agentId, { type: 'STARTED', generation: inst.fence.generation, attempt: inst.fence.attempt, instanceId: inst.instanceId });
-      }
-    });
-  }
-
-  async function launch(agentId: string, dir: string, fence: StartFence): Promise<void> {
-    // Closed while this start waited: launching now would leave an agent nobody watches.
-    ensureOpen();
-    await store.claim(agentId);
-    const logFd = openSync(join(dir, LOG_FILE), 'a', 0o600);
-    let child: ChildProcess;
-    try {
-      child = spawn(nodePath, [agentProgram], {
-        cwd: dir,
-        detached: true,
-        stdio: ['ignore', logFd, logFd, 'ipc'],
-        env: agentEnvironment(agentId, fence, options.agentEnv),
-      });
-    } finally {
-      // The child has its own copy of the descriptor once spawn returns.
-      closeSync(logFd);
-    }
-    const pid = child.pid;
-    if (pid === undefined) {
-      // Spawning failed (ENOENT, EAGAIN…): the reason comes as an 'error' event.
-      child.once('error', (error) => {
-        log.error({ agentId, nodePath, err: errorMessage(error) }, 'could not spawn the agent');
-        emit(agentId, { type: 'DRIVER_FAILED', generation: fence.generation, attempt: fence.attempt, reason: `could not spawn ${nodePath}: ${errorMessage(error)}`, retryable: true });
-      });
-      return;
-    }
-    const inst: Instance = {
-      agentId,
-      pid,
-      fence: { generation: fence.generation, attempt: fence.attempt },
-      instanceId: `${hostname()}:${pid}`,
-      startedAt: new Date().toISOString(),
-      processStart: processStartOf(pid),
-      ready: false,
-      child,
-      exited: false,
-      stopRequested: false,
-      suppressExit: false,
-      killAt: null,
-      killTimer: null,
-      readyTimer: null,
-      gone: [],
-    };
-    instances.set(agentId, inst);
-    child.on('message', (message) => onMessage(inst, message));
-    child.on('error', (error) => log.warn({ agentId, pid, err: errorMessage(error) }, 'agent process error'));
-    child.once('exit', (code, signal) => onGone(inst, code, signal));
-    // Neither the process nor its IPC channel keeps the provisioner alive.
-    child.unref();
-    child.channel?.unref();
-    inst.readyTimer = setTimeout(() => {
-      inst.readyTimer = null;
-      if (inst.ready || inst.exited || inst.stopRequested) return;
-      log.error({ agentId, pid, readyTimeoutMs }, 'agent did not say ready in time; killing it');
-      inst.suppressExit = true;
-      signalGroup(inst, 'SIGKILL');
-      emit(agentId, {
-        type: 'DRIVER_FAILED',
-        generation: fence.generation,
-        attempt: fence.attempt,
-        reason: `the agent did not report ready within ${readyTimeoutMs} ms (see ${join(dir, LOG_FILE)})`,
-        retryable: true,
-      });
-    }, readyTimeoutMs);
-    inst.readyTimer.unref();
-    // Recorded at once, synchronously: a provisioner killed right after the spawn must still find
-    // (adopt, stop, replace) this agent after its restart, never leave an orphan nobody knows.
-    store.writeNow(agentId, stateOf(inst));
-    log.info({ agentId, pid, fence }, 'agent spawned');
-  }
 
   // ---- the driver --------------------------------------------------------------------------
 
@@ -383,15 +159,13 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
           }
           if (running !== null) {
             log.info({ agentId, pid: running.pid, old: running.fence, fence }, 'replacing the running instance');
-            running.suppressExit = true;
-            signalGroup(running, 'SIGKILL');
-            if (!(await waitGone(running, killWaitMs))) {
+            if (!(await supervisor.kill(running, killWaitMs))) {
               throw retryableError('AGENT_KILL_TIMEOUT', `the previous instance (pid ${running.pid}) did not end within ${killWaitMs} ms of SIGKILL`);
             }
           }
           // The old instance's last record goes to disk before the new one's first.
           await store.settled(agentId);
-          await launch(agentId, dir, fence);
+          await supervisor.launch(agentId, dir, fence);
         } catch (error) {
           log.error({ agentId, fence, code: errorCode(error), err: errorMessage(error) }, 'start failed');
           emit(agentId, {
@@ -415,30 +189,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
           emit(agentId, { type: 'STOPPED', exitCode: null, signal: null });
           return;
         }
-        const grace = Math.max(0, Number.isFinite(graceMs) ? graceMs : 0);
-        const killAt = Date.now() + grace;
-        if (inst.stopRequested) {
-          // Already stopping: a shorter grace brings the kill forward.
-          if (inst.killAt !== null && killAt >= inst.killAt) return;
-        } else {
-          inst.stopRequested = true;
-          if (inst.readyTimer) clearTimeout(inst.readyTimer);
-          inst.readyTimer = null;
-          signalGroup(inst, grace === 0 ? 'SIGKILL' : 'SIGTERM');
-        }
-        if (inst.killTimer) clearTimeout(inst.killTimer);
-        inst.killAt = killAt;
-        inst.killTimer =
-          grace === 0
-            ? null
-            : setTimeout(() => {
-                inst.killTimer = null;
-                if (alive(inst)) {
-                  log.warn({ agentId, pid: inst.pid, graceMs: grace }, 'agent still running after the grace: SIGKILL');
-                  signalGroup(inst, 'SIGKILL');
-                }
-              }, Math.max(0, killAt - Date.now()));
-        if (inst.child === null) ensurePoller();
+        supervisor.requestStop(inst, graceMs);
       });
     },
 
@@ -449,9 +200,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       await perAgent.run(agentId, async () => {
         const inst = await current(agentId);
         if (inst !== null) {
-          inst.suppressExit = true;
-          signalGroup(inst, 'SIGKILL');
-          if (!(await waitGone(inst, killWaitMs))) {
+          if (!(await supervisor.kill(inst, killWaitMs))) {
             throw retryableError('AGENT_KILL_TIMEOUT', `agent ${agentId} (pid ${inst.pid}) did not end within ${killWaitMs} ms of SIGKILL`);
           }
         }
@@ -471,7 +220,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       await adoption;
       return perAgent.run(agentId, async () => {
         const inst = await current(agentId);
-        const running = inst !== null && alive(inst);
+        const running = inst !== null && supervisor.alive(inst);
         return {
           agentId,
           provisioned: existsSync(dir),
@@ -494,21 +243,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
       await adoption;
       // Operations under way finish first (a start about to launch sees `closed` and does not).
       await perAgent.idle();
-      if (poller !== null) clearInterval(poller);
-      poller = null;
-      for (const inst of instances.values()) {
-        clearTimers(inst);
-        const child = inst.child;
-        if (child !== null) {
-          child.removeAllListeners();
-          // Later errors of a child nobody watches must not become uncaught exceptions.
-          child.on('error', () => undefined);
-          if (child.connected) child.disconnect();
-          child.unref();
-        }
-        for (const resolveGone of inst.gone.splice(0)) resolveGone();
-      }
-      instances.clear();
+      supervisor.release();
       await store.idle();
       log.info({ stateDir }, 'local driver closed; agents keep running');
     },
