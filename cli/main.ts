@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../lib/errors.ts';
 import { registerContractCommands } from './contracts.ts';
+import { registerDlqCommands } from './dlq.ts';
 import { registerStackCommands } from './stack.ts';
 import { registerServiceCommands } from './services.ts';
 import { formatSummary, runDemo } from './demo.ts';
@@ -16,6 +17,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
   registerContractCommands(program, root, setExitCode);
 
   registerServiceCommands(program, root, setExitCode);
+  registerDlqCommands(program, setExitCode);
 
   program
     .command('demo')
