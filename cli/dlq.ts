@@ -163,6 +163,7 @@ async function showRecord(record: DlqRecord, codec: ReturnType<typeof createAvro
 export function registerDlqCommands(program: Command, setExitCode: (code: number) => void): void {
   const dlq = program
     .command('dlq')
+    .summary('list, show and replay the records of a dead-letter topic')
     .description(
       'Dead-letter topics: what is in one, why it failed, and replay of chosen records to their source topic. ' +
         '<topic> is a topic or its DLQ (agent-requests or agent-requests.dlq); TOPIC_PREFIX is prepended when missing.',
