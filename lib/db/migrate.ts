@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { runner } from 'node-pg-migrate';
 import type { Logger } from '../logger.ts';
 import { retryableError } from '../errors.ts';
@@ -26,7 +27,7 @@ export async function migrateUp(options: MigrateOptions): Promise<string[]> {
       const locked = String((error as { cause?: unknown }).cause ?? error).includes(LOCK_TAKEN);
       if (!locked || Date.now() > deadline) throw error;
       if (attempt === 1) options.logger.info('another migration holds the lock; waiting for it');
-      await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * attempt)));
+      await sleep(Math.min(2_000, 100 * attempt));
     }
   }
 }

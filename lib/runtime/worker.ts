@@ -54,6 +54,8 @@ export interface WorkerOptions<Value, Deps> {
    * round trip per batch. A crash re-delivers at most this window (handlers are idempotent). Default 1000 ms.
    */
   readonly commitIntervalMs?: number;
+  /** How long `stop` waits for the records being handled before leaving them uncommitted. Default 10 s. */
+  readonly drainWaitMs?: number;
 }
 
 export interface WorkerRuntimeDeps {
@@ -225,6 +227,19 @@ const NO_ERROR: unique symbol = Symbol('no error');
 type Outcome = { readonly kind: 'done' } | { readonly kind: 'retry'; readonly delayMs: number };
 const DONE: Outcome = { kind: 'done' };
 const HEARTBEAT_EVERY_MS = 1_000;
+/** True when `work` settled within `ms`. */
+async function settledWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([work.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A dependency wait is logged at its start, then every this many retries (a long outage stays readable). */
 const LOG_WAIT_EVERY = 10;
 
@@ -253,6 +268,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
   const inFlight = new Set<Promise<void>>();
   let draining = false;
   let commitTimer: NodeJS.Timeout | undefined;
+  const drainWaitMs = options.drainWaitMs ?? 10_000;
 
   async function deadLetter(record: KafkaRecord, error: unknown, attempts: number): Promise<void> {
     const code = errorCode(error);
@@ -557,7 +573,11 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
           // not running
         }
         clearInterval(commitTimer);
-        await Promise.allSettled([...inFlight]);
+        // A handler stuck on a dependency that is down (e.g. a Redis command in the offline queue)
+        // must not hold the drain until its grace runs out: past the wait its record is left
+        // uncommitted, and the partition's next owner handles it again (at-least-once).
+        const drained = await settledWithin(Promise.allSettled([...inFlight]), drainWaitMs);
+        if (!drained) log.warn({ waitedMs: drainWaitMs, batches: inFlight.size }, 'in-flight records did not finish in time; leaving them uncommitted');
         await offsets.flush();
         await consumer.disconnect();
       } finally {

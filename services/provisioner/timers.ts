@@ -38,6 +38,21 @@ export interface BullmqTimersOptions {
   readonly onDue: (agentId: string, input: LifecycleInput) => Promise<void>;
   readonly logger: Logger;
   readonly concurrency?: number;
+  /** How long a shutdown waits for BullMQ to close cleanly before cutting its connections. Default 5 s. */
+  readonly closeWaitMs?: number;
+}
+
+/** True when `work` settled (either way) within `ms`. */
+async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([work.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 export function timerJobId(job: TimerJob): string {
@@ -53,6 +68,7 @@ export function timerInput(job: TimerJob): LifecycleInput {
 export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
   const name = options.queueName ?? 'agent-timers';
   const log = options.logger.child({ component: 'timers' });
+  const closeWaitMs = options.closeWaitMs ?? 5_000;
   const queue = new Queue<TimerJob>(name, { connection: options.connection, prefix: options.prefix });
   let worker: Worker<TimerJob> | undefined;
   // BullMQ closes only the connections it created; this one is ours to close.
@@ -102,14 +118,29 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
       else this.start();
     },
     async stopDelivering() {
-      await worker?.close();
-      workerConnection?.disconnect();
+      const stopping = worker;
+      const connection = workerConnection;
       worker = undefined;
       workerConnection = undefined;
+      if (stopping) {
+        // A clean close waits for the timers being delivered, then QUITs BullMQ's blocking
+        // connection, which queues behind a BZPOPMIN that ioredis re-sent after a Redis restart (or
+        // waits in the offline queue while Redis is down): the drain would hang until its grace ran
+        // out. Past a short wait the connections are cut instead; a job cut mid-delivery keeps its
+        // lock only until it expires and is delivered again (timers are fenced, so twice is harmless).
+        const closed = stopping.close();
+        if (!(await settlesWithin(closed, closeWaitMs))) {
+          log.warn({ waitedMs: closeWaitMs }, 'timer worker did not close in time; disconnecting it');
+          await stopping.disconnect().catch(() => undefined);
+          await settlesWithin(closed, closeWaitMs);
+        }
+      }
+      connection?.disconnect();
     },
     async close() {
       await this.stopDelivering();
-      await queue.close();
+      // The queue shares the service's connection: closing it sends nothing that could wait.
+      await settlesWithin(queue.close(), closeWaitMs);
     },
   };
 }

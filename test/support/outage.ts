@@ -1,0 +1,59 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { localStackEnv, stackComponents, stackContext } from '../../dev/stack/index.ts';
+import type { StackComponent } from '../../dev/stack/types.ts';
+
+/**
+ * Stops and restarts one server of the local stack, the way `stack down`/`stack up` do it for that
+ * server alone: Postgres by SIGINT (a fast shutdown, as `pg_ctl stop -m fast`: sessions get 57P01),
+ * Redis and the schema registry by SIGTERM. Only for test/outage/, which runs serially: every other
+ * test file uses these servers too.
+ */
+export type OutageTarget = 'postgres' | 'schema-registry' | 'redis' | 'kafka';
+
+function component(name: OutageTarget): StackComponent {
+  const found = stackComponents().find((c) => c.name === name);
+  if (!found) throw new Error(`no stack component named ${name}`);
+  return found;
+}
+
+/**
+ * The stack's own servers: with the stack's variables (REDIS_URL, DATABASE_URL…) in the environment,
+ * a component would take its server for an external one and refuse to start it.
+ */
+function context() {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const key of Object.keys(localStackEnv())) delete env[key];
+  return stackContext(process.cwd(), () => undefined, env);
+}
+
+export async function stopServer(name: OutageTarget): Promise<void> {
+  await component(name).stop(context());
+}
+
+/** Starts it again and waits until it answers (the component's own start-up check). */
+export async function startServer(name: OutageTarget): Promise<void> {
+  await component(name).start(context());
+}
+
+/** Brings back whatever is down (idempotent, like `stack up`): for afterAll/finally. */
+export async function restoreStack(): Promise<void> {
+  const ctx = context();
+  for (const name of ['postgres', 'redis', 'schema-registry', 'kafka'] as const) {
+    await component(name)
+      .start(ctx)
+      .catch(() => undefined);
+  }
+}
+
+/** Stops `name` for `ms`, then restarts it; it is back even when `during` throws. */
+export async function outage(name: OutageTarget, ms: number, during?: () => Promise<void>): Promise<void> {
+  await stopServer(name);
+  const started = Date.now();
+  try {
+    await during?.();
+    const left = ms - (Date.now() - started);
+    if (left > 0) await sleep(left);
+  } finally {
+    await startServer(name);
+  }
+}
