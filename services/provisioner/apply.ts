@@ -127,6 +127,13 @@ export function driverEventInput(event: DriverEvent): LifecycleInput {
   }
 }
 
+/**
+ * A repair waits this long at most for the agent's row: a leader stalled inside its own repair
+ * (which holds the row while its driver call runs) must not stall its successor's whole round;
+ * the repair fails (55P03) and the next round tries again.
+ */
+const REPAIR_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'";
+
 export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
   const log = deps.logger;
   // Inputs about one agent are applied one at a time, in arrival order.
@@ -369,6 +376,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
         // act only on the exact row it looked at. The driver's effects run while the row is held,
         // so a successor deciding about this agent waits and then finds it claimed.
         const steps = await withTransaction(deps.pool, async (client) => {
+          await client.query(REPAIR_LOCK_TIMEOUT);
           const current = await claimRedrive(client, agent.id, agent.version, agent.stamp);
           if (current === undefined) return [];
           if (origin.fence) await assertFence(client, origin.fence);
@@ -392,6 +400,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     removeOrphan(agentId, fence) {
       return perAgent.run(agentId, () =>
         withTransaction(deps.pool, async (client) => {
+          await client.query(REPAIR_LOCK_TIMEOUT);
           const agent = await lockAgent(client, agentId);
           if (agent !== undefined && agent.snapshot.state !== 'DESTROYED') return false;
           if (fence) await assertFence(client, fence);

@@ -268,6 +268,34 @@ describe('fencing: a paused old leader cannot act after a new leader took over',
     expect((await readAgent(pool, id))?.snapshot.state).toBe('DESTROYED');
   });
 
+  it('a successor does not wait forever on a leader stalled inside its repair: its repair gives up on the row lock; the stalled one finishes, one destroy in all', async () => {
+    const inside = gate();
+    let pauseNext = true;
+    const { driver, destroyed } = countingDriver(createSimulatedDriver({ logger, onEvent: () => undefined }), async () => {
+      if (!pauseNext) return;
+      pauseNext = false;
+      await inside.wait();
+    });
+    const id = await seedAgent({ state: 'DESTROYING' });
+    const { fenceOfA, takeOver } = await leaders(uniqueName('lease'));
+    const oldRound = reconcileOnce(options(applierFor(driver), driver), null, () => fenceOfA);
+    await inside.reached;
+    const fenceOfB = await takeOver();
+    const startedAt = Date.now();
+    const blocked = await reconcileOnce(options(applierFor(driver), driver), null, () => fenceOfB);
+    // The lock timeout (5 s), not forever; nothing done.
+    expect(Date.now() - startedAt).toBeLessThan(15_000);
+    expect(blocked).toMatchObject({ repaired: 0, deposed: false });
+    expect(destroyed).toEqual([]);
+    // The stalled leader wakes up and finishes what it had begun (its fence was current when it
+    // decided, and its successor could not act meanwhile): one destroy in all.
+    inside.open();
+    await oldRound;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(destroyed).toEqual([id]);
+    expect((await readAgent(pool, id))?.snapshot.state).toBe('DESTROYED');
+  });
+
   it('a term won elsewhere (a Kubernetes Lease) is recorded in Postgres, tokens only grow, and the check follows it', async () => {
     const lease = uniqueName('k8s-lease');
     expect(await recordTerm(pool, { lease, token: 3 }, 'pod-a', 15_000)).toBe(true);
