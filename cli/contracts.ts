@@ -1,8 +1,7 @@
 import type { Command } from 'commander';
-import kafkajs, { Kafka, logLevel, type AclEntry } from 'kafkajs';
 import { kafkaConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
 import { aclPlan, applyAcls, KAFKA_ROLES, principalsFromEnv } from '../lib/contracts/acls.ts';
-import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
+import { AclOperationTypes, AclResourceTypes, createKafkajsAdmin, ResourcePatternTypes, type AclEntry } from '../lib/kafka/kafkajs.ts';
 import { loadServiceEnv } from '../lib/secrets.ts';
 import { registerSchemas } from '../lib/contracts/registry.ts';
 import { defaultSchemasDir } from '../lib/contracts/schemas.ts';
@@ -20,9 +19,9 @@ function requiredEnv(name: string, expected: string): string {
 
 /** `Write agent-requests`, `Read group kernel*`. */
 function describeAcl(entry: AclEntry): string {
-  const operation = entry.operation === kafkajs.AclOperationTypes.READ ? 'Read' : entry.operation === kafkajs.AclOperationTypes.WRITE ? 'Write' : String(entry.operation);
-  const kind = entry.resourceType === kafkajs.AclResourceTypes.GROUP ? 'group ' : '';
-  const prefixed = entry.resourcePatternType === kafkajs.ResourcePatternTypes.PREFIXED ? '*' : '';
+  const operation = entry.operation === AclOperationTypes.READ ? 'Read' : entry.operation === AclOperationTypes.WRITE ? 'Write' : String(entry.operation);
+  const kind = entry.resourceType === AclResourceTypes.GROUP ? 'group ' : '';
+  const prefixed = entry.resourcePatternType === ResourcePatternTypes.PREFIXED ? '*' : '';
   return `${operation} ${kind}${entry.resourceName}${prefixed}`;
 }
 
@@ -65,8 +64,7 @@ export function registerContractCommands(program: Command, root: string, setExit
       const principals = principalsFromEnv(env);
       if (env.KAFKA_BROKERS === undefined || env.KAFKA_BROKERS.trim() === '') requiredEnv('KAFKA_BROKERS', 'a comma-separated list of host:port');
       const kafka = loadConfig(kafkaConfigShape, env);
-      const ssl = kafkajsSsl(kafkaTlsOf(kafka));
-      const admin = new Kafka({ clientId: 'agent-manager-topics', brokers: kafka.KAFKA_BROKERS, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
+      const admin = createKafkajsAdmin({ clientId: 'agent-manager-topics', brokers: kafka.KAFKA_BROKERS, tls: kafkaTlsOf(kafka) });
       await admin.connect();
       try {
         const results = await createTopics(admin, settings);

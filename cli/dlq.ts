@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { Command, CommanderError } from 'commander';
-import { Kafka, logLevel } from 'kafkajs';
 import { pino } from 'pino';
 import { commonConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
@@ -27,7 +26,7 @@ import { replayDlqRecords, replayTarget, type ReplayedRecord } from '../lib/dlq/
 import { viewValue } from '../lib/dlq/value.ts';
 import { errorMessage, isAppError, permanentError } from '../lib/errors.ts';
 import { createAvroCodec } from '../lib/kafka/avro.ts';
-import { createKafkajsClient, kafkajsSsl } from '../lib/kafka/kafkajs.ts';
+import { createKafkajsAdmin, createKafkajsClient } from '../lib/kafka/kafkajs.ts';
 import { createLogger } from '../lib/logger.ts';
 import { loadServiceConfig, serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
@@ -76,8 +75,7 @@ function dlqClients(config: ReadConfig) {
   const clientId = `${config.KAFKA_CLIENT_ID}-dlq`;
   const tls = kafkaTlsOf(config);
   const kafka = createKafkajsClient({ clientId, brokers: config.KAFKA_BROKERS, tls, logger });
-  const ssl = kafkajsSsl(tls);
-  const admin = kafkajsTopicAdmin(new Kafka({ clientId, brokers: [...config.KAFKA_BROKERS], ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }));
+  const admin = kafkajsTopicAdmin(() => createKafkajsAdmin({ clientId, brokers: config.KAFKA_BROKERS, tls }));
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
   return {
     kafka,

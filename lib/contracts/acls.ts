@@ -20,11 +20,10 @@
  * `agent-requests` would also match `agent-requests.dlq`. Everything else (creating topics and ACLs,
  * reading DLQs, replaying them) is the operator's, a super user.
  */
-import kafkajs, { type AclEntry, type Admin } from 'kafkajs';
+import { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes, type AclEntry, type KafkaAdmin as Admin } from '../kafka/kafkajs.ts';
 import { errorMessage, permanentError, retryableError } from '../errors.ts';
 import { dlqTopic, type TopicName } from './schemas.ts';
 
-const { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes } = kafkajs;
 
 export const KAFKA_ROLES = ['kernel', 'ingest', 'provisioner', 'heartbeat', 'archiver', 'agent'] as const;
 export type KafkaRole = (typeof KAFKA_ROLES)[number];

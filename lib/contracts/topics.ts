@@ -4,7 +4,7 @@
  * Records are keyed by the agentId (see `recordKey`), so partitions are the unit of scaling and
  * every agent's events stay in order.
  */
-import kafkajs, { type Admin } from 'kafkajs';
+import { ConfigResourceTypes, type ITopicConfig, type KafkaAdmin as Admin } from '../kafka/kafkajs.ts';
 import { z } from 'zod';
 import { errorMessage, permanentError, retryableError } from '../errors.ts';
 import { dlqTopic, TOPICS, type TopicName } from './schemas.ts';
@@ -174,7 +174,7 @@ async function driftOf(admin: Admin, plans: TopicPlan[]): Promise<Map<string, st
   const metadata = await admin.fetchTopicMetadata({ topics: plans.map((p) => p.topic) });
   const configs = await admin.describeConfigs({
     includeSynonyms: false,
-    resources: plans.map((p) => ({ type: kafkajs.ConfigResourceTypes.TOPIC, name: p.topic, configNames: p.configEntries.map((e) => e.name) })),
+    resources: plans.map((p) => ({ type: ConfigResourceTypes.TOPIC, name: p.topic, configNames: p.configEntries.map((e) => e.name) })),
   });
   for (const plan of plans) {
     const notes = drift.get(plan.topic) ?? [];
@@ -217,7 +217,7 @@ export async function waitForTopicLeaders(admin: Admin, topics: readonly string[
  * instead of kafkajs' `waitForLeaders`, which gives up on a just-created topic. Every topic made
  * outside `createTopics` (tests, benchmarks) goes through here.
  */
-export async function createTopicsAndWait(admin: Admin, topics: Parameters<Admin['createTopics']>[0]['topics']): Promise<void> {
+export async function createTopicsAndWait(admin: Admin, topics: ITopicConfig[]): Promise<void> {
   await admin.createTopics({ waitForLeaders: false, topics });
   await waitForTopicLeaders(admin, topics.map((t) => t.topic));
 }

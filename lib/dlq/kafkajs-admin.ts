@@ -1,4 +1,4 @@
-import type { Admin, Kafka } from 'kafkajs';
+import type { KafkaAdmin } from '../kafka/kafkajs.ts';
 import { permanentError } from '../errors.ts';
 import { DLQ_SUFFIX } from '../runtime/dlq.ts';
 import type { PartitionRange, TopicAdmin } from './reader.ts';
@@ -7,9 +7,9 @@ import type { PartitionRange, TopicAdmin } from './reader.ts';
  * `TopicAdmin` over kafkajs: an admin client per call, because a kafkajs admin keeps asking for
  * every topic it was ever asked about, and fails once one of them is deleted.
  */
-export function kafkajsTopicAdmin(kafka: Pick<Kafka, 'admin'>): TopicAdmin {
-  async function withAdmin<T>(work: (admin: Admin) => Promise<T>): Promise<T> {
-    const admin = kafka.admin();
+export function kafkajsTopicAdmin(newAdmin: () => KafkaAdmin): TopicAdmin {
+  async function withAdmin<T>(work: (admin: KafkaAdmin) => Promise<T>): Promise<T> {
+    const admin = newAdmin();
     await admin.connect();
     try {
       return await work(admin);

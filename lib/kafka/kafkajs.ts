@@ -1,5 +1,10 @@
 import type { ConnectionOptions } from 'node:tls';
-import { Kafka, logLevel, Partitioners, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
+import kafkajs, { Kafka, logLevel, Partitioners, type Admin, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
+
+// This module is the only one in lib/, services/ and cli/ that imports kafkajs: the admin-side types
+// and enums other modules need (topics, ACLs, offsets) come from here.
+export type { Admin as KafkaAdmin, AclEntry, ITopicConfig } from 'kafkajs';
+export const { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes, ConfigResourceTypes } = kafkajs;
 import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient, RecordBatch } from './types.ts';
 import type { KafkaTls } from '../config.ts';
 import type { Logger } from '../logger.ts';
@@ -99,6 +104,21 @@ export interface KafkajsOptions {
 export function kafkajsSsl(tls: KafkaTls | undefined): ConnectionOptions | undefined {
   if (!tls) return undefined;
   return { ...(tls.ca === undefined ? {} : { ca: [tls.ca] }), cert: tls.cert, key: tls.key };
+}
+
+export interface KafkajsAdminOptions {
+  readonly clientId: string;
+  readonly brokers: readonly string[];
+  readonly tls?: KafkaTls | undefined;
+}
+
+/**
+ * A kafkajs admin client (topics, ACLs, offsets, groups), not yet connected, with the same
+ * connection settings as the services' clients. Its own logs are off: callers report what fails.
+ */
+export function createKafkajsAdmin(options: KafkajsAdminOptions): Admin {
+  const ssl = kafkajsSsl(options.tls);
+  return new Kafka({ clientId: options.clientId, brokers: [...options.brokers], ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
 }
 
 /** The kafkajs implementation of the runtime's Kafka interface. */

@@ -1,12 +1,11 @@
 import { join } from 'node:path';
-import { Kafka, logLevel } from 'kafkajs';
 import { kafkaTlsOf } from '../config.ts';
 import { aclPlan, applyAcls, principalsFromEnv } from '../contracts/acls.ts';
 import { registerSchemas } from '../contracts/registry.ts';
 import { defaultSchemasDir } from '../contracts/schemas.ts';
 import { createTopics, topicSettingsFromEnv } from '../contracts/topics.ts';
 import { migrateUp } from '../db/migrate.ts';
-import { kafkajsSsl } from '../kafka/kafkajs.ts';
+import { createKafkajsAdmin } from '../kafka/kafkajs.ts';
 import type { Logger } from '../logger.ts';
 import type { ServiceConfig } from './context.ts';
 
@@ -27,8 +26,7 @@ export interface BootstrapReport {
 export async function bootstrapFleet(root: string, config: ServiceConfig, env: Record<string, string | undefined>, logger: Logger): Promise<BootstrapReport> {
   const principals = principalsFromEnv(env);
   const migrations = await migrateUp({ databaseUrl: config.DATABASE_URL, dir: join(root, 'migrations'), schema: config.DATABASE_SCHEMA, logger });
-  const ssl = kafkajsSsl(kafkaTlsOf(config));
-  const admin = new Kafka({ clientId: `${config.KAFKA_CLIENT_ID}-bootstrap`, brokers: config.KAFKA_BROKERS, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
+  const admin = createKafkajsAdmin({ clientId: `${config.KAFKA_CLIENT_ID}-bootstrap`, brokers: config.KAFKA_BROKERS, tls: kafkaTlsOf(config) });
   await admin.connect();
   const { topics, acls } = await (async () => {
     const created = await createTopics(admin, topicSettingsFromEnv(env), { prefix: config.TOPIC_PREFIX });

@@ -30,7 +30,7 @@ describe('DLQ list, show and replay', () => {
   const auditTopic = `${prefix}audit-events`;
   const codec = createAvroCodec({ registryUrl: env.SCHEMA_REGISTRY_URL ?? '', avroOptions: avroTypeOptions() });
   let pool: Pool;
-  const admin: TopicAdmin = kafkajsTopicAdmin(rawKafka());
+  const admin: TopicAdmin = kafkajsTopicAdmin(() => rawKafka().admin());
 
   beforeAll(async () => {
     await migrateUp({ databaseUrl: env.DATABASE_URL ?? '', dir: join(process.cwd(), 'migrations'), schema, logger: createLogger('test', 'silent') });
