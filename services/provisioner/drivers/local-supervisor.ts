@@ -35,6 +35,11 @@ export interface Instance {
   readonly gone: Array<() => void>;
 }
 
+/** The supervision state of an instance before anything has happened to it. */
+function notYetSupervised(): Pick<Instance, 'exited' | 'stopRequested' | 'suppressExit' | 'killAt' | 'killTimer' | 'readyTimer' | 'gone'> {
+  return { exited: false, stopRequested: false, suppressExit: false, killAt: null, killTimer: null, readyTimer: null, gone: [] };
+}
+
 export interface SupervisorOptions {
   readonly store: StateStore;
   readonly log: Logger;
@@ -174,13 +179,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       processStart: state.processStart,
       ready: state.ready,
       child: null,
-      exited: false,
-      stopRequested: false,
-      suppressExit: false,
-      killAt: null,
-      killTimer: null,
-      readyTimer: null,
-      gone: [],
+      ...notYetSupervised(),
     };
     instances.set(agentId, inst);
     log.info({ agentId, pid: inst.pid, fence: inst.fence }, 'adopted a running agent');
@@ -243,13 +242,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       processStart: processStartOf(pid),
       ready: false,
       child,
-      exited: false,
-      stopRequested: false,
-      suppressExit: false,
-      killAt: null,
-      killTimer: null,
-      readyTimer: null,
-      gone: [],
+      ...notYetSupervised(),
     };
     instances.set(agentId, inst);
     child.on('message', (message) => onMessage(inst, message));
