@@ -1,6 +1,19 @@
 import type { Logger } from '../logger.ts';
 import { errorMessage } from '../errors.ts';
 
+/** True when `work` settled (either way) within `ms`; it is not cancelled otherwise. */
+export async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([work.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export type CleanupStep = readonly [name: string, run: () => Promise<void>];
 
 /**

@@ -11,6 +11,7 @@ import { deadLetterRecord, dlqTopicOf } from './dlq.ts';
 import { FailureLedger, type HeadFailure } from './failures.ts';
 import { PartitionOffsets } from './offsets.ts';
 import { PauseTracker } from './pauses.ts';
+import { settlesWithin } from './shutdown.ts';
 import { backoffDelayMs, DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.ts';
 
 /** What a handler gets besides the decoded value. It never sees a Kafka client. */
@@ -227,19 +228,6 @@ const NO_ERROR: unique symbol = Symbol('no error');
 type Outcome = { readonly kind: 'done' } | { readonly kind: 'retry'; readonly delayMs: number };
 const DONE: Outcome = { kind: 'done' };
 const HEARTBEAT_EVERY_MS = 1_000;
-/** True when `work` settled within `ms`. */
-async function settledWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms);
-  });
-  try {
-    return await Promise.race([work.then(() => true, () => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** A dependency wait is logged at its start, then every this many retries (a long outage stays readable). */
 const LOG_WAIT_EVERY = 10;
 
@@ -576,7 +564,7 @@ export function createWorker<Value, Deps>(options: WorkerOptions<Value, Deps>, r
         // A handler stuck on a dependency that is down (e.g. a Redis command in the offline queue)
         // must not hold the drain until its grace runs out: past the wait its record is left
         // uncommitted, and the partition's next owner handles it again (at-least-once).
-        const drained = await settledWithin(Promise.allSettled([...inFlight]), drainWaitMs);
+        const drained = await settlesWithin(Promise.allSettled([...inFlight]), drainWaitMs);
         if (!drained) log.warn({ waitedMs: drainWaitMs, batches: inFlight.size }, 'in-flight records did not finish in time; leaving them uncommitted');
         await offsets.flush();
         await consumer.disconnect();

@@ -2,6 +2,7 @@ import { Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { errorMessage, retryableError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
+import { settlesWithin } from '../../lib/runtime/shutdown.ts';
 import type { TimerKind, TimerScheduler } from './apply.ts';
 import type { LifecycleInput } from './lifecycle.ts';
 
@@ -40,19 +41,6 @@ export interface BullmqTimersOptions {
   readonly concurrency?: number;
   /** How long a shutdown waits for BullMQ to close cleanly before cutting its connections. Default 5 s. */
   readonly closeWaitMs?: number;
-}
-
-/** True when `work` settled (either way) within `ms`. */
-async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms);
-  });
-  try {
-    return await Promise.race([work.then(() => true, () => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 export function timerJobId(job: TimerJob): string {

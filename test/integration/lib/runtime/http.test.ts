@@ -10,6 +10,7 @@ describe('ops HTTP listener', () => {
     metrics.recordsProcessed.inc({ topic: 't' }, 3);
     const kafka = createKafkajsClient({ clientId: 'ops-test', brokers: brokers(), tls: testTls(), logger: createLogger('ops-test', 'silent') });
     let accepting = true;
+    const logged: string[] = [];
     const ops = await startOpsServer({
       port: 0,
       host: '127.0.0.1',
@@ -18,14 +19,20 @@ describe('ops HTTP listener', () => {
       checks: [
         ['kafka', () => kafka.ping(3000)],
         ['unreachable', async () => false],
+        // A driver's message can name hosts, users and databases: logged, never answered.
+        ['postgres', () => Promise.reject(new Error('password authentication failed for user "svc_secret" at db.internal:5432'))],
       ],
+      onCheckError: (name, error) => logged.push(`${name}: ${String(error)}`),
     });
     const base = `http://127.0.0.1:${ops.port}`;
     try {
       expect((await fetch(`${base}/livez`)).status).toBe(200);
       const notReady = await fetch(`${base}/readyz`);
       expect(notReady.status).toBe(503);
-      expect(await notReady.json()).toMatchObject({ checks: { kafka: 'ok', unreachable: 'failing' } });
+      const body = await notReady.text();
+      expect(JSON.parse(body)).toMatchObject({ checks: { kafka: 'ok', unreachable: 'failing', postgres: 'error' } });
+      expect(body).not.toMatch(/svc_secret|db\.internal|password/);
+      expect(logged).toEqual([expect.stringContaining('svc_secret')]);
       const text = await (await fetch(`${base}/metrics`)).text();
       expect(text).toContain('agent_manager_records_processed_total{topic="t",service="ops-test"} 3');
       accepting = false;

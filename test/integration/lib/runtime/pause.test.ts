@@ -1,10 +1,10 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SchemaRegistry } from '@kafkajs/confluent-schema-registry';
 import { createWorker, type Worker } from '../../../../lib/runtime/worker.ts';
 import { retryableError } from '../../../../lib/errors.ts';
 import { testEnv, uniqueName } from '../../../support/stack.ts';
 import { createTestTopic, eventually, rawKafka, testRuntimeDeps, type TestEvent } from '../../../support/runtime.ts';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('pause and resume (safe mode) with the real broker', () => {
   const registry = new SchemaRegistry({ host: testEnv().SCHEMA_REGISTRY_URL ?? '' });
