@@ -108,6 +108,7 @@ const PG_CONNECTION_MESSAGE = /Connection terminated|not queryable|timeout excee
 const REDIS_CONNECTION_MESSAGE = /^Connection is closed|Stream isn't writeable|Reached the max retries per request limit/;
 
 interface ErrorShape {
+  dependency?: unknown;
   name?: unknown;
   code?: unknown;
   message?: unknown;
@@ -156,6 +157,9 @@ export function unavailableDependency(error: unknown): string | undefined {
       const code = current.code;
       hint ??= CODE_HINTS.find(([pattern]) => pattern.test(code))?.[1];
     } else {
+      // Marked by the client wrapper that knows which server it talks to (lib/db/pool.ts).
+      const marked = (current as ErrorShape).dependency;
+      if (typeof marked === 'string') return marked;
       const found = clientErrorDependency(current);
       if (found !== undefined) return found === 'network' ? (hint ?? found) : found;
       // fetch wraps the socket error: TypeError('fetch failed', { cause }).

@@ -168,15 +168,34 @@ function instrumentPool(pool: Pool): void {
   };
   // A client checked out with `pool.connect()` (a transaction, a handler) traces its queries
   // until it is released; `pool.query` checks clients out with a callback and is traced above.
+  // A checkout that fails (refused, timed out, refused login) means the database is unavailable,
+  // whatever the socket error says: the error is marked so (see unavailableDependency).
   const poolConnect = target.connect;
   target.connect = function (this: unknown, ...args: unknown[]) {
+    const callback = args[0];
+    if (typeof callback === 'function') {
+      args[0] = (error: unknown, ...rest: unknown[]) => (callback as AnyFunction).call(undefined, markUnavailable(error), ...rest);
+      return poolConnect.apply(this, args);
+    }
     const result = poolConnect.apply(this, args);
-    if (args.length > 0 || !(result instanceof Promise)) return result;
-    return result.then((client: unknown) => {
-      traceCheckout(client as PoolClient);
-      return client;
-    });
+    if (!(result instanceof Promise)) return result;
+    return result.then(
+      (client: unknown) => {
+        traceCheckout(client as PoolClient);
+        return client;
+      },
+      (error: unknown) => {
+        throw markUnavailable(error);
+      },
+    );
   };
+}
+
+function markUnavailable(error: unknown): unknown {
+  if (typeof error === 'object' && error !== null && !Object.hasOwn(error, 'dependency')) {
+    Object.defineProperty(error, 'dependency', { value: 'postgres', enumerable: false });
+  }
+  return error;
 }
 
 function traceCheckout(client: PoolClient): void {

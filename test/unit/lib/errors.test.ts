@@ -59,6 +59,13 @@ describe('unavailableDependency: an outage is not the record’s fault', () => {
     expect(unavailableDependency(Object.assign(new Error('no such key'), { name: 'NoSuchKey', $metadata: { httpStatusCode: 404 } }))).toBeUndefined();
   });
 
+  it('reads the mark a client wrapper puts on its errors (a failed pool checkout is Postgres’s, whatever the socket says)', () => {
+    const refused = socketError('ECONNREFUSED');
+    Object.defineProperty(refused, 'dependency', { value: 'postgres', enumerable: false });
+    expect(unavailableDependency(refused)).toBe('postgres');
+    expect(unavailableDependency(retryableError('TIMER_SCHEDULE_FAILED', 'x', refused))).toBe('postgres');
+  });
+
   it('maps the codes of modules that predate unavailableError', () => {
     expect(unavailableDependency(retryableError('VAULT_TIMEOUT', 'Vault did not answer'))).toBe('vault');
     expect(unavailableDependency(retryableError('SCHEMA_REGISTRY_UNAVAILABLE', 'x'))).toBe('registry');
