@@ -1,6 +1,6 @@
-import { Queue, Worker, type Job } from 'bullmq';
+import { DelayedError, Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { errorMessage, retryableError } from '../../lib/errors.ts';
+import { errorMessage, retryableError, unavailableDependency } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { settlesWithin } from '../../lib/runtime/shutdown.ts';
 import type { TimerKind, TimerScheduler } from './apply.ts';
@@ -41,6 +41,8 @@ export interface BullmqTimersOptions {
   readonly concurrency?: number;
   /** How long a shutdown waits for BullMQ to close cleanly before cutting its connections. Default 5 s. */
   readonly closeWaitMs?: number;
+  /** How long a timer that came due while a dependency was down waits before it is delivered again. Default 5 s. */
+  readonly unavailableDelayMs?: number;
 }
 
 export function timerJobId(job: TimerJob): string {
@@ -57,6 +59,7 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
   const name = options.queueName ?? 'agent-timers';
   const log = options.logger.child({ component: 'timers' });
   const closeWaitMs = options.closeWaitMs ?? 5_000;
+  const unavailableDelayMs = options.unavailableDelayMs ?? 5_000;
   const queue = new Queue<TimerJob>(name, { connection: options.connection, prefix: options.prefix });
   let worker: Worker<TimerJob> | undefined;
   // BullMQ closes only the connections it created; this one is ours to close.
@@ -90,8 +93,18 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
       workerConnection = options.connection.duplicate({ maxRetriesPerRequest: null });
       worker = new Worker<TimerJob>(
         name,
-        async (job: Job<TimerJob>) => {
-          await options.onDue(job.data.agentId, timerInput(job.data));
+        async (job: Job<TimerJob>, token?: string) => {
+          try {
+            await options.onDue(job.data.agentId, timerInput(job.data));
+          } catch (error) {
+            // A dependency being down (Postgres, Kafka) must not use up the job's attempts (a timer
+            // lost after a long outage): it waits, delayed again, for as long as the outage lasts.
+            const dependency = unavailableDependency(error);
+            if (dependency === undefined || token === undefined) throw error;
+            log.warn({ jobId: job.id, dependency, err: errorMessage(error) }, 'timer due while a dependency is down; delaying it');
+            await job.moveToDelayed(Date.now() + unavailableDelayMs, token);
+            throw new DelayedError();
+          }
         },
         { connection: workerConnection, prefix: options.prefix, concurrency: options.concurrency ?? 16 },
       );
