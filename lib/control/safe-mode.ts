@@ -74,9 +74,13 @@ export function watchSafeMode(pool: Pool, options: { intervalMs: number; logger:
   let wanted = false;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
+  /** Failed polls in a row: an outage is logged when it starts and when it ends, not on every poll. */
+  let failures = 0;
   const poll = async () => {
     try {
       const state = await readSafeMode(pool);
+      if (failures > 0) options.logger.info({ failedPolls: failures }, 'safe mode read again');
+      failures = 0;
       wanted = state.enabled;
       if (state.enabled !== enabled) {
         options.logger.warn({ safeMode: state.enabled, reason: state.reason, by: state.updatedBy }, state.enabled ? 'safe mode ON' : 'safe mode off');
@@ -86,7 +90,7 @@ export function watchSafeMode(pool: Pool, options: { intervalMs: number; logger:
       }
     } catch (error) {
       // Keep the last known state: a database blip must not release held commands.
-      options.logger.warn({ err: errorMessage(error) }, 'safe mode not read or not applied; keeping the last known state, retrying');
+      if (failures++ === 0) options.logger.warn({ err: errorMessage(error) }, 'safe mode not read or not applied; keeping the last known state, retrying');
     }
     if (!stopped) {
       timer = setTimeout(() => void poll(), options.intervalMs);
