@@ -3,7 +3,7 @@ import { buildAuditEvent } from '../../lib/audit.ts';
 import { createKeyedQueue } from '../../lib/keyed-queue.ts';
 import type { AgentCommand, AgentSpec, AgentState, AgentStatus } from '../../lib/contracts/types.ts';
 import { withTransaction, type Pool, type PoolClient } from '../../lib/db/pool.ts';
-import { errorCode, errorMessage, isRetryable } from '../../lib/errors.ts';
+import { errorCode, errorMessage, isRetryable, unavailableError } from '../../lib/errors.ts';
 import { assertFence, isStaleFence, type LeaderFence } from '../../lib/leader/fence.ts';
 import type { AvroCodec } from '../../lib/kafka/avro.ts';
 import type { Logger } from '../../lib/logger.ts';
@@ -293,6 +293,11 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           },
           usage,
         );
+        if (decision.unavailable) {
+          // Nothing is provisioned (fail closed), and nothing is rejected for an outage: the agent
+          // stays PROVISIONING and the reconciler asks again once the check counts as stuck.
+          throw unavailableError('policy', 'POLICY_UNAVAILABLE', decision.reasons.join('; '));
+        }
         deps.metrics?.policyDecisions.inc({ allow: String(decision.allow), source: decision.source });
         const audit = { policy: { allow: decision.allow, reasons: decision.reasons, source: decision.source } };
         return decision.allow

@@ -180,10 +180,11 @@ export function createPolicyDecider(options: PolicyDeciderOptions): PolicyDecide
         text = await response.text();
       } catch (error) {
         // The deadline is the only abort: whatever error the abort surfaced as, it is the timeout.
-        return failClosed(describeFailure(signal.aborted ? signal.reason : error, endpoint, timeoutMs));
+        return failClosed(describeFailure(signal.aborted ? signal.reason : error, endpoint, timeoutMs), 'remote', { unavailable: true });
       }
       if (status < 200 || status > 299) {
-        return failClosed(`the policy engine at ${endpoint} answered HTTP ${status}${text.trim() === '' ? '' : `: ${quote(text)}`}`);
+        // 5xx: the engine is down or overloaded; 4xx: it refuses this request (a wrong path, a bad input).
+        return failClosed(`the policy engine at ${endpoint} answered HTTP ${status}${text.trim() === '' ? '' : `: ${quote(text)}`}`, 'remote', { unavailable: status >= 500 });
       }
       let parsed: unknown;
       try {

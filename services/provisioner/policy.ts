@@ -42,6 +42,11 @@ export interface PolicyDecision {
   readonly allow: boolean;
   readonly reasons: readonly string[];
   readonly source: 'local' | 'remote';
+  /**
+   * The engine could not be asked (no answer in time, connection refused, HTTP 5xx): still a deny,
+   * but an outage's, not a verdict on the agent, so the caller asks again later instead of rejecting.
+   */
+  readonly unavailable?: true;
 }
 
 const REGISTRY_ENTRY = /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(\/[a-z0-9._-]+)*$/;
@@ -176,8 +181,8 @@ export function evaluateLocalPolicy(input: PolicyInput, usage: DivisionUsage, po
 }
 
 /** A deny for when no decision could be had (engine unreachable, timeout, bad answer). */
-export function failClosed(reason: string, source: PolicyDecision['source'] = 'remote'): PolicyDecision {
-  return { allow: false, reasons: [`policy decision unavailable, failing closed: ${reason}`], source };
+export function failClosed(reason: string, source: PolicyDecision['source'] = 'remote', options: { unavailable?: boolean } = {}): PolicyDecision {
+  return { allow: false, reasons: [`policy decision unavailable, failing closed: ${reason}`], source, ...(options.unavailable ? { unavailable: true as const } : {}) };
 }
 
 // -------------------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ describe('policy client against servers that fail', () => {
         allow: false,
         reasons: [`${FAIL}timeout: no answer from the policy engine at http://127.0.0.1:${port}/v1/data/agentmanager/provisioning within 300 ms`],
         source: 'remote',
+        unavailable: true,
       });
     } finally {
       for (const socket of sockets) socket.destroy();
@@ -128,6 +129,7 @@ describe('policy client against servers that fail', () => {
       allow: false,
       reasons: [`${FAIL}connection refused by the policy engine at http://127.0.0.1:${port}/v1/data/agentmanager/provisioning`],
       source: 'remote',
+      unavailable: true,
     });
   });
 });

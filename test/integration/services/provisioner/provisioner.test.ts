@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
 import { Kafka, type Producer } from 'kafkajs';
 import type { AgentCommand } from '../../../../lib/contracts/types.ts';
 import { createServiceContext, loadServiceConfig, type ServiceContext } from '../../../../lib/service/context.ts';
 import { loadProvisionerConfig, startProvisioner } from '../../../../services/provisioner/main.ts';
 import { eventually } from '../../../support/runtime.ts';
-import { testKafkaConfig } from '../../../support/stack.ts';
+import { testEnv, testKafkaConfig } from '../../../support/stack.ts';
 import { createFleetWorld, watchStatus, type FleetWorld, type StatusWatcher } from '../../../support/fleet.ts';
 
 jest.setTimeout(120_000);
@@ -117,5 +118,58 @@ describe('provisioner start deadlines (BullMQ delayed jobs)', () => {
     const reasons = (status.states.get(agentId) ?? []).map((s) => s.reason ?? '');
     expect(reasons.filter((r) => /retrying in \d+ ms/.test(r))).toHaveLength(2);
     expect(status.last(agentId)?.reason).toMatch(/gave up after 3 of 3 attempts/);
+  });
+});
+
+describe('provisioner while the policy engine is down (an outage, not a denial)', () => {
+  let world: FleetWorld;
+  let ctx: ServiceContext;
+  let producer: Producer;
+  let status: StatusWatcher;
+  // A stand-in for SentinelNet's address: refuses while `down`, else forwards to the stack's real OPA.
+  const engine = { down: true };
+  let gateway: Server;
+
+  beforeAll(async () => {
+    const opa = testEnv().OPA_URL ?? '';
+    gateway = createServer((request, response) => {
+      if (engine.down) {
+        request.socket.destroy();
+        return;
+      }
+      const chunks: Buffer[] = [];
+      request.on('data', (chunk: Buffer) => chunks.push(chunk));
+      request.on('end', () => {
+        void fetch(`${opa}${request.url ?? ''}`, { method: request.method ?? 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.concat(chunks) })
+          .then(async (answer) => response.writeHead(answer.status, { 'content-type': 'application/json' }).end(await answer.text()))
+          .catch(() => request.socket.destroy());
+      });
+    });
+    await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
+    const address = gateway.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+    ({ world, ctx, producer, status } = await startWorld('prov-policy-down', { SENTINELNET_URL: `http://127.0.0.1:${port}`, SENTINELNET_TIMEOUT_MS: '500' }));
+  });
+
+  afterAll(async () => {
+    await status?.stop();
+    await producer?.disconnect();
+    await ctx?.shutdown();
+    await world?.teardown();
+    await new Promise<void>((resolve) => (gateway ? gateway.close(() => resolve()) : resolve()));
+  });
+
+  it('keeps the agent PENDING (nothing provisioned, nothing rejected) and provisions it once the engine answers', async () => {
+    const agentId = randomUUID();
+    await send(world, producer, [command(agentId, 'INSTANTIATE')]);
+    await eventually(() => status.lastState(agentId) === 'PENDING', 30_000, 'PENDING');
+    // Several reconciler rounds (RECONCILE_STUCK_AFTER_MS is 3 s in the fleet world) with the engine down.
+    await new Promise((r) => setTimeout(r, 5_000));
+    expect(status.lastState(agentId)).toBe('PENDING');
+    expect(status.history(agentId)).not.toContain('REJECTED');
+    engine.down = false;
+    await eventually(() => status.lastState(agentId) === 'RUNNING', 60_000, 'RUNNING once the engine is back');
+    expect(status.history(agentId)).toEqual(['PENDING', 'PROVISIONING', 'STARTING', 'RUNNING']);
+    expect(await ctx.metrics.registry.getSingleMetricAsString('agent_manager_policy_decisions_total')).toMatch(/allow="true",source="remote"[^}]*\} [1-9]/);
   });
 });

@@ -173,6 +173,8 @@ describe('createPolicyDecider, remote mode (OPA Data API)', () => {
       expect(decision.reasons).toHaveLength(1);
       expect(decision.reasons[0]?.startsWith(FAIL)).toBe(true);
       expect(decision.reasons[0]).toMatch(reason);
+      // Only a 5xx is the engine's outage (asked again later); the rest are answers that deny.
+      expect(decision.unavailable).toBe(_what === 'a 500 status' ? true : undefined);
     });
 
     it('quotes at most 200 characters of an error body', async () => {
@@ -197,7 +199,7 @@ describe('createPolicyDecider, remote mode (OPA Data API)', () => {
         throw failure;
       });
       const decision = await decider.decide(request(), none);
-      expect(decision).toMatchObject({ allow: false, source: 'remote' });
+      expect(decision).toMatchObject({ allow: false, source: 'remote', unavailable: true });
       expect(decision.reasons[0]?.startsWith(FAIL)).toBe(true);
       expect(decision.reasons[0]).toMatch(reason);
     });
@@ -228,6 +230,7 @@ describe('createPolicyDecider, remote mode (OPA Data API)', () => {
         allow: false,
         reasons: [`${FAIL}timeout: no answer from the policy engine at ${ENDPOINT} within 50 ms`],
         source: 'remote',
+        unavailable: true,
       });
     });
 
