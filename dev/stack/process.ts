@@ -1,5 +1,6 @@
 import { spawn, execFile } from 'node:child_process';
 import { openSync, closeSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { permanentError, retryableError } from '../../lib/errors.ts';
 import type { ComponentStatus } from './types.ts';
@@ -51,7 +52,6 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Stops the process group started by spawnDetached: `signal` first, SIGKILL after the grace. */
 export async function stopProcessGroup(pidFile: string, signal: NodeJS.Signals, graceMs: number): Promise<boolean> {

@@ -35,7 +35,7 @@ import { errorCode, errorMessage, isAppError, permanentError, retryableError, ty
 import type { Logger } from '../../lib/logger.ts';
 import { ANY, isKnownIdentity, mayRead, readableDivisions } from './authz.ts';
 import { isUuid } from './idempotency.ts';
-import { countDecision, processRequest, type ProcessDeps, type RejectionCode, type RequestOutcome } from './process-request.ts';
+import { countDecision, processRequest, type ProcessDeps, type RejectionCode, type RequestOutcome, type RequestRow } from './process-request.ts';
 import { parseAgentRequestRecord } from './validation.ts';
 
 export interface ApiTls {
@@ -262,21 +262,13 @@ function agentJson(row: AgentRow) {
   };
 }
 
-interface RequestRow {
-  request_id: string;
-  idempotency_key: string;
-  payload_hash: string;
-  action: string;
-  agent_id: string | null;
-  division: string;
+/** A `requests` row as the API shows it: who asked, and when. */
+interface RequestRowShown extends RequestRow {
   requested_by: string;
-  outcome: string;
-  reason: string;
-  command_id: string | null;
   created_at: Date;
 }
 
-function requestJson(row: RequestRow) {
+function requestJson(row: RequestRowShown) {
   const code = row.outcome === 'REJECTED' ? (/^([A-Z_]+): /.exec(row.reason)?.[1] ?? null) : null;
   return {
     requestId: row.request_id,
@@ -431,7 +423,7 @@ export function buildApi(options: ApiOptions): IngestApi {
     routes.get('/v1/requests/:id', { preHandler: requireReader }, async (request, reply) => {
       const { id } = request.params as { id: string };
       if (!isUuid(id)) throw apiError(400, 'INVALID_ID', `request id ${JSON.stringify(id)} is not a lower-case uuid`);
-      const rows = await read<RequestRow>(
+      const rows = await read<RequestRowShown>(
         'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id, created_at FROM requests WHERE request_id = $1',
         [id],
       );

@@ -90,7 +90,8 @@ const IDEMPOTENCY_LOCK_CLASS = 0x1_4e57;
 
 export const ACCEPTED_REASON = 'request accepted';
 
-interface RequestRow {
+/** A row of `requests`, as ingest reads it. */
+export interface RequestRow {
   request_id: string;
   idempotency_key: string;
   payload_hash: string;

@@ -380,6 +380,16 @@ const STARTED: Readonly<Partial<Record<LifecycleInputType, Handler>>> = {
   PROCESS_EXITED: onExit,
 };
 
+/** START or RESTART while STOPPING: start again once stopped, unless it is stopping to be destroyed. */
+const startOnceStopped =
+  (command: 'START' | 'RESTART'): Handler =>
+  (s, i) =>
+    s.afterStop === null
+      ? move(s, 'STOPPING', { afterStop: 'START', restarts: 0 }, [], withReason(`${command.toLowerCase()} requested; starting once stopped`, i))
+      : s.afterStop === 'START'
+        ? noop(s, `${command}: agent already restarts once stopped`)
+        : reject('INVALID_TRANSITION', `${command}: agent is being stopped for destruction`);
+
 const TABLE: Readonly<Record<AgentState, Readonly<Partial<Record<LifecycleInputType, Handler>>>>> = {
   PENDING: {
     INSTANTIATE: repeatInstantiate,
@@ -456,18 +466,8 @@ const TABLE: Readonly<Record<AgentState, Readonly<Partial<Record<LifecycleInputT
   },
   STOPPING: {
     INSTANTIATE: repeatInstantiate,
-    START: (s, i) =>
-      s.afterStop === null
-        ? move(s, 'STOPPING', { afterStop: 'START', restarts: 0 }, [], withReason('start requested; starting once stopped', i))
-        : s.afterStop === 'START'
-          ? noop(s, 'START: agent already restarts once stopped')
-          : reject('INVALID_TRANSITION', 'START: agent is being stopped for destruction'),
-    RESTART: (s, i) =>
-      s.afterStop === null
-        ? move(s, 'STOPPING', { afterStop: 'START', restarts: 0 }, [], withReason('restart requested; starting once stopped', i))
-        : s.afterStop === 'START'
-          ? noop(s, 'RESTART: agent already restarts once stopped')
-          : reject('INVALID_TRANSITION', 'RESTART: agent is being stopped for destruction'),
+    START: startOnceStopped('START'),
+    RESTART: startOnceStopped('RESTART'),
     STOP: (s, i) =>
       s.afterStop === null
         ? noop(s, 'STOP: agent is already STOPPING')
