@@ -1,15 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
-import { stackContext } from '../../dev/stack/index.ts';
-import { schemaRegistryComponent } from '../../dev/stack/schema-registry.ts';
+import { restartWholeStack } from '../support/outage.ts';
 import { createAvroCodec } from '../../lib/kafka/avro.ts';
 import { createTestTopic, rawKafka, readRecords, TEST_SCHEMA, type TestEvent } from '../support/runtime.ts';
 import { testEnv, uniqueName } from '../support/stack.ts';
 
 // Kafka keeps records with the schema ids they were encoded with, so the ids must outlive the
-// registry: this restarts the stack's registry process (only it, through the stack's own
-// stop/start, as `stack down && stack up` does for that component) with records already on a topic.
-// Run serially after the other suites: every client of the registry sees it go away.
+// registry: this runs `stack down && stack up` (the stack's own stackDown/stackUp) with records
+// already on a topic. Run serially after the other suites: every server goes away for a while.
 jest.setTimeout(240_000);
 
 const registryUrl = testEnv().SCHEMA_REGISTRY_URL ?? '';
@@ -21,21 +19,17 @@ async function schemaById(id: number): Promise<unknown> {
   return JSON.parse(body.schema) as unknown;
 }
 
-describe('schema registry persistence across a restart', () => {
-  const ctx = stackContext(process.cwd(), () => undefined);
-  const registry = schemaRegistryComponent();
+describe('schema registry persistence across stack down && stack up', () => {
   const topic = uniqueName('outage-registry');
   const otherSubject = `${uniqueName('outage-registry-other')}-value`;
   let cleanup: (() => Promise<void>) | undefined;
 
   afterAll(async () => {
-    // Whatever happened above, leave the stack's registry running.
-    await registry.start(ctx);
     await cleanup?.();
     await fetch(`${registryUrl}/subjects/${encodeURIComponent(otherSubject)}`, { method: 'DELETE' }).catch(() => undefined);
   });
 
-  it('resolves a schema id to the same schema after the registry restarts, and records on a topic still decode', async () => {
+  it('resolves a schema id to the same schema after the stack restarts, and records on a topic still decode', async () => {
     cleanup = await createTestTopic(topic, 1);
     const writer = createAvroCodec({ registryUrl });
     const events: TestEvent[] = Array.from({ length: 5 }, (_, seq) => ({ id: randomUUID(), seq, kind: seq % 2 === 0 ? 'even' : 'odd' }));
@@ -51,9 +45,9 @@ describe('schema registry persistence across a restart', () => {
     }
     expect(await schemaById(id)).toEqual(TEST_SCHEMA);
 
-    expect(await registry.stop(ctx)).toBe(true);
-    expect((await registry.status(ctx)).health).toBe('down');
-    expect(await registry.start(ctx)).toBe('started');
+    const restarted = await restartWholeStack();
+    // Every server was stopped and started again by the stack (none was merely found running).
+    expect(restarted.filter((r) => r.outcome !== 'started')).toEqual([]);
 
     // A schema registered first after the restart gets a new id (in memory it could take the old one).
     const other = await new SchemaRegistry({ host: registryUrl }).register(

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { localStackEnv, stackComponents, stackContext } from '../../dev/stack/index.ts';
+import { localStackEnv, stackComponents, stackContext, stackDown, stackUp, type UpResult } from '../../dev/stack/index.ts';
 import type { StackComponent } from '../../dev/stack/types.ts';
 
 /**
@@ -57,4 +57,14 @@ export async function outage(name: OutageTarget, ms: number, during?: () => Prom
   } finally {
     await startServer(name);
   }
+}
+
+/** `stack down && stack up` of the whole local stack; every component must come back. */
+export async function restartWholeStack(): Promise<UpResult[]> {
+  const ctx = context();
+  await stackDown(ctx);
+  const results = await stackUp(ctx);
+  const failed = results.filter((r) => r.outcome === 'failed');
+  if (failed.length > 0) throw new Error(`stack up after stack down failed: ${failed.map((r) => `${r.component}: ${r.error ?? 'failed'}`).join('; ')}`);
+  return results;
 }
