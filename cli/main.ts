@@ -4,7 +4,6 @@ import { registerContractCommands } from './contracts.ts';
 import { registerDlqCommands } from './dlq.ts';
 import { registerStackCommands } from './stack.ts';
 import { registerServiceCommands } from './services.ts';
-import { formatSummary, runDemo } from './demo.ts';
 
 /** Builds the `agent-manager` command tree; `root` is the project folder (where `.stack/` lives). */
 export function buildCli(root: string, setExitCode: (code: number) => void): Command {
@@ -31,6 +30,8 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
       const agents = Number(options.agents);
       const phaseTimeoutMs = Number(options.phaseTimeout) * 1000;
       if (!Number.isInteger(agents) || agents < 1 || agents > 500) throw new CommanderError(2, 'USAGE', '--agents expects an integer from 1 to 500');
+      // Loaded here: the demo's scripted Kernel and stack are development tooling (dev/), not part of a deployed service.
+      const { formatSummary, runDemo } = await import('./demo.ts');
       const summary = await runDemo(root, { agents, phaseTimeoutMs });
       console.log(formatSummary(summary));
       setExitCode(summary.failed === 0 && summary.destroyed === agents ? 0 : 1);

@@ -1,7 +1,12 @@
 import type { Command } from 'commander';
-import { kafkaStackEnv, STACK_PRINCIPALS } from '../dev/stack/endpoints.ts';
-import { stackContext, stackDown, stackEnv, stackStatus, stackUp } from '../dev/stack/index.ts';
 import { permanentError } from '../lib/errors.ts';
+
+/**
+ * The local stack's code (and its development-only dependencies, such as node-forge for the stack's
+ * CA) is loaded only by the commands that use it: a deployed image runs `agent-manager run` without it.
+ */
+const devStack = () => import('../dev/stack/index.ts');
+const devEndpoints = () => import('../dev/stack/endpoints.ts');
 
 const elapsed = (since: number) => `${((Date.now() - since) / 1000).toFixed(1)}s`;
 
@@ -13,6 +18,7 @@ function progressPrinter(): (line: string) => void {
 /** `stack up`: returns false when a component failed (each failure was already reported). */
 export async function runStackUp(root: string): Promise<boolean> {
   const started = Date.now();
+  const { stackContext, stackUp } = await devStack();
   const ctx = stackContext(root, progressPrinter());
   const results = await stackUp(ctx);
   const failed = results.filter((r) => r.outcome === 'failed');
@@ -26,6 +32,7 @@ export async function runStackUp(root: string): Promise<boolean> {
 
 /** Prints one line per component; returns whether all are healthy. */
 export async function printStatus(root: string): Promise<boolean> {
+  const { stackContext, stackStatus } = await devStack();
   const statuses = await stackStatus(stackContext(root, () => undefined));
   const rows = statuses.map((s) => [s.name, s.health, s.address, s.owner === 'stack' ? `pid ${s.pid}` : s.owner, s.version]);
   const header = ['COMPONENT', 'HEALTH', 'ADDRESS', 'OWNER', 'VERSION'];
@@ -50,6 +57,7 @@ export function registerStackCommands(program: Command, root: string, setExitCod
     .command('down')
     .description('Stop the components this stack started (servers it reused are left alone).')
     .action(async () => {
+      const { stackContext, stackDown } = await devStack();
       await stackDown(stackContext(root, progressPrinter()));
     });
 
@@ -68,11 +76,13 @@ export function registerStackCommands(program: Command, root: string, setExitCod
         "handed by the provisioner to the agents it starts; KERNEL_KAFKA_SSL_* the Kernel's.",
     )
     .option('--export', 'print `export KEY=value` lines, for `eval "$(npx agent-manager stack env --export)"`')
-    .option('--as <principal>', `connect to Kafka as this principal: ${STACK_PRINCIPALS.filter((p) => p !== 'broker').join(', ')}`, 'admin')
+    .option('--as <principal>', 'connect to Kafka as this principal: admin (the operator), kernel, ingest, provisioner, heartbeat, archiver or agent', 'admin')
     .option('--librdkafka', "print the principal's Kafka client properties in librdkafka's terms instead (bootstrap.servers, security.protocol, ssl.*.location)")
-    .action((options: { export?: boolean; as: string; librdkafka?: boolean }) => {
+    .action(async (options: { export?: boolean; as: string; librdkafka?: boolean }) => {
+      const { kafkaStackEnv, STACK_PRINCIPALS } = await devEndpoints();
       const principal = STACK_PRINCIPALS.find((p) => p === options.as && p !== 'broker');
       if (principal === undefined) throw permanentError('USAGE', `unknown principal "${options.as}": expected ${STACK_PRINCIPALS.filter((p) => p !== 'broker').join(', ')}`);
+      const { stackContext, stackEnv } = await devStack();
       const ctx = stackContext(root, () => undefined);
       const env = { ...stackEnv(ctx), ...kafkaStackEnv(ctx.stackDir, principal) };
       if (options.librdkafka) {
