@@ -14,7 +14,8 @@ export type { ComponentStatus, StackContext } from './types.ts';
 export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
 
 export function stackComponents(): StackComponent[] {
-  return [kafkaComponent(), schemaRegistryComponent(), postgresComponent(), redisComponent(), s3Component(), opaComponent(), vaultComponent()];
+  // In dependency order (the registry keeps its schemas in Postgres): `stack down` stops in reverse.
+  return [kafkaComponent(), postgresComponent(), schemaRegistryComponent(), redisComponent(), s3Component(), opaComponent(), vaultComponent()];
 }
 
 export function stackContext(root: string, progress: (line: string) => void, env: NodeJS.ProcessEnv = process.env): StackContext {
@@ -53,7 +54,7 @@ export async function stackUp(ctx: StackContext, components = stackComponents())
 }
 
 export async function stackDown(ctx: StackContext, components = stackComponents()): Promise<void> {
-  // Reverse order: clients of Kafka (none here) first, Kafka last so it can flush cleanly.
+  // Reverse order: dependents first (the registry before Postgres), Kafka last so it can flush cleanly.
   for (const component of [...components].reverse()) {
     const stopped = await component.stop(ctx).catch((error: unknown) => {
       ctx.progress(`${component.name}: stop failed: ${errorMessage(error)}`);

@@ -5,7 +5,8 @@ import { Kafka, logLevel } from 'kafkajs';
 import { kafkaStackEnv, LOCAL_STACK } from './endpoints.ts';
 import { ensureMaven, findJava } from './install.ts';
 import { ensureStackPki, stackPkiFiles, SUPER_PRINCIPALS, type StackPkiFiles, type StackPrincipal } from './pki.ts';
-import { isAlive, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
+import { isAlive, portInUse, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
+import { permanentError } from '../../lib/errors.ts';
 import type { StackComponent, StackContext } from './types.ts';
 
 const KAFKA_VERSION = '4.1.1';
@@ -156,6 +157,14 @@ export function kafkaComponent(): StackComponent {
         await run('kafka: storage format', java, ['-cp', classpath, 'kafka.tools.StorageTool', 'format', '--standalone', '-t', clusterId, '-c', properties, '--ignore-formatted'], {
           logFile: d.log,
         });
+      }
+      for (const port of [LOCAL_STACK.kafka.port, LOCAL_STACK.kafka.controllerPort]) {
+        if (await portInUse(LOCAL_STACK.kafka.host, port)) {
+          throw permanentError(
+            'STACK_PORT_IN_USE',
+            `kafka: ${LOCAL_STACK.kafka.host}:${port} is held by a process this stack did not start (another checkout's stack, or another broker); stop it (its own \`agent-manager stack down\`) and run stack up again`,
+          );
+        }
       }
       ctx.progress(`kafka: starting on ${address}`);
       const pid = spawnDetached({

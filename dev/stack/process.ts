@@ -1,6 +1,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { openSync, closeSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { connect } from 'node:net';
 import { promisify } from 'node:util';
 import { permanentError, retryableError } from '../../lib/errors.ts';
 import type { ComponentStatus } from './types.ts';
@@ -154,6 +155,20 @@ export async function processStatus(
     owner: owned ? 'stack' : up ? 'external' : 'none',
     pid: owned ? pid : undefined,
   };
+}
+
+/** True when something accepts TCP connections on `host:port`. */
+export function portInUse(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (inUse: boolean) => {
+      socket.destroy();
+      resolve(inUse);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 /** True when `url` answers 2xx within the timeout (an HTTP server's health check). */

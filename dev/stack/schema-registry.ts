@@ -140,6 +140,15 @@ export function schemaRegistryComponent(): StackComponent {
         }
         ctx.progress(`schema-registry: restarting: it runs with other storage settings than SQL storage in Postgres database ${REGISTRY_DATABASE}`);
         await stopProcessGroup(d.pid, 'SIGTERM', 20_000);
+      } else {
+        // Ours, alive but not answering yet (starting, or waiting for Postgres): wait for it rather
+        // than start a second one that could not bind the port.
+        const pid = readPid(d.pid);
+        if (pid !== undefined && isAlive(pid) && storageArgs.every((arg) => commandLine(pid).includes(arg))) {
+          await waitUntil(name, healthy, { timeoutMs: 120_000, logFile: d.log, pid });
+          await ensureGlobalBackwardRule();
+          return 'reused';
+        }
       }
       await ensureRegistryDatabase(storage.adminUrl, d.log);
       // Apicurio 3.x is compiled for Java 21.

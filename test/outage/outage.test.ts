@@ -98,7 +98,7 @@ describe('an outage delays work, never dead-letters it', () => {
 
   beforeAll(async () => {
     const port = await freePort();
-    world = await createFleetWorld('outage', { PROVISIONER_DRIVER: 'simulated', HTTP_PORT: String(port), HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '25000' });
+    world = await createFleetWorld('outage', { PROVISIONER_DRIVER: 'simulated', HTTP_PORT: String(port), HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '60000' });
     fleet = spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', 'all'], { env: { ...process.env, ...world.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     const keep = (chunk: Buffer) => {
       fleetLog = (fleetLog + chunk.toString()).slice(-200_000);
@@ -209,9 +209,10 @@ describe('an outage delays work, never dead-letters it', () => {
     const stopped = Date.now();
     draining = true;
     fleet.kill('SIGTERM');
-    const exit = await within('the fleet drain', 30_000, new Promise<number | null>((resolve) => fleet.once('exit', (code) => resolve(code))));
+    const exit = await within('the fleet drain', 70_000, new Promise<number | null>((resolve) => fleet.once('exit', (code) => resolve(code))));
     if (exit !== 0) console.error(fleetLog.slice(-20_000));
     expect(exit).toBe(0);
-    expect(Date.now() - stopped).toBeLessThan(20_000);
+    // Well inside the 60 s grace: the drain finished by itself instead of running out the clock.
+    expect(Date.now() - stopped).toBeLessThan(40_000);
   });
 });

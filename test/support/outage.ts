@@ -27,7 +27,11 @@ function context() {
 }
 
 export async function stopServer(name: OutageTarget): Promise<void> {
-  await component(name).stop(context());
+  // A server this checkout's stack did not start (reused from elsewhere) cannot be stopped here: say
+  // so now rather than let a test pass or fail on an outage that never happened.
+  if (!(await component(name).stop(context()))) {
+    throw new Error(`${name} was not started by this checkout's stack (no pid file): test/outage/ needs to own it; stop the other one and run \`npx agent-manager stack up\``);
+  }
 }
 
 /** Starts it again and waits until it answers (the component's own start-up check). */

@@ -205,7 +205,8 @@ describe('DLQ list, show and replay', () => {
     try {
       const started = Date.now();
       expect(await readDlq({ kafka: deps.kafka, admin, topic: `${topic}.dlq`, groupId: uniqueName(`${prefix}g`) }, () => undefined)).toMatchObject({ read: 0, partitions: [{ partition: 0, low: '0', high: '0' }] });
-      expect(Date.now() - started).toBeLessThan(5_000);
+      // An empty DLQ ends the read at once instead of waiting out the reader's 30 s no-progress limit.
+      expect(Date.now() - started).toBeLessThan(25_000);
     } finally {
       await cleanup();
     }

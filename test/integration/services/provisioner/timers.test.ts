@@ -17,6 +17,7 @@ describe('BullMQ timers on the real Redis', () => {
       prefix,
       logger: createLogger('timers-test', 'silent'),
       unavailableDelayMs: 50,
+      closeWaitMs: 2_000,
       onDue: async () => {
         calls++;
         if (calls <= outageCalls) throw retryableError('DATABASE_UNAVAILABLE', 'Postgres failed', unavailableError('postgres', 'PG_DOWN', 'connection refused'));
@@ -31,7 +32,9 @@ describe('BullMQ timers on the real Redis', () => {
     } finally {
       const started = Date.now();
       await timers.close();
-      expect(Date.now() - started).toBeLessThan(5_000);
+      // Not a speed goal: only that close does not hang (a clean close is immediate; a stuck one is cut
+      // after closeWaitMs, twice at most).
+      expect(Date.now() - started).toBeLessThan(15_000);
       const keys = await redis.keys(`${prefix}:*`);
       if (keys.length > 0) await redis.del(...keys);
       await redis.quit();
