@@ -53,7 +53,6 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-
 /** Stops the process group started by spawnDetached: `signal` first, SIGKILL after the grace. */
 export async function stopProcessGroup(pidFile: string, signal: NodeJS.Signals, graceMs: number): Promise<boolean> {
   const pid = readPid(pidFile);

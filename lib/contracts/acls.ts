@@ -24,7 +24,6 @@ import { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatter
 import { errorMessage, permanentError, retryableError } from '../errors.ts';
 import { dlqTopic, type TopicName } from './schemas.ts';
 
-
 export const KAFKA_ROLES = ['kernel', 'ingest', 'provisioner', 'heartbeat', 'archiver', 'agent'] as const;
 export type KafkaRole = (typeof KAFKA_ROLES)[number];
 

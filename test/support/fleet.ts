@@ -109,7 +109,6 @@ export function killAgents(stateDir: string): void {
   }
 }
 
-
 /** The scripted Kernel, as the `kernel` principal (its ACLs on the world's prefix come from the bootstrap). */
 export function connectKernel(world: FleetWorld): Promise<KernelClient> {
   return within('kernel producer connect', 30_000, KernelClient.connect({ brokers: brokers(), tls: testTls('kernel'), topics: world.topics, codec: world.codec }));
