@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { permanentError } from './errors.ts';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './runtime/retry.ts';
 import { isSecretVariable } from './secrets.ts';
 
 /** Reads `<NAME>_FILE` secrets and `vault:` references; validate its result with `loadConfig`. */
@@ -115,6 +116,37 @@ export const commonConfigShape = {
   SHUTDOWN_GRACE_MS: configFields.positiveInt(25_000),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url('expected the OTLP/HTTP endpoint URL').optional(),
 };
+
+/**
+ * The worker runtime's retries (lib/runtime/retry.ts); defaults are `DEFAULT_RETRY_POLICY`. A record
+ * failing by itself is retried up to WORKER_MAX_ATTEMPTS times, from WORKER_RETRY_BASE_DELAY_MS
+ * doubling to WORKER_RETRY_MAX_DELAY_MS, then dead-lettered; while a dependency is down it is retried
+ * without end, each wait at most WORKER_UNAVAILABLE_MAX_DELAY_MS. Read them with `workerRetryPolicyOf`.
+ */
+export const workerConfigShape = {
+  WORKER_MAX_ATTEMPTS: configFields.positiveInt(DEFAULT_RETRY_POLICY.maxAttempts),
+  WORKER_RETRY_BASE_DELAY_MS: configFields.positiveInt(DEFAULT_RETRY_POLICY.initialDelayMs),
+  WORKER_RETRY_MAX_DELAY_MS: configFields.positiveInt(DEFAULT_RETRY_POLICY.maxDelayMs),
+  WORKER_UNAVAILABLE_MAX_DELAY_MS: configFields.positiveInt(DEFAULT_RETRY_POLICY.unavailableMaxDelayMs),
+};
+
+export type WorkerConfig = z.infer<z.ZodObject<typeof workerConfigShape>>;
+
+/** The worker's retry policy from validated settings; throws CONFIG_INVALID when a cap is below the first delay. */
+export function workerRetryPolicyOf(config: WorkerConfig): RetryPolicy {
+  const base = config.WORKER_RETRY_BASE_DELAY_MS;
+  const below = (['WORKER_RETRY_MAX_DELAY_MS', 'WORKER_UNAVAILABLE_MAX_DELAY_MS'] as const).filter((name) => config[name] < base);
+  if (below.length > 0) {
+    throw permanentError('CONFIG_INVALID', `invalid configuration:\n  ${below.map((name) => `${name}: expected at least WORKER_RETRY_BASE_DELAY_MS (${base}) (got ${config[name]})`).join('\n  ')}`);
+  }
+  return {
+    maxAttempts: config.WORKER_MAX_ATTEMPTS,
+    initialDelayMs: base,
+    multiplier: DEFAULT_RETRY_POLICY.multiplier,
+    maxDelayMs: config.WORKER_RETRY_MAX_DELAY_MS,
+    unavailableMaxDelayMs: config.WORKER_UNAVAILABLE_MAX_DELAY_MS,
+  };
+}
 
 export const databaseConfigShape = {
   DATABASE_URL: configFields.url(),

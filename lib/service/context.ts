@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
-import { commonConfigShape, databaseConfigShape, kafkaTlsOf, loadConfig, redisConfigShape, type Env } from '../config.ts';
+import { commonConfigShape, databaseConfigShape, kafkaTlsOf, loadConfig, redisConfigShape, workerConfigShape, workerRetryPolicyOf, type Env } from '../config.ts';
 import { avroTypeOptions } from '../contracts/schemas.ts';
 import { TOPICS, type TopicName } from '../contracts/types.ts';
 import { createPool, type Pool } from '../db/pool.ts';
@@ -13,6 +13,7 @@ import { createMetrics, type Metrics } from '../metrics.ts';
 import { createOutboxRelay, type OutboxRelay } from '../outbox/relay.ts';
 import { startOpsServer, type ReadinessCheck } from '../runtime/http.ts';
 import { createEventProducer, type EventProducer } from '../runtime/producer.ts';
+import type { RetryPolicy } from '../runtime/retry.ts';
 import { runCleanup, type CleanupStep } from '../runtime/shutdown.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -31,6 +32,7 @@ export const serviceConfigShape = {
   ...commonConfigShape,
   ...databaseConfigShape,
   ...redisConfigShape,
+  ...workerConfigShape,
   /** Prepended to every topic name (tests isolate themselves with one). */
   TOPIC_PREFIX: z.string().regex(/^[a-zA-Z0-9._-]*$/, 'expected letters, digits, ".", "_" or "-"').default(''),
   /** The Postgres schema holding the tables (tests isolate themselves with one). */
@@ -45,7 +47,9 @@ export const serviceConfigShape = {
 export type ServiceConfig = z.infer<z.ZodObject<typeof serviceConfigShape>>;
 
 export function loadServiceConfig(env: Env): ServiceConfig {
-  return loadConfig(serviceConfigShape, env);
+  const config = loadConfig(serviceConfigShape, env);
+  workerRetryPolicyOf(config); // refuses inconsistent retry settings at start-up
+  return config;
 }
 
 export type TopicNames = Readonly<Record<TopicName, string>>;
@@ -76,6 +80,8 @@ export interface ServiceContext {
   readonly codec: AvroCodec;
   readonly events: EventProducer;
   readonly topics: TopicNames;
+  /** The retries of this process's workers (`WORKER_*` settings): pass it as `createWorker`'s `retry`. */
+  readonly workerRetry: RetryPolicy;
   /** Present when the service uses Postgres. */
   readonly pool: Pool | undefined;
   readonly relay: OutboxRelay | undefined;
@@ -146,6 +152,7 @@ export async function createServiceContext(options: ServiceContextOptions): Prom
     codec,
     events: createEventProducer(producer, codec),
     topics: topicNames(config.TOPIC_PREFIX),
+    workerRetry: workerRetryPolicyOf(config),
     pool,
     relay,
     redis,

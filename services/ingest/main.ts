@@ -164,6 +164,7 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
       validate: validateAgentRequestRecord,
       deps,
       concurrency: options.concurrency ?? 4,
+      retry: ctx.workerRetry,
     },
     { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger, metrics: ctx.metrics },
   );

@@ -157,6 +157,7 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
       validate: validateAgentCommand,
       deps: { applier: built },
       concurrency: config.PROVISIONER_CONCURRENCY,
+      retry: ctx.workerRetry,
     },
     { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger, metrics: ctx.metrics },
   );
