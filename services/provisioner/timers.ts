@@ -106,6 +106,10 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
             throw new DelayedError();
           }
         },
+        // maxStalledCount stays BullMQ's default (1): a job whose lock expired twice (e.g. Redis down
+        // while it was delivered) is failed for good, whatever its attempts. That loses no timer: both
+        // kinds are waits of an agent in STARTING, and the reconciler delivers START_TIMEOUT or
+        // RETRY_DUE itself once the agent stays there past the deadline (reconciler.ts `repairFor`).
         { connection: workerConnection, prefix: options.prefix, concurrency: options.concurrency ?? 16 },
       );
       worker.on('failed', (job, error) => log.warn({ jobId: job?.id, err: errorMessage(error) }, 'timer job failed; BullMQ retries it'));
