@@ -112,7 +112,7 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
         // RETRY_DUE itself once the agent stays there past the deadline (reconciler.ts `repairFor`).
         { connection: workerConnection, prefix: options.prefix, concurrency: options.concurrency ?? 16 },
       );
-      worker.on('failed', (job, error) => log.warn({ jobId: job?.id, err: errorMessage(error) }, 'timer job failed; BullMQ retries it'));
+      worker.on('failed', (job, error) => log.warn({ jobId: job?.id, err: errorMessage(error) }, 'timer job failed; BullMQ retries it within its attempts, else the reconciler delivers it late'));
       worker.on('error', (error) => log.error({ err: errorMessage(error) }, 'timer worker error'));
     },
     async pause() {
