@@ -87,12 +87,15 @@ describe('request path under least-privilege principals (ingest, provisioner, ke
     if (world) {
       // Consumer groups outlive their topics: remove the world's (services', watcher's, reader's: all prefixed).
       const admin = new Kafka(testKafkaConfig('acl-fleet-teardown')).admin();
-      await admin.connect();
-      const prefix = world.env.TOPIC_PREFIX ?? '';
-      const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(prefix));
-      if (groups.length > 0) await admin.deleteGroups(groups).catch(() => undefined);
-      await admin.disconnect();
-      await world.teardown();
+      try {
+        await admin.connect();
+        const prefix = world.env.TOPIC_PREFIX ?? '';
+        const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(prefix));
+        if (groups.length > 0) await admin.deleteGroups(groups).catch(() => undefined);
+      } finally {
+        await admin.disconnect().catch(() => undefined);
+        await world.teardown();
+      }
     }
   });
 
