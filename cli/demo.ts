@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { AgentRequest, AgentState } from '../lib/contracts/types.ts';
-import { kernelTlsFromEnv, KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
+import { agentActionRequest, instantiateRequest, kernelTlsFromEnv, KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
@@ -74,24 +74,7 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
     throw error;
   }
 
-  const requests: AgentRequest[] = Array.from({ length: options.agents }, (_, i) => ({
-    requestId: randomUUID(),
-    idempotencyKey: `demo-${run}-${i}`,
-    action: 'INSTANTIATE',
-    agentId: null,
-    spec: {
-      template: null,
-      image: 'registry.internal/agents/echo:1.0',
-      command: [],
-      environment: [{ name: 'API_KEY', ref: 'vault:kv/agents/echo#api-key' }],
-      resources: { cpuMillicores: 250, memoryMiB: 128, gpuCount: 0, gpuType: null },
-    },
-    division: 'platform',
-    region: 'local',
-    labels: { demo: run },
-    requestedBy: 'demo-kernel',
-    createdAt: new Date(),
-  }));
+  const requests: AgentRequest[] = Array.from({ length: options.agents }, (_, i) => instantiateRequest(`demo-${run}-${i}`, { labels: { demo: run }, requestedBy: 'demo-kernel' }));
   const agentOf = new Map<string, string>();
   const agents = () => requests.map((r) => agentOf.get(r.requestId)).filter((id): id is string => id !== undefined);
   const refreshIds = () => {
@@ -128,8 +111,7 @@ export async function runDemo(root: string, options: DemoOptions): Promise<DemoS
     await waitPhase('instantiation', (s) => s === 'RUNNING');
     say('demo: agents are running and heartbeating; the Kernel stops them');
     const live = () => agents().filter((id) => !FINAL_FAILURES.includes(status.lastState(id) ?? 'PENDING'));
-    const act = (action: 'STOP' | 'DESTROY', ids: string[]): AgentRequest[] =>
-      ids.map((agentId) => ({ requestId: randomUUID(), idempotencyKey: `demo-${run}-${action}-${agentId}`, action, agentId, spec: null, division: 'platform', region: 'local', labels: {}, requestedBy: 'demo-kernel', createdAt: new Date() }));
+    const act = (action: 'STOP' | 'DESTROY', ids: string[]): AgentRequest[] => ids.map((agentId) => agentActionRequest(agentId, action, `demo-${run}-${action}-${agentId}`, 'demo-kernel'));
     await kernel.send(act('STOP', live().filter((id) => status.lastState(id) === 'RUNNING')));
     await waitPhase('stop', (s) => s === 'STOPPED' || s === 'DESTROYED');
     say('demo: the Kernel destroys them');

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Kafka, logLevel, type Consumer, type Producer } from 'kafkajs';
 import type { KafkaTls } from '../../lib/config.ts';
@@ -13,6 +14,44 @@ import type { TopicNames } from '../../lib/service/context.ts';
  * `kernel` principal, which may write `agent-requests`, read `agent-status` and use the consumer
  * groups `<prefix>kernel*` (so a watcher's group id starts with `<prefix>kernel`).
  */
+/** What an INSTANTIATE built by `instantiateRequest` may vary; the rest is a small echo agent. */
+export interface InstantiateOptions {
+  readonly requestedBy?: string;
+  readonly labels?: Record<string, string>;
+  readonly gpuCount?: number;
+  /** Any other field of the request, applied last. */
+  readonly overrides?: Partial<AgentRequest>;
+}
+
+/** An INSTANTIATE of the reference echo agent, as the demo and the end-to-end tests send it. */
+export function instantiateRequest(idempotencyKey: string, options: InstantiateOptions = {}): AgentRequest {
+  const gpuCount = options.gpuCount ?? 0;
+  return {
+    requestId: randomUUID(),
+    idempotencyKey,
+    action: 'INSTANTIATE',
+    agentId: null,
+    spec: {
+      template: null,
+      image: 'registry.internal/agents/echo:1.0',
+      command: [],
+      environment: [{ name: 'API_KEY', ref: 'vault:kv/agents/echo#api-key' }],
+      resources: { cpuMillicores: 250, memoryMiB: 128, gpuCount, gpuType: gpuCount > 0 ? 'NVIDIA-A100' : null },
+    },
+    division: 'platform',
+    region: 'local',
+    labels: options.labels ?? {},
+    requestedBy: options.requestedBy ?? 'kernel',
+    createdAt: new Date(),
+    ...options.overrides,
+  };
+}
+
+/** A STOP, START or DESTROY of an existing agent. */
+export function agentActionRequest(agentId: string, action: 'STOP' | 'START' | 'DESTROY', idempotencyKey: string, requestedBy = 'kernel'): AgentRequest {
+  return { requestId: randomUUID(), idempotencyKey, action, agentId, spec: null, division: 'platform', region: 'local', labels: {}, requestedBy, createdAt: new Date() };
+}
+
 export interface KernelOptions {
   readonly brokers: readonly string[];
   /** TLS with the Kernel's client certificate; undefined connects in plaintext. */

@@ -8,6 +8,7 @@ import { connectKernel, createFleetWorld, watchStatus, within, type FleetWorld, 
 import { outage, restoreStack } from '../support/outage.ts';
 import { eventually } from '../support/runtime.ts';
 import { testKafkaConfig } from '../support/stack.ts';
+import { instantiateRequest } from '../../dev/kernel/client.ts';
 
 // Stops real servers of the shared stack: run this folder alone, after the rest of the suite.
 // The fleet (`agent-manager run all`, simulated driver) runs as its own process, so a crash shows
@@ -26,26 +27,7 @@ async function freePort(): Promise<number> {
   return typeof address === 'object' && address ? address.port : 0;
 }
 
-function instantiate(key: string): AgentRequest {
-  return {
-    requestId: randomUUID(),
-    idempotencyKey: key,
-    action: 'INSTANTIATE',
-    agentId: null,
-    spec: {
-      template: null,
-      image: 'registry.internal/agents/echo:1.0',
-      command: [],
-      environment: [],
-      resources: { cpuMillicores: 100, memoryMiB: 64, gpuCount: 0, gpuType: null },
-    },
-    division: 'platform',
-    region: 'local',
-    labels: { test: 'outage' },
-    requestedBy: 'kernel',
-    createdAt: new Date(),
-  };
-}
+const instantiate = (key: string): AgentRequest => instantiateRequest(key, { labels: { test: 'outage' } });
 
 /** `/readyz` of the fleet, polled once a second: what it answered while each server was down. */
 class ReadinessProbe {

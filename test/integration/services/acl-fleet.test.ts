@@ -9,6 +9,7 @@ import { stackCredentials } from '../../../dev/stack/endpoints.ts';
 import { eventually, readRecords } from '../../support/runtime.ts';
 import { testKafkaConfig, uniqueName } from '../../support/stack.ts';
 import { connectKernel, createFleetWorld, watchStatus, within, type FleetWorld, type KernelClient, type StatusWatcher } from '../../support/fleet.ts';
+import { agentActionRequest, instantiateRequest } from '../../../dev/kernel/client.ts';
 
 // The request path under the real per-service principals, as the demo runs it: the other fleet tests
 // run the services as the operator (a super user), so only here does a missing ACL (lib/contracts/acls.ts)
@@ -16,30 +17,8 @@ import { connectKernel, createFleetWorld, watchStatus, within, type FleetWorld, 
 // the Kernel is User:kernel. The simulated driver keeps agent processes (User:agent) out of it.
 jest.setTimeout(180_000);
 
-function instantiate(key: string, gpuCount = 0): AgentRequest {
-  return {
-    requestId: randomUUID(),
-    idempotencyKey: key,
-    action: 'INSTANTIATE',
-    agentId: null,
-    spec: {
-      template: null,
-      image: 'registry.internal/agents/echo:1.0',
-      command: [],
-      environment: [{ name: 'API_KEY', ref: 'vault:kv/agents/echo#api-key' }],
-      resources: { cpuMillicores: 250, memoryMiB: 128, gpuCount, gpuType: gpuCount > 0 ? 'NVIDIA-A100' : null },
-    },
-    division: 'platform',
-    region: 'local',
-    labels: { test: 'acl-fleet' },
-    requestedBy: 'kernel',
-    createdAt: new Date(),
-  };
-}
-
-function destroy(agentId: string, key: string): AgentRequest {
-  return { requestId: randomUUID(), idempotencyKey: key, action: 'DESTROY', agentId, spec: null, division: 'platform', region: 'local', labels: {}, requestedBy: 'kernel', createdAt: new Date() };
-}
+const instantiate = (key: string, gpuCount = 0): AgentRequest => instantiateRequest(key, { labels: { test: 'acl-fleet' }, gpuCount });
+const destroy = (agentId: string, key: string): AgentRequest => agentActionRequest(agentId, 'DESTROY', key);
 
 describe('request path under least-privilege principals (ingest, provisioner, kernel)', () => {
   let world: FleetWorld;

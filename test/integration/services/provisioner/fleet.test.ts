@@ -7,37 +7,15 @@ import type { ServiceContext } from '../../../../lib/service/context.ts';
 import { startServices } from '../../../../cli/services.ts';
 import { eventually } from '../../../support/runtime.ts';
 import { connectKernel, createFleetWorld, watchStatus, within, type FleetWorld, type KernelClient, type StatusWatcher } from '../../../support/fleet.ts';
+import { agentActionRequest, instantiateRequest } from '../../../../dev/kernel/client.ts';
 
 // The whole provisioning path on the real stack: Kernel → agent-requests → ingest → agent-commands
 // → provisioner → real agent processes (local driver) that heartbeat, with status read back from
 // agent-status.
 jest.setTimeout(240_000);
 
-function instantiate(key: string, overrides: Partial<AgentRequest> = {}, gpuCount = 0): AgentRequest {
-  return {
-    requestId: randomUUID(),
-    idempotencyKey: key,
-    action: 'INSTANTIATE',
-    agentId: null,
-    spec: {
-      template: null,
-      image: 'registry.internal/agents/echo:1.0',
-      command: [],
-      environment: [{ name: 'API_KEY', ref: 'vault:kv/agents/echo#api-key' }],
-      resources: { cpuMillicores: 250, memoryMiB: 128, gpuCount, gpuType: gpuCount > 0 ? 'NVIDIA-A100' : null },
-    },
-    division: 'platform',
-    region: 'local',
-    labels: { test: 'fleet' },
-    requestedBy: 'kernel',
-    createdAt: new Date(),
-    ...overrides,
-  };
-}
-
-function action(agentId: string, act: 'STOP' | 'DESTROY' | 'START', key: string): AgentRequest {
-  return { requestId: randomUUID(), idempotencyKey: key, action: act, agentId, spec: null, division: 'platform', region: 'local', labels: {}, requestedBy: 'kernel', createdAt: new Date() };
-}
+const instantiate = (key: string, overrides: Partial<AgentRequest> = {}, gpuCount = 0): AgentRequest => instantiateRequest(key, { labels: { test: 'fleet' }, gpuCount, overrides });
+const action = agentActionRequest;
 
 describe('provisioning path end to end (ingest + provisioner + local agents)', () => {
   let world: FleetWorld;
