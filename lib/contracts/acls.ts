@@ -20,6 +20,7 @@
  * `agent-requests` would also match `agent-requests.dlq`. Everything else (creating topics and ACLs,
  * reading DLQs, replaying them) is the operator's, a super user.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes, type AclEntry, type KafkaAdmin as Admin } from '../kafka/kafkajs.ts';
 import { errorMessage, permanentError, retryableError } from '../errors.ts';
 import { dlqTopic, type TopicName } from './schemas.ts';
@@ -119,11 +120,41 @@ function errorType(error: unknown): string | undefined {
   return typeof error === 'object' && error !== null && 'type' in error && typeof error.type === 'string' ? error.type : undefined;
 }
 
-/** Creates the plan's ACLs (idempotent: an existing binding is left as it is). The admin must be connected. */
+const aclKey = (e: { resourceType: number; resourceName: string; resourcePatternType: number; principal: string; host: string; operation: number; permissionType: number }) =>
+  [e.resourceType, e.resourceName, e.resourcePatternType, e.principal, e.host, e.operation, e.permissionType].join('\u0000');
+
+/**
+ * Waits until the broker's authorizer lists every entry. CreateAcls returns once the controller has
+ * committed them; the broker applies the metadata a moment later, and a client started in between
+ * (a service right after the bootstrap) would be refused.
+ */
+async function untilAuthorizerHas(admin: Admin, entries: readonly AclEntry[], timeoutMs = 15_000): Promise<void> {
+  const wanted = new Set(entries.map(aclKey));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { resources } = await admin.describeAcls({
+      resourceType: AclResourceTypes.ANY,
+      resourcePatternType: ResourcePatternTypes.ANY,
+      operation: AclOperationTypes.ANY,
+      permissionType: AclPermissionTypes.ANY,
+    });
+    const present = new Set(resources.flatMap((r) => r.acls.map((a) => aclKey({ ...r, ...a }))));
+    const missing = [...wanted].filter((key) => !present.has(key)).length;
+    if (missing === 0) return;
+    if (Date.now() > deadline) throw retryableError('ACL_NOT_VISIBLE', `${missing} of ${wanted.size} ACLs created but not yet enforced by the broker after ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+/**
+ * Creates the plan's ACLs (idempotent: an existing binding is left as it is) and returns once the
+ * broker enforces them. The admin must be connected.
+ */
 export async function applyAcls(admin: Admin, entries: readonly AclEntry[]): Promise<AclApplication> {
   if (entries.length === 0) return { status: 'applied', entries: 0 };
   try {
     await admin.createAcls({ acl: [...entries] });
+    await untilAuthorizerHas(admin, entries);
     return { status: 'applied', entries: entries.length };
   } catch (error) {
     if (errorType(error) === 'SECURITY_DISABLED') return { status: 'unsupported', entries: 0 };
