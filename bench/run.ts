@@ -3,6 +3,7 @@ const benches: Record<string, () => Promise<{ run: (args: string[]) => Promise<v
   runtime: () => import('./runtime.ts'),
   hotpath: () => import('./hotpath.ts'),
   provisioning: () => import('./provisioning.ts'),
+  api: () => import('./api.ts'),
 };
 
 const [name, ...args] = process.argv.slice(2);
