@@ -6,7 +6,7 @@ import type { AvroCodec } from '../../../../lib/kafka/avro.ts';
 import { assertFence, recordTerm } from '../../../../lib/leader/fence.ts';
 import type { LeaderElector } from '../../../../lib/leader/types.ts';
 import { createPostgresLease } from '../../../../lib/leader/postgres-lease.ts';
-import { createLogger } from '../../../../lib/logger.ts';
+import { createLogger, type Logger } from '../../../../lib/logger.ts';
 import { topicNames } from '../../../../lib/service/context.ts';
 import { createLifecycleApplier, type LifecycleApplier, type TimerScheduler } from '../../../../services/provisioner/apply.ts';
 import { createSimulatedDriver } from '../../../../services/provisioner/drivers/simulated.ts';
@@ -70,6 +70,18 @@ function countingDriver(inner: AllocatorDriver, beforeDestroy?: () => Promise<vo
     },
   };
   return { driver, destroyed, stopped };
+}
+
+/** A simulated driver whose first destroy waits at `inside` until the test opens it (a leader stalled mid-repair). */
+function destroyPausedOnce(logger: Logger) {
+  const inside = gate();
+  let pauseNext = true;
+  const counted = countingDriver(createSimulatedDriver({ logger, onEvent: () => undefined }), async () => {
+    if (!pauseNext) return;
+    pauseNext = false;
+    await inside.wait();
+  });
+  return { ...counted, inside };
 }
 
 describe('fencing: a paused old leader cannot act after a new leader took over', () => {
@@ -242,13 +254,7 @@ describe('fencing: a paused old leader cannot act after a new leader took over',
   });
 
   it('a leader paused inside its side effect (fence checked, row held) makes the successor wait, and the successor does not act again', async () => {
-    const inside = gate();
-    let pauseNext = true;
-    const { driver, destroyed } = countingDriver(createSimulatedDriver({ logger, onEvent: () => undefined }), async () => {
-      if (!pauseNext) return;
-      pauseNext = false;
-      await inside.wait();
-    });
+    const { driver, destroyed, inside } = destroyPausedOnce(logger);
     const id = await seedAgent({ state: 'DESTROYING' });
     const { fenceOfA, takeOver } = await leaders(uniqueName('lease'));
     const applierA = applierFor(driver);
@@ -269,13 +275,7 @@ describe('fencing: a paused old leader cannot act after a new leader took over',
   });
 
   it('a successor does not wait forever on a leader stalled inside its repair: its repair gives up on the row lock; the stalled one finishes, one destroy in all', async () => {
-    const inside = gate();
-    let pauseNext = true;
-    const { driver, destroyed } = countingDriver(createSimulatedDriver({ logger, onEvent: () => undefined }), async () => {
-      if (!pauseNext) return;
-      pauseNext = false;
-      await inside.wait();
-    });
+    const { driver, destroyed, inside } = destroyPausedOnce(logger);
     const id = await seedAgent({ state: 'DESTROYING' });
     const { fenceOfA, takeOver } = await leaders(uniqueName('lease'));
     const oldRound = reconcileOnce(options(applierFor(driver), driver), null, () => fenceOfA);
