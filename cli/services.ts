@@ -13,11 +13,12 @@ import { loadServiceEnv } from '../lib/secrets.ts';
 import { startTelemetry } from '../lib/telemetry.ts';
 import { loadProvisionerConfig, startProvisioner } from '../services/provisioner/main.ts';
 import { loadIngestOptions, startIngest } from '../services/ingest/main.ts';
+import { loadHeartbeatConfig, startHeartbeat } from '../services/heartbeat/main.ts';
 
-export const SERVICES = ['ingest', 'provisioner'] as const;
+export const SERVICES = ['ingest', 'provisioner', 'heartbeat'] as const;
 export type ServiceName = (typeof SERVICES)[number];
 /** Services of the architecture that are not built yet; `run` says so instead of failing obscurely. */
-const LATER = ['heartbeat', 'archiver'];
+const LATER = ['archiver'];
 
 /**
  * The process environment with secrets resolved: `<NAME>_FILE` files read, `vault:` references
@@ -40,15 +41,17 @@ export async function startServices(services: readonly ServiceName[], env: Recor
   const config = loadServiceConfig(env);
   const provisionerConfig = services.includes('provisioner') ? loadProvisionerConfig(env) : undefined;
   const ingestOptions = services.includes('ingest') ? loadIngestOptions(env) : undefined;
+  const heartbeatConfig = services.includes('heartbeat') ? loadHeartbeatConfig(env) : undefined;
   const name = services.length === 1 ? (services[0] ?? 'agent-manager') : 'agent-manager';
   // Tracing starts first so the clients below are traced; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
   const telemetry = startTelemetry({ serviceName: `agent-manager-${name}`, ...(config.OTEL_EXPORTER_OTLP_ENDPOINT ? { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT } : {}), logger: createLogger(name, config.LOG_LEVEL) });
   await telemetry.ready;
-  const ctx = await createServiceContext({ service: name, config, database: true, redis: services.includes('provisioner'), opsServer: options.opsServer ?? true });
+  const ctx = await createServiceContext({ service: name, config, database: true, redis: services.includes('provisioner') || services.includes('heartbeat'), opsServer: options.opsServer ?? true });
   ctx.onShutdown(['telemetry', () => telemetry.shutdown()]);
   try {
     if (ingestOptions) await startIngest(ctx, ingestOptions);
     if (provisionerConfig) await startProvisioner(ctx, provisionerConfig);
+    if (heartbeatConfig) await startHeartbeat(ctx, heartbeatConfig);
     await ctx.startOps();
   } catch (error) {
     await ctx.shutdown();
