@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../lib/errors.ts';
+import { registerAgentCommands } from './agents.ts';
 import { registerContractCommands } from './contracts.ts';
 import { registerDlqCommands } from './dlq.ts';
 import { registerStackCommands } from './stack.ts';
@@ -17,6 +18,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
 
   registerServiceCommands(program, root, setExitCode);
   registerDlqCommands(program, setExitCode);
+  registerAgentCommands(program, setExitCode);
 
   program
     .command('demo')

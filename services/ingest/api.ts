@@ -16,6 +16,9 @@
  * - `GET /v1/agents/:id`, `GET /v1/agents?state=&division=&cursor=&limit=`, `GET /v1/requests/:id`:
  *   for identities with a reading role, limited to the divisions that role covers (others: 404).
  *   The list is ordered by (createdAt, agentId) with keyset pagination: `nextCursor` is opaque.
+ *   `GET /v1/agents/:id` adds the agent's last heartbeat (`lastHeartbeat`, from the heartbeat
+ *   service's Redis; null when none is recorded); when Redis cannot be read the agent is still
+ *   answered, with `lastHeartbeat: null` and `lastHeartbeatError` saying why.
  * - Errors are `{ error: { code, message } }`: 400 invalid, 403 not allowed, 404 unknown,
  *   409 conflicting with an earlier request, 413 body too large, 429 over the identity's rate
  *   (with Retry-After), 503 when a dependency is down (retry later).
@@ -32,6 +35,7 @@ import type { QueryResultRow } from 'pg';
 import { z } from 'zod';
 import { AGENT_ACTIONS, AGENT_STATES, type AgentRequest } from '../../lib/contracts/types.ts';
 import { errorCode, errorMessage, isAppError, permanentError, retryableError, type AppError } from '../../lib/errors.ts';
+import type { LastHeartbeat } from '../../lib/heartbeat/last-heartbeat.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { ANY, isKnownIdentity, mayRead, readableDivisions } from './authz.ts';
 import { isUuid } from './idempotency.ts';
@@ -76,7 +80,15 @@ export interface ApiOptions {
   readonly logger: Logger;
   /** Each one defaults to `DEFAULT_API_LIMITS`. */
   readonly limits?: Partial<ApiLimits>;
+  /**
+   * The last heartbeat of an agent (null when none is recorded), for `GET /v1/agents/:id`; it
+   * should fail fast when its store is down (the agent is still answered, without it). Without
+   * it, the field is null with HEARTBEAT_UNAVAILABLE.
+   */
+  readonly lastHeartbeat?: LastHeartbeatReader;
 }
+
+export type LastHeartbeatReader = (agentId: string) => Promise<LastHeartbeat | null>;
 
 export type IngestApi = FastifyInstance<HttpsServer>;
 
@@ -224,7 +236,7 @@ export function parseListQuery(query: unknown): ListQuery {
 // -------------------------------------------------------------------------------------------------
 // Rows as JSON
 
-interface AgentRow {
+export interface AgentRow {
   id: string;
   state: string;
   reason: string;
@@ -241,10 +253,10 @@ interface AgentRow {
   cursor_time: string;
 }
 
-const AGENT_COLUMNS = `id, state, reason, spec, lifecycle, division, region, labels, version, last_request_id, last_command_id, created_at, updated_at,
+export const AGENT_COLUMNS = `id, state, reason, spec, lifecycle, division, region, labels, version, last_request_id, last_command_id, created_at, updated_at,
   to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_time`;
 
-function agentJson(row: AgentRow) {
+export function agentJson(row: AgentRow) {
   return {
     agentId: row.id,
     state: row.state,
@@ -260,6 +272,35 @@ function agentJson(row: AgentRow) {
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString(),
   };
+}
+
+export function heartbeatJson(heartbeat: LastHeartbeat) {
+  return {
+    sentAt: heartbeat.sentAt.toISOString(),
+    receivedAt: heartbeat.receivedAt.toISOString(),
+    sequence: heartbeat.sequence,
+    instance: heartbeat.instance,
+    pid: heartbeat.pid,
+    intervalMs: heartbeat.intervalMs,
+    cpuPercent: heartbeat.cpuPercent,
+    memoryRssBytes: heartbeat.memoryRssBytes,
+    gauges: heartbeat.gauges,
+  };
+}
+
+/**
+ * `lastHeartbeat` and `lastHeartbeatError` of an agent's view: the heartbeat (null when none is
+ * recorded), or null with the reason when the store cannot be read (the agent is answered anyway:
+ * its row is the truth, the heartbeat an extra).
+ */
+export async function lastHeartbeatFields(reader: LastHeartbeatReader | undefined, agentId: string) {
+  if (!reader) return { lastHeartbeat: null, lastHeartbeatError: { code: 'HEARTBEAT_UNAVAILABLE', message: 'this server reads no heartbeat store' } };
+  try {
+    const heartbeat = await reader(agentId);
+    return { lastHeartbeat: heartbeat ? heartbeatJson(heartbeat) : null, lastHeartbeatError: null };
+  } catch (error) {
+    return { lastHeartbeat: null, lastHeartbeatError: { code: 'HEARTBEAT_UNAVAILABLE', message: `the last heartbeat could not be read: ${errorMessage(error)}` } };
+  }
 }
 
 /** A `requests` row as the API shows it: who asked, and when. */
@@ -404,7 +445,7 @@ export function buildApi(options: ApiOptions): IngestApi {
       if (!row || !mayRead(deps.authz, identityOf(request), row.division)) {
         throw apiError(404, 'AGENT_NOT_FOUND', `no agent ${id} (an accepted INSTANTIATE appears here once the provisioner has created the agent; GET /v1/requests/:requestId has the request's outcome)`);
       }
-      return reply.send(agentJson(row));
+      return reply.send({ ...agentJson(row), ...(await lastHeartbeatFields(options.lastHeartbeat, row.id)) });
     });
 
     routes.get('/v1/agents', { preHandler: requireReader }, async (request, reply) => {

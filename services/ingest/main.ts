@@ -14,6 +14,7 @@
  *   INGEST_API_RATE_LIMIT_MAX requests per identity per INGEST_API_RATE_LIMIT_WINDOW_MS (1200 per 60 s)
  */
 import { readFileSync } from 'node:fs';
+import { Redis } from 'ioredis';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
@@ -22,9 +23,14 @@ import type { AgentRequest } from '../../lib/contracts/types.ts';
 import { errorMessage, permanentError } from '../../lib/errors.ts';
 import { createWorker, type Worker } from '../../lib/runtime/worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
-import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type ApiTls, type IngestApi } from './api.ts';
+import { heartbeatKeyPrefix, readLastHeartbeat } from '../../lib/heartbeat/last-heartbeat.ts';
+import type { Logger } from '../../lib/logger.ts';
+import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type ApiTls, type IngestApi, type LastHeartbeatReader } from './api.ts';
 import { loadIdentitiesConfig } from './authz.ts';
 import { createIngestHandler, validateAgentRequestRecord, type IngestDeps } from './handler.ts';
+
+/** How long the API waits for Redis for an agent's last heartbeat, by default. */
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 500;
 
 /** Templates known when INGEST_KNOWN_TEMPLATES is not set. */
 export const DEFAULT_KNOWN_TEMPLATES: readonly string[] = ['echo', 'support-assistant', 'research-assistant'];
@@ -53,6 +59,7 @@ export const ingestConfigShape = {
   INGEST_API_KEEP_ALIVE_TIMEOUT_MS: configFields.positiveInt(DEFAULT_API_LIMITS.keepAliveTimeoutMs),
   INGEST_API_RATE_LIMIT_MAX: configFields.positiveInt(DEFAULT_API_LIMITS.rateLimitMax),
   INGEST_API_RATE_LIMIT_WINDOW_MS: configFields.positiveInt(DEFAULT_API_LIMITS.rateLimitWindowMs),
+  INGEST_API_HEARTBEAT_TIMEOUT_MS: configFields.positiveInt(DEFAULT_HEARTBEAT_TIMEOUT_MS),
 };
 
 export type IngestConfig = z.infer<z.ZodObject<typeof ingestConfigShape>>;
@@ -65,6 +72,8 @@ export interface IngestApiOptions {
   readonly tlsCaFile: string;
   /** Each one defaults to `DEFAULT_API_LIMITS`. */
   readonly limits?: Partial<ApiLimits>;
+  /** Longest wait for Redis for a last heartbeat (default `DEFAULT_HEARTBEAT_TIMEOUT_MS`). */
+  readonly heartbeatTimeoutMs?: number;
 }
 
 export interface IngestOptions {
@@ -111,6 +120,7 @@ export function ingestOptionsFromConfig(config: IngestConfig, cwd = process.cwd(
             tlsCertFile: resolve(cwd, cert),
             tlsKeyFile: resolve(cwd, key),
             tlsCaFile: resolve(cwd, ca),
+            heartbeatTimeoutMs: config.INGEST_API_HEARTBEAT_TIMEOUT_MS,
             limits: {
               bodyLimitBytes: config.INGEST_API_BODY_LIMIT_BYTES,
               connectionTimeoutMs: config.INGEST_API_CONNECTION_TIMEOUT_MS,
@@ -179,7 +189,9 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
     await worker.start();
     ctx.onShutdown(['agent-requests worker', stopWorker]);
     if (options.api && tls) {
-      api = buildApi({ tls, deps, logger, limits: options.api.limits });
+      const heartbeats = heartbeatStore(ctx.config.REDIS_URL, ctx.config.TOPIC_PREFIX, options.api.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS, logger);
+      ctx.onShutdown(['ingest heartbeat reads (redis)', heartbeats.close]);
+      api = buildApi({ tls, deps, logger, limits: options.api.limits, lastHeartbeat: heartbeats.read });
       await api.listen({ port: options.api.port, host: options.api.host });
       const address = api.server.address() as AddressInfo;
       apiAddress = { host: options.api.host, port: address.port };
@@ -198,6 +210,35 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
     async stop() {
       await stopApi();
       await stopWorker();
+    },
+  };
+}
+
+/**
+ * The API's own Redis client for last heartbeats. Unlike the context's (which queues commands while
+ * Redis is down, for BullMQ), it fails at once when disconnected and gives up on a command after
+ * `timeoutMs`, so `GET /v1/agents/:id` answers without the heartbeat instead of waiting; and it is
+ * no readiness check: ingest serves without Redis. It reconnects in the background.
+ */
+export function heartbeatStore(redisUrl: string, topicPrefix: string, timeoutMs: number, logger: Logger): { read: LastHeartbeatReader; close: () => Promise<void> } {
+  const redis = new Redis(redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: timeoutMs, connectTimeout: 5_000 });
+  const keyPrefix = heartbeatKeyPrefix(topicPrefix);
+  let down = false;
+  redis.on('error', (error: Error) => {
+    if (down) return;
+    down = true;
+    logger.warn({ err: errorMessage(error) }, 'Redis unreachable: GET /v1/agents/:id answers without the last heartbeat until it is back');
+  });
+  redis.on('ready', () => {
+    if (!down) return;
+    down = false;
+    logger.info('Redis reachable again: last heartbeats are served');
+  });
+  return {
+    read: (agentId) => readLastHeartbeat(redis, keyPrefix, agentId),
+    async close() {
+      if (redis.status === 'ready') await redis.quit();
+      else redis.disconnect();
     },
   };
 }

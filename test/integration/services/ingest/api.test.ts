@@ -1,12 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { Redis } from 'ioredis';
+import type { AgentHeartbeat } from '../../../../lib/contracts/types.ts';
+import { encodeLastHeartbeat, heartbeatKeyPrefix, lastHeartbeatKey } from '../../../../lib/heartbeat/last-heartbeat.ts';
 import { createPool, type Pool } from '../../../../lib/db/pool.ts';
 import { createLogger } from '../../../../lib/logger.ts';
-import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type IngestApi } from '../../../../services/ingest/api.ts';
+import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type IngestApi, type LastHeartbeatReader } from '../../../../services/ingest/api.ts';
 import { loadIdentitiesConfig, parseIdentitiesConfig, type IdentitiesConfig } from '../../../../services/ingest/authz.ts';
 import { agentIdFor } from '../../../../services/ingest/idempotency.ts';
+import { heartbeatStore } from '../../../../services/ingest/main.ts';
 import type { ProcessDeps } from '../../../../services/ingest/process-request.ts';
 import { createTestPki, mtlsRequest, type KeyAndCert, type TestPki } from '../../../support/certs.ts';
 import { eventually } from '../../../support/runtime.ts';
@@ -29,8 +33,14 @@ describe('ingest HTTPS API with mTLS', () => {
   let deps: ProcessDeps;
   /** More servers on the same schema (other identities configurations, other limits); closed after. */
   const others: IngestApi[] = [];
-  const serve = async (options: { authz?: IdentitiesConfig; limits?: ApiLimits }) => {
-    const other = buildApi({ tls: { key: pki.server.key, cert: pki.server.cert, ca: pki.ca.cert }, deps: { ...deps, authz: options.authz ?? deps.authz }, logger: createLogger('ingest-api-test', 'silent'), limits: options.limits });
+  const serve = async (options: { authz?: IdentitiesConfig; limits?: ApiLimits; lastHeartbeat?: LastHeartbeatReader }) => {
+    const other = buildApi({
+      tls: { key: pki.server.key, cert: pki.server.cert, ca: pki.ca.cert },
+      deps: { ...deps, authz: options.authz ?? deps.authz },
+      logger: createLogger('ingest-api-test', 'silent'),
+      limits: options.limits,
+      lastHeartbeat: options.lastHeartbeat,
+    });
     others.push(other);
     await other.listen({ port: 0, host: '127.0.0.1' });
     return (other.server.address() as AddressInfo).port;
@@ -286,6 +296,91 @@ describe('ingest HTTPS API with mTLS', () => {
       expect((await limited(pki.clients.viewer, 'GET', '/v1/agents?limit=1')).status).toBe(200);
       // The limit is per server process: the other server still serves the Kernel.
       expect((await call(kernel(), 'GET', '/v1/agents?limit=1')).status).toBe(200);
+    });
+  });
+
+  describe('the last heartbeat on GET /v1/agents/:id', () => {
+    const agentId = randomUUID();
+    const silentId = randomUUID();
+    let redis: Redis;
+    /** The heartbeat service's Redis as ingest reads it (the real client of services/ingest/main.ts). */
+    let store: ReturnType<typeof heartbeatStore>;
+    let heartbeatPort: number;
+    const heartbeatKeys = () => [lastHeartbeatKey(heartbeatKeyPrefix(world.prefix), agentId)];
+    const closers: Array<() => Promise<void>> = [];
+
+    beforeAll(async () => {
+      await insertAgent(agentId, 'research', 'RUNNING', '2025-02-01T00:00:00.000001Z');
+      await insertAgent(silentId, 'research', 'RUNNING', '2025-02-01T00:00:00.000002Z');
+      redis = new Redis(world.env.REDIS_URL ?? '');
+      store = heartbeatStore(world.env.REDIS_URL ?? '', world.prefix, 500, createLogger('ingest-api-test', 'silent'));
+      closers.push(store.close);
+      heartbeatPort = await serve({ lastHeartbeat: store.read });
+      await eventually(async () => (await store.read(silentId).then(() => true, () => false)), 10_000, 'the API\'s Redis client to connect');
+    });
+
+    afterAll(async () => {
+      await redis?.del(...heartbeatKeys());
+      await redis?.quit();
+      for (const close of closers) await close();
+    });
+
+    const getAgent = (port: number, id: string) => mtlsRequest(port, { method: 'GET', path: `/v1/agents/${id}`, ca: pki.ca.cert, client: kernel() });
+
+    it('includes the heartbeat the heartbeat service stored (time, sequence, instance, cpu, memory, gauges); null when none is', async () => {
+      const sentAt = new Date('2026-12-01T03:00:00.123Z');
+      const heartbeat: AgentHeartbeat = { agentId, instanceId: 'host-a:4242', pid: 4242, sequence: 17, sentAt, intervalMs: 2_000, metrics: { cpuPercent: 1.25, memoryRssBytes: 52_428_800, custom: { queueDepth: 3 } } };
+      // Written as the heartbeat service writes it (its own encoder and key).
+      await redis.set(lastHeartbeatKey(heartbeatKeyPrefix(world.prefix), agentId), encodeLastHeartbeat(heartbeat, sentAt.getTime() + 40, 2_000));
+      const response = await getAgent(heartbeatPort, agentId);
+      expect(response.status).toBe(200);
+      expect(response.body).toMatchObject({
+        agentId,
+        state: 'RUNNING',
+        lastHeartbeat: {
+          sentAt: '2026-12-01T03:00:00.123Z',
+          receivedAt: '2026-12-01T03:00:00.163Z',
+          sequence: 17,
+          instance: 'host-a:4242',
+          pid: 4242,
+          intervalMs: 2000,
+          cpuPercent: 1.25,
+          memoryRssBytes: 52_428_800,
+          gauges: { queueDepth: 3 },
+        },
+        lastHeartbeatError: null,
+      });
+      const silent = await getAgent(heartbeatPort, silentId);
+      expect(silent.status).toBe(200);
+      expect(silent.body).toMatchObject({ agentId: silentId, lastHeartbeat: null, lastHeartbeatError: null });
+    });
+
+    it('answers the agent without its heartbeat, at once, when Redis is unreachable or does not answer', async () => {
+      // Nothing listens on a port just released; a server that accepts and never answers hangs.
+      const closed = createServer();
+      await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+      const closedPort = (closed.address() as AddressInfo).port;
+      await new Promise<void>((resolve) => closed.close(() => resolve()));
+      const sockets: Socket[] = [];
+      const silentRedis: Server = createServer((socket) => void sockets.push(socket));
+      await new Promise<void>((resolve) => silentRedis.listen(0, '127.0.0.1', resolve));
+      closers.push(async () => {
+        for (const socket of sockets) socket.destroy();
+        await new Promise<void>((resolve) => silentRedis.close(() => resolve()));
+      });
+      for (const url of [`redis://127.0.0.1:${closedPort}`, `redis://127.0.0.1:${(silentRedis.address() as AddressInfo).port}`]) {
+        const down = heartbeatStore(url, world.prefix, 300, createLogger('ingest-api-test', 'silent'));
+        closers.push(down.close);
+        const port = await serve({ lastHeartbeat: down.read });
+        const started = Date.now();
+        const response = await getAgent(port, agentId);
+        expect(Date.now() - started).toBeLessThan(2_000);
+        expect(response.status).toBe(200);
+        const body = response.body as { agentId: string; state: string; lastHeartbeat: unknown; lastHeartbeatError: { code: string; message: string } };
+        expect(body).toMatchObject({ agentId, state: 'RUNNING', lastHeartbeat: null });
+        expect(body.lastHeartbeatError.code).toBe('HEARTBEAT_UNAVAILABLE');
+        expect(body.lastHeartbeatError.message).toMatch(/last heartbeat could not be read/);
+      }
     });
   });
 
