@@ -1,0 +1,416 @@
+/**
+ * charts/agent-manager against the local stack's real kube-apiserver (`stack up --with kube`):
+ * `helm lint --strict`, install / upgrade / rollback of the default, production-like and KEDA-off
+ * value sets (the API server validates every object, the KEDA and Prometheus-operator CRDs their
+ * custom resources), values.schema.json refusing wrong types at install, and the provisioner's RBAC
+ * as the API server decides it (SubjectAccessReview).
+ *
+ * No kubelet or controller-manager runs: Deployments make no Pods and the migration hook Job never
+ * runs by itself, so the test plays the Job controller and marks each hook Job complete (Helm waits
+ * for it). Each test has its own namespaces and release, removed at the end.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, fetch } from 'undici';
+import { uniqueName } from '../../support/stack.ts';
+
+const ROOT = join(__dirname, '..', '..', '..');
+const CHART = join(ROOT, 'charts', 'agent-manager');
+const KUBECONFIG = process.env.KUBECONFIG ?? join(ROOT, '.stack', 'kube', 'kubeconfig');
+const HELM = process.env.HELM ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '', '.cache'), 'agent-manager', 'helm-v3.22.0', 'helm');
+
+const VALUE_SETS: Record<string, string[]> = {
+  default: [],
+  production: [join(CHART, 'ci', 'values-production.yaml')],
+  'keda-off': [join(CHART, 'ci', 'values-keda-off.yaml')],
+};
+
+// ---- the API server, as the stack's admin -------------------------------------------------------
+
+interface Kube {
+  readonly server: string;
+  readonly token: string;
+  readonly dispatcher: Agent;
+}
+
+function loadKube(): Kube {
+  const text = readFileSync(KUBECONFIG, 'utf8');
+  const field = (name: string) => new RegExp(`${name}:\\s*(\\S+)`).exec(text)?.[1] ?? '';
+  const ca = Buffer.from(field('certificate-authority-data'), 'base64').toString('utf8');
+  return { server: field('server'), token: field('token'), dispatcher: new Agent({ connect: { ca } }) };
+}
+
+interface ApiResponse {
+  readonly status: number;
+  readonly body: Record<string, unknown>;
+}
+
+async function api(kube: Kube, method: string, path: string, body?: unknown): Promise<ApiResponse> {
+  const response = await fetch(`${kube.server}${path}`, {
+    method,
+    dispatcher: kube.dispatcher,
+    headers: { authorization: `Bearer ${kube.token}`, 'content-type': 'application/json', accept: 'application/json' },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
+async function apiOk(kube: Kube, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+  const response = await api(kube, method, path, body);
+  if (response.status >= 300) throw new Error(`${method} ${path}: HTTP ${response.status}: ${JSON.stringify(response.body).slice(0, 500)}`);
+  return response.body;
+}
+
+const itemsOf = (list: Record<string, unknown>) => (list.items ?? []) as Array<{ metadata: { name: string; uid: string; annotations?: Record<string, string> }; [key: string]: unknown }>;
+const namesOf = (list: Record<string, unknown>) => itemsOf(list).map((item) => item.metadata.name).sort();
+
+// ---- helm ---------------------------------------------------------------------------------------
+
+interface Run {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+function helm(args: readonly string[], timeoutMs = 180_000): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(HELM, [...args], { env: { ...process.env, KUBECONFIG }, timeout: timeoutMs, maxBuffer: 32 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? ((error as { code: number }).code) : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+async function helmRun(args: readonly string[]): Promise<Run> {
+  const run = await helm(args);
+  if (run.code !== 0) throw new Error(`helm ${args.join(' ')} failed (${run.code}):\n${run.stderr}${run.stdout}`);
+  return run;
+}
+
+const helmOk = async (args: readonly string[]): Promise<string> => (await helmRun(args)).stdout;
+
+const valueArgs = (files: readonly string[]) => files.flatMap((file) => ['-f', file]);
+
+// ---- a test's world -----------------------------------------------------------------------------
+
+interface World {
+  readonly namespace: string;
+  readonly agentsNamespace: string;
+  readonly release: string;
+  readonly fullname: string;
+  readonly args: string[];
+}
+
+function world(valueSet: string): World {
+  const namespace = uniqueName('chart').toLowerCase();
+  const release = `am${namespace.slice(-6)}`;
+  // Production-like agents live in their own namespace (a Role there); the others in the release's.
+  const agentsNamespace = valueSet === 'production' ? `${namespace}-agents` : namespace;
+  const args = [...valueArgs(VALUE_SETS[valueSet] ?? []), '--namespace', namespace, '--set', `namespace=${namespace}`, '--set', `services.provisioner.agentsNamespace=${agentsNamespace}`];
+  return { namespace, agentsNamespace, release, fullname: `${release}-agent-manager`, args };
+}
+
+async function createNamespaces(kube: Kube, w: World): Promise<void> {
+  for (const name of new Set([w.namespace, w.agentsNamespace])) {
+    await apiOk(kube, 'POST', '/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels: { 'pod-security.kubernetes.io/enforce': 'restricted', 'pod-security.kubernetes.io/warn': 'restricted' } } });
+  }
+}
+
+/** Everything the release and its hooks left, then the namespaces (finalized: no namespace controller runs). */
+async function removeWorld(kube: Kube, w: World): Promise<void> {
+  await helm(['uninstall', w.release, '--namespace', w.namespace, '--no-hooks', '--timeout', '60s']);
+  for (const namespace of new Set([w.namespace, w.agentsNamespace])) {
+    for (const path of [`/apis/batch/v1/namespaces/${namespace}/jobs`, `/api/v1/namespaces/${namespace}/serviceaccounts`, `/api/v1/namespaces/${namespace}/pods`, `/apis/coordination.k8s.io/v1/namespaces/${namespace}/leases`]) {
+      await api(kube, 'DELETE', path);
+    }
+    await api(kube, 'DELETE', `/api/v1/namespaces/${namespace}`);
+    const current = await api(kube, 'GET', `/api/v1/namespaces/${namespace}`);
+    if (current.status === 200) {
+      const ns = current.body as { spec?: { finalizers?: string[] } };
+      await api(kube, 'PUT', `/api/v1/namespaces/${namespace}/finalize`, { ...ns, spec: { ...ns.spec, finalizers: [] } });
+    }
+  }
+}
+
+/**
+ * Plays the Job controller for the migration hook: waits for a Job of that name whose uid is not in
+ * `seen`, checks what it runs, and marks it complete the way the controller would. Returns its uid.
+ */
+async function completeHookJob(kube: Kube, w: World, seen: ReadonlySet<string>, timeoutMs = 90_000): Promise<string> {
+  const path = `/apis/batch/v1/namespaces/${w.namespace}/jobs/${w.fullname}-migrate`;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = await api(kube, 'GET', path);
+    const job = found.body as { metadata?: { uid?: string; annotations?: Record<string, string> }; spec?: { template?: { spec?: { containers?: Array<{ args?: string[] }> } } }; status?: Record<string, unknown> };
+    const uid = job.metadata?.uid;
+    if (found.status === 200 && uid !== undefined && !seen.has(uid)) {
+      expect(job.metadata?.annotations?.['helm.sh/hook']).toBe('pre-install,pre-upgrade');
+      expect(job.spec?.template?.spec?.containers?.[0]?.args).toEqual(['migrate']);
+      const now = new Date();
+      const started = new Date(now.getTime() - 1_000).toISOString().replace(/\.\d+Z$/, 'Z');
+      const finished = now.toISOString().replace(/\.\d+Z$/, 'Z');
+      const condition = (type: string) => ({ type, status: 'True', lastProbeTime: finished, lastTransitionTime: finished, reason: 'CompletionsReached', message: 'Reached expected number of succeeded pods' });
+      await apiOk(kube, 'PUT', `${path}/status`, {
+        ...job,
+        status: { startTime: started, completionTime: finished, succeeded: 1, active: 0, ready: 0, terminating: 0, uncountedTerminatedPods: {}, conditions: [condition('SuccessCriteriaMet'), condition('Complete')] },
+      });
+      return uid;
+    }
+    if (Date.now() > deadline) throw new Error(`no new hook Job ${w.fullname}-migrate within ${timeoutMs} ms`);
+    await sleep(200);
+  }
+}
+
+/** Runs a helm install/upgrade while completing its hook Job; returns the Job's uid and helm's output. */
+async function withHook(kube: Kube, w: World, seen: Set<string>, args: readonly string[]): Promise<{ uid: string; run: Run }> {
+  const running = helmRun(args);
+  const failed = running.then(() => undefined);
+  const uid = await Promise.race([completeHookJob(kube, w, seen), failed.then(() => { throw new Error(`helm ${args[0]} ended before its hook Job appeared`); })]).catch(async (error: unknown) => {
+    await running; // helm's own error says more
+    throw error;
+  });
+  seen.add(uid);
+  return { uid, run: await running };
+}
+
+interface Deployed {
+  readonly deployments: string[];
+  readonly configMaps: string[];
+  readonly scaledObjects: string[];
+  readonly hpas: string[];
+}
+
+async function deployedObjects(kube: Kube, w: World): Promise<Deployed> {
+  const ns = w.namespace;
+  const selector = `?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${w.release}`)}`;
+  const custom = async (path: string) => {
+    const response = await api(kube, 'GET', path + selector);
+    return response.status === 200 ? namesOf(response.body) : [];
+  };
+  return {
+    deployments: namesOf(await apiOk(kube, 'GET', `/apis/apps/v1/namespaces/${ns}/deployments${selector}`)),
+    configMaps: namesOf(await apiOk(kube, 'GET', `/api/v1/namespaces/${ns}/configmaps${selector}`)),
+    scaledObjects: await custom(`/apis/keda.sh/v1alpha1/namespaces/${ns}/scaledobjects`),
+    hpas: namesOf(await apiOk(kube, 'GET', `/apis/autoscaling/v2/namespaces/${ns}/horizontalpodautoscalers${selector}`)),
+  };
+}
+
+async function configValue(kube: Kube, w: World, key: string): Promise<string | undefined> {
+  const map = (await apiOk(kube, 'GET', `/api/v1/namespaces/${w.namespace}/configmaps/${w.fullname}-config`)) as { data?: Record<string, string> };
+  return map.data?.[key];
+}
+
+async function canI(kube: Kube, user: string, attributes: Record<string, string>): Promise<boolean> {
+  const review = (await apiOk(kube, 'POST', '/apis/authorization.k8s.io/v1/subjectaccessreviews', {
+    apiVersion: 'authorization.k8s.io/v1',
+    kind: 'SubjectAccessReview',
+    spec: { user, groups: ['system:serviceaccounts', `system:serviceaccounts:${user.split(':')[2] ?? ''}`, 'system:authenticated'], resourceAttributes: attributes },
+  })) as { status?: { allowed?: boolean } };
+  return review.status?.allowed === true;
+}
+
+// ---- the tests ----------------------------------------------------------------------------------
+
+const haveHelm = existsSync(HELM);
+const describeHelm = haveHelm ? describe : describe.skip;
+
+describeHelm('helm lint and render', () => {
+  const sets = { ...VALUE_SETS, 'shard research-eu': [join(CHART, 'examples', 'values-shard-research-eu.yaml')], 'shard commerce-us': [join(CHART, 'examples', 'values-shard-commerce-us.yaml')] };
+
+  test.each(Object.entries(sets))('helm lint --strict: %s', async (_name, files) => {
+    const out = await helmOk(['lint', '--strict', CHART, ...valueArgs(files)]);
+    expect(out).toContain('0 chart(s) failed');
+  });
+
+  test('wrong value types are refused by values.schema.json', async () => {
+    for (const [flag, value, problem] of [
+      ['--set-string', 'kafka.partitions=12', 'kafka.partitions'],
+      ['--set', 'defaults.replicas=two', 'defaults.replicas'],
+      ['--set', 'keda.enabled=yes', 'keda.enabled'],
+      ['--set', 'secrets.source=inline', 'secrets.source'],
+      ['--set', 'kafka.brokers=kafka', 'kafka.brokers'],
+      ['--set', 'services.ingest.topics=agent-requests', 'services.ingest.topics'],
+    ] as const) {
+      const run = await helm(['template', 'am', CHART, flag, value]);
+      expect({ value, code: run.code }).toEqual({ value, code: 1 });
+      expect(run.stderr).toContain('values don\'t meet the specifications of the schema');
+      expect(run.stderr).toContain(problem);
+    }
+  });
+
+  test('misconfigurations the schema cannot see are refused by the templates', async () => {
+    const cases: Array<[string[], string]> = [
+      [['--set', 'defaults.autoscaling.maxReplicas=13'], 'is above kafka.partitions (12)'],
+      [['--set', 'kafka.partitions=4'], 'services.heartbeat.autoscaling.maxReplicas (12) is above kafka.partitions (4)'],
+      [['--set', 'shutdown.terminationGracePeriodSeconds=20'], 'must be above preStopSleepSeconds + the drain'],
+      [['--set', 'env.DATABASE_URL=postgres://u:p@db/x'], 'env.DATABASE_URL is a secret'],
+      [['--set', 'services.provisioner.env.S3_SECRET_ACCESS_KEY=abc'], 'services.provisioner.env.S3_SECRET_ACCESS_KEY is a secret'],
+    ];
+    for (const [args, message] of cases) {
+      const run = await helm(['template', 'am', CHART, ...args]);
+      expect({ args, code: run.code, error: run.stderr.includes(message) ? message : run.stderr }).toEqual({ args, code: 1, error: message });
+    }
+    // A vault: reference is a reference, not a secret.
+    await helmOk(['template', 'am', CHART, '--set', 'env.DATABASE_URL=vault:kv/agent-manager#database-url']);
+  });
+
+  test('the default render: restricted Pods, probes, grace above the drain, no secret in any value', async () => {
+    const out = await helmOk(['template', 'am', CHART]);
+    expect(out).toContain('args: ["run", "ingest"]');
+    expect(out).toContain('args: ["run", "provisioner"]');
+    expect(out).toContain('args: ["run", "heartbeat"]');
+    expect(out).not.toContain('args: ["run", "archiver"]');
+    expect(out).toMatch(/terminationGracePeriodSeconds: 38\n/); // 3 s preStop + 25 s drain + 10 s margin
+    expect(out).toContain('path: /livez');
+    expect(out).toContain('path: /readyz');
+    expect(out).toContain('DATABASE_URL_FILE: "/var/run/secrets/agent-manager/database-url"');
+    expect(out).not.toContain('hostPath');
+    expect(out).not.toMatch(/kind: Secret\n/);
+  });
+});
+
+const kubeUp = haveHelm && existsSync(KUBECONFIG);
+const describeKube = kubeUp ? describe : describe.skip;
+
+describeKube('install, upgrade and rollback into the real API server', () => {
+  let kube: Kube;
+  beforeAll(() => {
+    kube = loadKube();
+  });
+  afterAll(async () => {
+    await kube?.dispatcher.close();
+  });
+
+  test.each(Object.keys(VALUE_SETS))('%s values', async (valueSet) => {
+    const w = world(valueSet);
+    await createNamespaces(kube, w);
+    try {
+      const seen = new Set<string>();
+      // No --wait: no kubelet runs, so no Pod would ever be Ready. Helm still waits for the hook Job.
+      const first = await withHook(kube, w, seen, ['install', w.release, CHART, ...w.args, '--timeout', '150s']);
+      // The namespaces warn on anything below the `restricted` Pod Security Standard: nothing did.
+      expect(first.run.stderr).not.toContain('PodSecurity');
+      const installed = await deployedObjects(kube, w);
+      const components = ['heartbeat', 'ingest', 'provisioner'].map((c) => `${w.fullname}-${c}`);
+      expect(installed.deployments).toEqual(components);
+      if (valueSet === 'keda-off') {
+        expect(installed.scaledObjects).toEqual([]);
+        expect(installed.hpas).toEqual(components);
+      } else {
+        expect(installed.scaledObjects).toEqual(components);
+        expect(installed.hpas).toEqual([]);
+      }
+      expect(installed.configMaps).toEqual(expect.arrayContaining([`${w.fullname}-config`, `${w.fullname}-dashboard`, ...components]));
+      const ns = w.namespace;
+      const sel = `?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${w.release}`)}`;
+      expect(namesOf(await apiOk(kube, 'GET', `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets${sel}`))).toEqual(components);
+      expect(namesOf(await apiOk(kube, 'GET', `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies${sel}`))).toEqual([...components, `${w.fullname}-default-deny`, `${w.fullname}-migrate`].sort());
+      expect(namesOf(await apiOk(kube, 'GET', `/apis/monitoring.coreos.com/v1/namespaces/${ns}/servicemonitors${sel}`))).toEqual([w.fullname]);
+      expect(namesOf(await apiOk(kube, 'GET', `/apis/monitoring.coreos.com/v1/namespaces/${ns}/prometheusrules${sel}`))).toEqual([w.fullname]);
+      expect(namesOf(await apiOk(kube, 'GET', `/apis/rbac.authorization.k8s.io/v1/namespaces/${w.agentsNamespace}/roles${sel}`))).toEqual([`${w.fullname}-provisioner`]);
+      if (valueSet !== 'keda-off') {
+        expect(namesOf(await apiOk(kube, 'GET', `/apis/keda.sh/v1alpha1/namespaces/${ns}/triggerauthentications${sel}`))).toEqual(components.map((c) => `${c}-kafka`));
+      }
+      // The Deployment as stored: the server applied its defaults to what the chart sent.
+      const deployment = (await apiOk(kube, 'GET', `/apis/apps/v1/namespaces/${ns}/deployments/${w.fullname}-provisioner`)) as {
+        spec: { replicas: number; template: { spec: { automountServiceAccountToken: boolean; securityContext: Record<string, unknown>; containers: Array<{ securityContext: Record<string, unknown> }> } } };
+      };
+      expect(deployment.spec.template.spec.automountServiceAccountToken).toBe(true);
+      expect(deployment.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+      expect(deployment.spec.template.spec.containers[0]?.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
+      expect(await configValue(kube, w, 'LOG_LEVEL')).toBe('info');
+
+      // Upgrade: a new hook Job (the previous one replaced) migrates before the Deployments change.
+      const second = await withHook(kube, w, seen, ['upgrade', w.release, CHART, ...w.args, '--set', 'logLevel=debug', '--timeout', '150s']);
+      expect(second.uid).not.toBe(first.uid);
+      expect(second.run.stderr).not.toContain('PodSecurity');
+      expect(await configValue(kube, w, 'LOG_LEVEL')).toBe('debug');
+
+      // Rollback to revision 1: no hook (nothing to migrate back), the settings as they were.
+      await helmOk(['rollback', w.release, '1', '--namespace', ns, '--timeout', '60s']);
+      expect(await configValue(kube, w, 'LOG_LEVEL')).toBe('info');
+      const history = JSON.parse(await helmOk(['history', w.release, '--namespace', ns, '--output', 'json'])) as Array<{ revision: number; status: string; description: string }>;
+      expect(history.map((h) => [h.revision, h.status])).toEqual([
+        [1, 'superseded'],
+        [2, 'superseded'],
+        [3, 'deployed'],
+      ]);
+    } finally {
+      await removeWorld(kube, w);
+    }
+  }, 600_000);
+
+  test('wrong value types are refused at install: nothing is created', async () => {
+    const w = world('default');
+    await createNamespaces(kube, w);
+    try {
+      const run = await helm(['install', w.release, CHART, ...w.args, '--set', 'defaults.autoscaling.maxReplicas=many']);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('defaults.autoscaling.maxReplicas');
+      const releases = await apiOk(kube, 'GET', `/api/v1/namespaces/${w.namespace}/secrets?labelSelector=owner%3Dhelm`);
+      expect(namesOf(releases)).toEqual([]);
+      expect(namesOf(await apiOk(kube, 'GET', `/apis/batch/v1/namespaces/${w.namespace}/jobs`))).toEqual([]);
+    } finally {
+      await removeWorld(kube, w);
+    }
+  });
+
+  test("the provisioner's ServiceAccount may manage Pods and its Lease in the agents' namespace, and read no Secret", async () => {
+    const w = world('production'); // agents in their own namespace
+    await createNamespaces(kube, w);
+    try {
+      await withHook(kube, w, new Set(), ['install', w.release, CHART, ...w.args, '--timeout', '150s']);
+      const provisioner = `system:serviceaccount:${w.namespace}:${w.fullname}-provisioner`;
+      const ingest = `system:serviceaccount:${w.namespace}:${w.fullname}-ingest`;
+      const agents = w.agentsNamespace;
+      const lease = 'agent-manager-provisioner-reconciler';
+      const pods = (verb: string, namespace = agents) => ({ namespace, verb, resource: 'pods', group: '' });
+
+      for (const verb of ['create', 'get', 'list', 'update', 'delete']) expect([verb, await canI(kube, provisioner, pods(verb))]).toEqual([verb, true]);
+      expect(await canI(kube, provisioner, { namespace: agents, verb: 'create', resource: 'leases', group: 'coordination.k8s.io' })).toBe(true);
+      expect(await canI(kube, provisioner, { namespace: agents, verb: 'update', resource: 'leases', group: 'coordination.k8s.io', name: lease })).toBe(true);
+
+      // Not: Secrets, other Leases, exec, Pods elsewhere, anything for the other services.
+      expect(await canI(kube, provisioner, { namespace: agents, verb: 'get', resource: 'secrets', group: '' })).toBe(false);
+      expect(await canI(kube, provisioner, { namespace: agents, verb: 'list', resource: 'secrets', group: '' })).toBe(false);
+      expect(await canI(kube, provisioner, { namespace: w.namespace, verb: 'get', resource: 'secrets', group: '' })).toBe(false);
+      expect(await canI(kube, provisioner, { namespace: agents, verb: 'update', resource: 'leases', group: 'coordination.k8s.io', name: 'someone-else' })).toBe(false);
+      expect(await canI(kube, provisioner, { namespace: agents, verb: 'create', resource: 'pods', subresource: 'exec', group: '' })).toBe(false);
+      expect(await canI(kube, provisioner, pods('create', w.namespace))).toBe(false);
+      expect(await canI(kube, provisioner, pods('create', 'default'))).toBe(false);
+      expect(await canI(kube, ingest, pods('create'))).toBe(false);
+      expect(await canI(kube, ingest, pods('list'))).toBe(false);
+
+      // And as the API server itself decides a real request (impersonating the ServiceAccount).
+      const pod = {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'probe-agent' },
+        spec: {
+          securityContext: { runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } },
+          containers: [{ name: 'agent', image: 'agent:1', securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } } }],
+        },
+      };
+      // The admission plugin needs the namespace's default ServiceAccount, which no controller made.
+      await apiOk(kube, 'POST', `/api/v1/namespaces/${agents}/serviceaccounts`, { metadata: { name: 'default' } });
+      const asProvisioner = async (method: string, path: string, body?: unknown) => {
+        const response = await fetch(`${kube.server}${path}`, {
+          method,
+          dispatcher: kube.dispatcher,
+          headers: { authorization: `Bearer ${kube.token}`, 'impersonate-user': provisioner, 'impersonate-group': 'system:serviceaccounts', 'content-type': 'application/json' },
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        });
+        await response.text();
+        return response.status;
+      };
+      expect(await asProvisioner('POST', `/api/v1/namespaces/${agents}/pods`, pod)).toBe(201);
+      expect(await asProvisioner('GET', `/api/v1/namespaces/${agents}/secrets`)).toBe(403);
+      expect(await asProvisioner('POST', `/api/v1/namespaces/${w.namespace}/pods`, pod)).toBe(403);
+    } finally {
+      await removeWorld(kube, w);
+    }
+  }, 300_000);
+});
