@@ -21,6 +21,9 @@ const CHART = join(ROOT, 'charts', 'agent-manager');
 const KUBECONFIG = process.env.KUBECONFIG ?? join(ROOT, '.stack', 'kube', 'kubeconfig');
 const HELM = process.env.HELM ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '', '.cache'), 'agent-manager', 'helm-v3.22.0', 'helm');
 
+// `helm template` and `lint` render for this Kubernetes (the stack's API server), not helm's built-in default.
+const KUBE_VERSION = ['--kube-version', '1.37.2'];
+
 const VALUE_SETS: Record<string, string[]> = {
   default: [],
   production: [join(CHART, 'ci', 'values-production.yaml')],
@@ -221,20 +224,22 @@ describeHelm('helm lint and render', () => {
   const sets = { ...VALUE_SETS, 'shard research-eu': [join(CHART, 'examples', 'values-shard-research-eu.yaml')], 'shard commerce-us': [join(CHART, 'examples', 'values-shard-commerce-us.yaml')] };
 
   test.each(Object.entries(sets))('helm lint --strict: %s', async (_name, files) => {
-    const out = await helmOk(['lint', '--strict', CHART, ...valueArgs(files)]);
+    const out = await helmOk(['lint', '--strict', CHART, ...KUBE_VERSION, ...valueArgs(files)]);
     expect(out).toContain('0 chart(s) failed');
   });
 
   test('wrong value types are refused by values.schema.json', async () => {
     for (const [flag, value, problem] of [
-      ['--set-string', 'kafka.partitions=12', 'kafka.partitions'],
-      ['--set', 'defaults.replicas=two', 'defaults.replicas'],
-      ['--set', 'keda.enabled=yes', 'keda.enabled'],
-      ['--set', 'secrets.source=inline', 'secrets.source'],
-      ['--set', 'kafka.brokers=kafka', 'kafka.brokers'],
-      ['--set', 'services.ingest.topics=agent-requests', 'services.ingest.topics'],
+      ['--set-string', 'kafka.partitions=12', "at '/kafka/partitions': got string, want integer"],
+      ['--set', 'defaults.replicas=two', "at '/defaults/replicas': got string, want integer"],
+      ['--set', 'keda.enabled=yes', "at '/keda/enabled': got string, want boolean"],
+      ['--set', 'secrets.source=inline', "at '/secrets/source': value must be one of"],
+      ['--set', 'kafka.brokers=kafka', "at '/kafka/brokers': 'kafka' does not match pattern"],
+      ['--set', 'services.ingest.topics=agent-requests', "at '/services/ingest/topics': got string, want array"],
+      ['--set', 'services.ingest.api.port=99999', "at '/services/ingest/api/port'"],
+      ['--set', 'kafka.topicPrefix=a b', "at '/kafka/topicPrefix'"],
     ] as const) {
-      const run = await helm(['template', 'am', CHART, flag, value]);
+      const run = await helm(['template', 'am', CHART, ...KUBE_VERSION, flag, value]);
       expect({ value, code: run.code }).toEqual({ value, code: 1 });
       expect(run.stderr).toContain('values don\'t meet the specifications of the schema');
       expect(run.stderr).toContain(problem);
@@ -250,15 +255,15 @@ describeHelm('helm lint and render', () => {
       [['--set', 'services.provisioner.env.S3_SECRET_ACCESS_KEY=abc'], 'services.provisioner.env.S3_SECRET_ACCESS_KEY is a secret'],
     ];
     for (const [args, message] of cases) {
-      const run = await helm(['template', 'am', CHART, ...args]);
+      const run = await helm(['template', 'am', CHART, ...KUBE_VERSION, ...args]);
       expect({ args, code: run.code, error: run.stderr.includes(message) ? message : run.stderr }).toEqual({ args, code: 1, error: message });
     }
     // A vault: reference is a reference, not a secret.
-    await helmOk(['template', 'am', CHART, '--set', 'env.DATABASE_URL=vault:kv/agent-manager#database-url']);
+    await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--set', 'env.DATABASE_URL=vault:kv/agent-manager#database-url']);
   });
 
   test('the default render: restricted Pods, probes, grace above the drain, no secret in any value', async () => {
-    const out = await helmOk(['template', 'am', CHART]);
+    const out = await helmOk(['template', 'am', CHART, ...KUBE_VERSION]);
     expect(out).toContain('args: ["run", "ingest"]');
     expect(out).toContain('args: ["run", "provisioner"]');
     expect(out).toContain('args: ["run", "heartbeat"]');
@@ -349,7 +354,7 @@ describeKube('install, upgrade and rollback into the real API server', () => {
     try {
       const run = await helm(['install', w.release, CHART, ...w.args, '--set', 'defaults.autoscaling.maxReplicas=many']);
       expect(run.code).toBe(1);
-      expect(run.stderr).toContain('defaults.autoscaling.maxReplicas');
+      expect(run.stderr).toContain("at '/defaults/autoscaling/maxReplicas': got string, want integer");
       const releases = await apiOk(kube, 'GET', `/api/v1/namespaces/${w.namespace}/secrets?labelSelector=owner%3Dhelm`);
       expect(namesOf(releases)).toEqual([]);
       expect(namesOf(await apiOk(kube, 'GET', `/apis/batch/v1/namespaces/${w.namespace}/jobs`))).toEqual([]);
