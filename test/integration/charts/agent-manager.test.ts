@@ -10,7 +10,7 @@
  * for it). Each test has its own namespaces and release, removed at the end.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, fetch } from 'undici';
@@ -274,6 +274,16 @@ describeHelm('helm lint and render', () => {
     expect(out).toContain('DATABASE_URL_FILE: "/var/run/secrets/agent-manager/database-url"');
     expect(out).not.toContain('hostPath');
     expect(out).not.toMatch(/kind: Secret\n/);
+  });
+
+  test('the alerts and the dashboard use only metrics the services export', async () => {
+    const exported = new Set<string>();
+    const sources = ['lib', 'services'].flatMap((dir) => readdirSync(join(ROOT, dir), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts')).map((f) => join(ROOT, dir, f)));
+    for (const file of sources) for (const match of readFileSync(file, 'utf8').matchAll(/name: '(agent_manager_[a-z0-9_]+)'/g)) exported.add(match[1] ?? '');
+    const rendered = await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--show-only', 'templates/prometheusrule.yaml', '--show-only', 'templates/dashboard-configmap.yaml']);
+    const used = new Set([...rendered.matchAll(/agent_manager_[a-z0-9_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')));
+    expect(used.size).toBeGreaterThan(5);
+    expect([...used].filter((name) => !exported.has(name))).toEqual([]);
   });
 });
 
