@@ -16,11 +16,11 @@ function progressPrinter(): (line: string) => void {
 }
 
 /** `stack up`: returns false when a component failed (each failure was already reported). */
-export async function runStackUp(root: string): Promise<boolean> {
+export async function runStackUp(root: string, optional: readonly string[] = []): Promise<boolean> {
   const started = Date.now();
-  const { stackContext, stackUp } = await devStack();
+  const { stackComponents, stackContext, stackUp } = await devStack();
   const ctx = stackContext(root, progressPrinter());
-  const results = await stackUp(ctx);
+  const results = await stackUp(ctx, stackComponents(optional));
   const failed = results.filter((r) => r.outcome === 'failed');
   console.log(
     failed.length === 0
@@ -32,33 +32,37 @@ export async function runStackUp(root: string): Promise<boolean> {
 
 /** Prints one line per component; returns whether all are healthy. */
 export async function printStatus(root: string): Promise<boolean> {
-  const { stackContext, stackStatus } = await devStack();
-  const statuses = await stackStatus(stackContext(root, () => undefined));
-  const rows = statuses.map((s) => [s.name, s.health, s.address, s.owner === 'stack' ? `pid ${s.pid}` : s.owner, s.version]);
+  const { allStackComponents, isOptionalComponent, stackContext, stackStatus } = await devStack();
+  const statuses = await stackStatus(stackContext(root, () => undefined), allStackComponents());
+  // An optional component that is simply not started is listed, but does not fail the check.
+  const off = (s: (typeof statuses)[number]) => isOptionalComponent(s.name) && s.health === 'down' && s.owner === 'none';
+  const rows = statuses.map((s) => [s.name, off(s) ? `off (stack up --with ${s.name})` : s.health, s.address, s.owner === 'stack' ? `pid ${s.pid}` : s.owner, s.version]);
   const header = ['COMPONENT', 'HEALTH', 'ADDRESS', 'OWNER', 'VERSION'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
   for (const row of [header, ...rows]) console.log(row.map((cell, i) => String(cell).padEnd(widths[i] ?? 0)).join('  ').trimEnd());
-  return statuses.every((s) => s.health === 'healthy');
+  return statuses.every((s) => s.health === 'healthy' || off(s));
 }
 
 export function registerStackCommands(program: Command, root: string, setExitCode: (code: number) => void): void {
   const stack = program
     .command('stack')
-    .description('The local stack: real Kafka, Schema Registry, Postgres, Redis and S3 on loopback, data in .stack/.');
+    .description('The local stack: real Kafka, Schema Registry, Postgres, Redis and S3 on loopback (and, when asked, a Kubernetes API server), data in .stack/.');
 
   stack
     .command('up')
     .description('Install what is missing and start every component (reuses what already runs).')
-    .action(async () => {
-      setExitCode((await runStackUp(root)) ? 0 : 1);
+    .option('--with <components>', 'also start optional components, comma-separated (kube: a Kubernetes API server, no kubelet; see dev/stack/index.ts)')
+    .action(async (options: { with?: string }) => {
+      const optional = (options.with ?? '').split(',').map((name) => name.trim()).filter((name) => name !== '');
+      setExitCode((await runStackUp(root, optional)) ? 0 : 1);
     });
 
   stack
     .command('down')
     .description('Stop the components this stack started (servers it reused are left alone).')
     .action(async () => {
-      const { stackContext, stackDown } = await devStack();
-      await stackDown(stackContext(root, progressPrinter()));
+      const { allStackComponents, stackContext, stackDown } = await devStack();
+      await stackDown(stackContext(root, progressPrinter()), allStackComponents());
     });
 
   stack
@@ -82,9 +86,9 @@ export function registerStackCommands(program: Command, root: string, setExitCod
       const { kafkaStackEnv, STACK_PRINCIPALS } = await devEndpoints();
       const principal = STACK_PRINCIPALS.find((p) => p === options.as && p !== 'broker');
       if (principal === undefined) throw permanentError('USAGE', `unknown principal "${options.as}": expected ${STACK_PRINCIPALS.filter((p) => p !== 'broker').join(', ')}`);
-      const { stackContext, stackEnv } = await devStack();
+      const { allStackComponents, stackContext, stackEnv } = await devStack();
       const ctx = stackContext(root, () => undefined);
-      const env = { ...stackEnv(ctx), ...kafkaStackEnv(ctx.stackDir, principal) };
+      const env = { ...stackEnv(ctx, allStackComponents()), ...kafkaStackEnv(ctx.stackDir, principal) };
       if (options.librdkafka) {
         console.log(`# librdkafka properties of User:${principal} on the local stack`);
         console.log(`bootstrap.servers=${env.KAFKA_BROKERS}`);

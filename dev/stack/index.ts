@@ -1,7 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { errorMessage } from '../../lib/errors.ts';
+import { errorMessage, permanentError } from '../../lib/errors.ts';
 import { kafkaComponent } from './kafka.ts';
+import { kubeComponent } from './kube.ts';
 import { opaComponent } from './opa.ts';
 import { postgresComponent } from './postgres.ts';
 import { redisComponent } from './redis.ts';
@@ -13,10 +14,33 @@ import type { ComponentStatus, StackComponent, StackContext } from './types.ts';
 export type { ComponentStatus, StackContext } from './types.ts';
 export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
 
-export function stackComponents(): StackComponent[] {
+/**
+ * Components started only when asked (`stack up --with <name>,…`): heavy, and needed only by some
+ * tests. One line each. `stack status`, `stack env` and `stack down` always consider them.
+ */
+export const OPTIONAL_COMPONENTS: Readonly<Record<string, () => StackComponent>> = {
+  kube: kubeComponent,
+};
+
+/** The names `--with` accepts. */
+export const optionalComponentNames = (): string[] => Object.keys(OPTIONAL_COMPONENTS);
+
+/** The core components, plus the optional ones named (an unknown name is a USAGE error). */
+export function stackComponents(optional: readonly string[] = []): StackComponent[] {
+  const unknown = optional.filter((name) => !Object.hasOwn(OPTIONAL_COMPONENTS, name));
+  if (unknown.length > 0) {
+    throw permanentError('USAGE', `unknown optional component ${unknown.join(', ')}: expected ${optionalComponentNames().join(', ')}`);
+  }
   // In dependency order (the registry keeps its schemas in Postgres): `stack down` stops in reverse.
-  return [kafkaComponent(), postgresComponent(), schemaRegistryComponent(), redisComponent(), s3Component(), opaComponent(), vaultComponent()];
+  const core = [kafkaComponent(), postgresComponent(), schemaRegistryComponent(), redisComponent(), s3Component(), opaComponent(), vaultComponent()];
+  return [...core, ...[...new Set(optional)].map((name) => (OPTIONAL_COMPONENTS[name] as () => StackComponent)())];
 }
+
+/** Every component, the optional ones included: what status, env and down look at. */
+export const allStackComponents = (): StackComponent[] => stackComponents(optionalComponentNames());
+
+/** Whether `name` is optional (its being down does not make the stack unhealthy). */
+export const isOptionalComponent = (name: string): boolean => Object.hasOwn(OPTIONAL_COMPONENTS, name);
 
 export function stackContext(root: string, progress: (line: string) => void, env: NodeJS.ProcessEnv = process.env): StackContext {
   const stackDir = join(root, '.stack');
