@@ -3,6 +3,7 @@ import { errorMessage } from '../lib/errors.ts';
 import { registerAgentCommands } from './agents.ts';
 import { registerContractCommands } from './contracts.ts';
 import { registerDlqCommands } from './dlq.ts';
+import { registerS3Commands } from './s3.ts';
 import { registerStackCommands } from './stack.ts';
 import { registerServiceCommands } from './services.ts';
 
@@ -18,6 +19,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
 
   registerServiceCommands(program, root, setExitCode);
   registerDlqCommands(program, setExitCode);
+  registerS3Commands(program, setExitCode);
   registerAgentCommands(program, setExitCode);
 
   program

@@ -12,7 +12,21 @@ export const LOCAL_STACK = {
   schemaRegistry: { host: '127.0.0.1', port: 18081 },
   postgres: { host: '127.0.0.1', port: 15432, user: 'agent_manager', password: 'agent_manager', database: 'agent_manager' },
   redis: { host: '127.0.0.1', port: 16379 },
-  s3: { host: '127.0.0.1', port: 19000, region: 'us-east-1', accessKeyId: 'local', secretAccessKey: 'local-secret' },
+  /**
+   * MinIO: the access key and secret are its root user and password (development credentials of the
+   * stack only; MinIO wants at least 3 and 8 characters). The archive bucket is made by `s3 init`;
+   * its default retention is one day here (COMPLIANCE: nothing can shorten it, not even the root user).
+   */
+  s3: {
+    host: '127.0.0.1',
+    port: 19000,
+    consolePort: 19001,
+    region: 'us-east-1',
+    accessKeyId: 'local',
+    secretAccessKey: 'local-secret',
+    archiveBucket: 'agent-manager-audit',
+    archiveRetentionDays: 1,
+  },
   /** OPA standing in for SentinelNet, the policy decision point. */
   opa: { host: '127.0.0.1', port: 18181 },
 } as const;
@@ -114,6 +128,8 @@ export function localStackEnv(root: string = process.cwd(), principal: StackPrin
     S3_REGION: s3.region,
     S3_ACCESS_KEY_ID: s3.accessKeyId,
     S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+    ARCHIVE_BUCKET: s3.archiveBucket,
+    ARCHIVE_RETENTION_DAYS: String(s3.archiveRetentionDays),
     OPA_URL: `http://${opa.host}:${opa.port}`,
   };
 }

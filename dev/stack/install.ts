@@ -75,7 +75,7 @@ export async function findJava(ctx: StackContext, component: string, minMajor: n
 
 let venvReady: Promise<string> | undefined;
 
-/** The stack's own Python virtualenv (for moto and, when needed, a JDK). Returns its python. */
+/** The stack's own Python virtualenv (for OpenBao and, when needed, a JDK). Returns its python. */
 export function ensureVenv(ctx: StackContext, component: string): Promise<string> {
   venvReady ??= (async () => {
     const venv = join(ctx.stackDir, 'venv');

@@ -1,5 +1,5 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  S3Client,
   CreateBucketCommand,
   PutObjectCommand,
   DeleteObjectCommand,
@@ -7,47 +7,38 @@ import {
   GetObjectLockConfigurationCommand,
   GetBucketVersioningCommand,
   PutObjectRetentionCommand,
-  ListObjectVersionsCommand,
-  DeleteBucketCommand,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
-import { testEnv, uniqueName } from '../../support/stack.ts';
+import { rejection, removeTestBucket, testS3Client } from '../../support/s3.ts';
+import { uniqueName } from '../../support/stack.ts';
 
-function s3Client(): S3Client {
-  const env = testEnv();
-  return new S3Client({
-    endpoint: env.S3_ENDPOINT,
-    region: env.S3_REGION,
-    forcePathStyle: true,
-    credentials: { accessKeyId: env.S3_ACCESS_KEY_ID ?? '', secretAccessKey: env.S3_SECRET_ACCESS_KEY ?? '' },
-  });
-}
+// COMPLIANCE retention is enforced for real (MinIO, as S3): no one can delete the version or shorten
+// its retention until it expires, so the test locks for seconds and waits that out before cleaning up.
+const LOCK_MS = 20_000;
+jest.setTimeout(90_000);
 
 describe('S3 server with versioning and Object Lock (@aws-sdk/client-s3)', () => {
-  const s3 = s3Client();
+  const s3 = testS3Client();
   const Bucket = uniqueName('smoke-lock');
   const Key = 'audit-events/dt=2026-11-27/p=0/0-9.avro';
+  let retainUntil = new Date();
 
   afterAll(async () => {
-    // Cleanup only: the local server lets a retention be shortened, real S3 in COMPLIANCE mode does not.
-    const versions = await s3.send(new ListObjectVersionsCommand({ Bucket }));
-    for (const v of [...(versions.Versions ?? []), ...(versions.DeleteMarkers ?? [])]) {
-      await s3
-        .send(new PutObjectRetentionCommand({ Bucket, Key: v.Key, VersionId: v.VersionId, Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(Date.now() - 1000) } }))
-        .catch(() => undefined);
-      await s3.send(new DeleteObjectCommand({ Bucket, Key: v.Key, VersionId: v.VersionId })).catch(() => undefined);
-    }
-    await s3.send(new DeleteBucketCommand({ Bucket })).catch(() => undefined);
+    const left = retainUntil.getTime() - Date.now();
+    if (left > 0) await sleep(left + 1000);
+    await removeTestBucket(s3, Bucket);
     s3.destroy();
   });
 
-  it('refuses to delete an object version under COMPLIANCE retention with AccessDenied', async () => {
+  it('refuses to delete an object version under COMPLIANCE retention, or to shorten that retention', async () => {
     await s3.send(new CreateBucketCommand({ Bucket, ObjectLockEnabledForBucket: true }));
     const lock = await s3.send(new GetObjectLockConfigurationCommand({ Bucket }));
     expect(lock.ObjectLockConfiguration?.ObjectLockEnabled).toBe('Enabled');
     const versioning = await s3.send(new GetBucketVersioningCommand({ Bucket }));
     expect(versioning.Status).toBe('Enabled');
 
+    // Whole seconds: S3 keeps a retention date to the second.
+    retainUntil = new Date(Math.ceil((Date.now() + LOCK_MS) / 1000) * 1000);
     const put = await s3.send(
       new PutObjectCommand({
         Bucket,
@@ -56,22 +47,24 @@ describe('S3 server with versioning and Object Lock (@aws-sdk/client-s3)', () =>
         // Object Lock uploads must carry a checksum (S3 refuses them otherwise).
         ChecksumAlgorithm: 'SHA256',
         ObjectLockMode: 'COMPLIANCE',
-        ObjectLockRetainUntilDate: new Date(Date.now() + 24 * 3600 * 1000),
+        ObjectLockRetainUntilDate: retainUntil,
       }),
     );
     expect(put.VersionId).toBeTruthy();
 
-    let refusal: unknown;
-    try {
-      await s3.send(new DeleteObjectCommand({ Bucket, Key, VersionId: put.VersionId }));
-    } catch (error) {
-      refusal = error;
-    }
+    // S3 answers AccessDenied; MinIO InvalidRequest, "Object is WORM protected and cannot be overwritten".
+    const refusal = await rejection(s3.send(new DeleteObjectCommand({ Bucket, Key, VersionId: put.VersionId })));
     expect(refusal).toBeInstanceOf(S3ServiceException);
-    expect((refusal as S3ServiceException).name).toBe('AccessDenied');
+    expect(['AccessDenied', 'InvalidRequest']).toContain(refusal.name);
+
+    const shorten = await rejection(
+      s3.send(new PutObjectRetentionCommand({ Bucket, Key, VersionId: put.VersionId, Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(Date.now() + 1000) } })),
+    );
+    expect(shorten).toBeInstanceOf(S3ServiceException);
 
     const stillThere = await s3.send(new GetObjectCommand({ Bucket, Key, VersionId: put.VersionId }));
     expect(await stillThere.Body?.transformToString()).toContain('avro container');
     expect(stillThere.ObjectLockMode).toBe('COMPLIANCE');
+    expect(stillThere.ObjectLockRetainUntilDate?.getTime()).toBe(retainUntil.getTime());
   });
 });
