@@ -5,10 +5,10 @@ import type { StackComponent } from '../../dev/stack/types.ts';
 /**
  * Stops and restarts one server of the local stack, the way `stack down`/`stack up` do it for that
  * server alone: Postgres by SIGINT (a fast shutdown, as `pg_ctl stop -m fast`: sessions get 57P01),
- * Redis and the schema registry by SIGTERM. Only for test/outage/, which runs serially: every other
+ * Redis, the schema registry and MinIO (S3) by SIGTERM. Only for test/outage/, which runs serially: every other
  * test file uses these servers too.
  */
-export type OutageTarget = 'postgres' | 'schema-registry' | 'redis';
+export type OutageTarget = 'postgres' | 'schema-registry' | 'redis' | 's3';
 
 function component(name: OutageTarget): StackComponent {
   const found = stackComponents().find((c) => c.name === name);
@@ -43,7 +43,7 @@ export async function startServer(name: OutageTarget): Promise<void> {
 export async function restoreStack(): Promise<void> {
   const ctx = context();
   // Not Kafka: nothing here stops it, and its start restarts a broker whose configuration changed.
-  for (const name of ['postgres', 'redis', 'schema-registry'] as const) {
+  for (const name of ['postgres', 'redis', 'schema-registry', 's3'] as const) {
     await component(name)
       .start(ctx)
       .catch(() => undefined);
