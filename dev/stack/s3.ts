@@ -96,9 +96,14 @@ async function buildMinio(ctx: StackContext, installLog: string): Promise<void> 
     try {
       renameSync(tempDir, finalDir);
     } catch (error) {
-      // Another `stack up` renamed its build into place first: use that one.
       const code = (error as NodeJS.ErrnoException).code;
-      if ((code !== 'ENOTEMPTY' && code !== 'EEXIST') || !(await runs(bin))) throw error;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
+      // Another `stack up` renamed its build into place first: use that one. A broken leftover
+      // (an interrupted copy by hand) is replaced.
+      if (!(await runs(bin))) {
+        rmSync(finalDir, { recursive: true, force: true });
+        renameSync(tempDir, finalDir);
+      }
     }
   } finally {
     clearInterval(ticker);
