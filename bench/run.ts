@@ -4,6 +4,7 @@ const benches: Record<string, () => Promise<{ run: (args: string[]) => Promise<v
   hotpath: () => import('./hotpath.ts'),
   provisioning: () => import('./provisioning.ts'),
   api: () => import('./api.ts'),
+  heartbeat: () => import('./heartbeat.ts'),
 };
 
 const [name, ...args] = process.argv.slice(2);
