@@ -89,10 +89,10 @@ class ChunkReader {
   async decode<T>(type: avsc.Type): Promise<T | undefined> {
     for (;;) {
       if (this.position < this.buffer.length) {
-        const { value, offset } = type.decode(this.buffer, this.position) as { value: T; offset: number };
-        if (offset >= 0) {
-          this.position = offset;
-          return value;
+        const decoded: { value: unknown; offset: number } = type.decode(this.buffer, this.position);
+        if (decoded.offset >= 0) {
+          this.position = decoded.offset;
+          return decoded.value as T;
         }
       }
       const atStart = this.position >= this.buffer.length;
@@ -220,7 +220,7 @@ export async function openArchiveFile<E = unknown>(source: AsyncIterable<Uint8Ar
           const start = position;
           let decoded: { value: unknown; offset: number };
           try {
-            decoded = field.type.decode(data, position, field.resolver) as { value: unknown; offset: number };
+            decoded = field.type.decode(data, position, field.resolver);
           } catch (error) {
             corrupt(name, `record ${i} of a block: bad ${field.name}: ${errorMessage(error)}`, error);
           }

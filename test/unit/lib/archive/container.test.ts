@@ -117,7 +117,7 @@ describe('archive container files', () => {
     const error = await readArchiveRecords(truncated).catch((e: unknown) => e);
     expect(errorCode(error)).toBe('ARCHIVE_FILE_CORRUPT');
     const altered = Buffer.from(bytes);
-    altered[altered.length - 1] ^= 0xff; // the last sync marker
+    altered.writeUInt8((altered.at(-1) ?? 0) ^ 0xff, altered.length - 1); // the last sync marker
     expect(errorCode(await readArchiveRecords(altered).catch((e: unknown) => e))).toBe('ARCHIVE_FILE_CORRUPT');
     expect(errorCode(await readArchiveRecords(Buffer.from('not avro at all')).catch((e: unknown) => e))).toBe('ARCHIVE_FILE_CORRUPT');
   });
