@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { errorMessage, permanentError } from '../../lib/errors.ts';
+import { containersComponent } from './containers.ts';
 import { kafkaComponent } from './kafka.ts';
 import { kubeComponent } from './kube.ts';
 import { opaComponent } from './opa.ts';
@@ -20,6 +21,7 @@ export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
  */
 export const OPTIONAL_COMPONENTS: Readonly<Record<string, () => StackComponent>> = {
   kube: kubeComponent,
+  containers: containersComponent,
 };
 
 /** The names `--with` accepts. */
