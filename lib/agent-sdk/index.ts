@@ -11,6 +11,10 @@
  *   timer: an agent is not crashed by its heartbeat;
  * - `stop()` cancels the timer, waits for the send in flight (the final flush) and disconnects.
  *
+ * Each heartbeat announces `intervalMs`, from which the heartbeat service derives the agent's
+ * deadline. The schedule is jittered (each gap is `intervalMs` minus up to `jitterRatio` of it, never
+ * more: the deadline stays met) so a fleet started at once does not heartbeat in lockstep.
+ *
  * Metrics on every heartbeat: `cpuPercent` = CPU time used by this process (user + system) since the
  * previous heartbeat, in percent of one core; `memoryRssBytes` = resident set size.
  */
@@ -26,6 +30,7 @@ import { createEventProducer, type EventProducer } from '../runtime/producer.ts'
 
 export const DEFAULT_HEARTBEAT_TOPIC = 'agent-heartbeats';
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
+export const DEFAULT_JITTER_RATIO = 0.1;
 
 export interface AgentHeartbeaterOptions {
   readonly agentId: string;
@@ -43,6 +48,10 @@ export interface AgentHeartbeaterOptions {
   readonly topic?: string;
   /** Defaults to 2000 ms. */
   readonly intervalMs?: number;
+  /** Up to this fraction of the interval is taken off each gap, at random (0 ≤ ratio < 1). Default 0.1. */
+  readonly jitterRatio?: number;
+  /** Injectable randomness for the jitter (0 ≤ value < 1). */
+  readonly random?: () => number;
   /** Silent when omitted. */
   readonly logger?: Logger;
   /** Agent-specific gauges reported under `metrics.custom` (e.g. queue depth). */
@@ -72,6 +81,11 @@ interface CpuSample {
   readonly at: bigint;
 }
 
+/** The gap before the next heartbeat: the interval less up to `ratio` of it (early, never late), for `random` in [0, 1). */
+export function jitteredGapMs(intervalMs: number, ratio: number, random: number): number {
+  return Math.round(intervalMs * (1 - ratio * random));
+}
+
 function validate(options: AgentHeartbeaterOptions): void {
   const problems: string[] = [];
   if (typeof options.agentId !== 'string' || options.agentId === '') problems.push('agentId must be a non-empty string');
@@ -80,6 +94,7 @@ function validate(options: AgentHeartbeaterOptions): void {
   if (options.codec === undefined && (typeof options.registryUrl !== 'string' || options.registryUrl === '')) problems.push('registryUrl must be set');
   if (options.intervalMs !== undefined && !(Number.isFinite(options.intervalMs) && options.intervalMs > 0)) problems.push('intervalMs must be a positive number');
   if (options.topic !== undefined && (typeof options.topic !== 'string' || options.topic === '')) problems.push('topic must be a non-empty string');
+  if (options.jitterRatio !== undefined && !(Number.isFinite(options.jitterRatio) && options.jitterRatio >= 0 && options.jitterRatio < 1)) problems.push('jitterRatio must be at least 0 and below 1');
   if (problems.length > 0) throw permanentError('CONFIG_INVALID', `invalid heartbeater options: ${problems.join('; ')}`);
 }
 
@@ -87,6 +102,9 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
   validate(options);
   const topic = options.topic ?? DEFAULT_HEARTBEAT_TOPIC;
   const intervalMs = options.intervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
+  const jitterRatio = options.jitterRatio ?? DEFAULT_JITTER_RATIO;
+  const random = options.random ?? Math.random;
+  const nextGapMs = () => jitteredGapMs(intervalMs, jitterRatio, random());
   // The agent's own logger usually carries agentId and instanceId already: bind them only when not.
   const given = options.logger ?? createLogger('agent-sdk', 'silent');
   const bound = given.bindings();
@@ -146,6 +164,7 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
         sequence,
         sentAt: new Date(now()),
         metrics: sampleMetrics(),
+        intervalMs: Math.round(intervalMs),
       };
       await events.send(topic, [{ key: options.agentId, value: heartbeat }]);
       log.debug({ sequence, cpuPercent: heartbeat.metrics?.cpuPercent, rss: heartbeat.metrics?.memoryRssBytes }, 'heartbeat sent');
@@ -168,13 +187,13 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
     return inFlight;
   }
 
-  /** Fixed rate: the next tick is due `intervalMs` after this one began (at once if the send took longer). */
+  /** Fixed rate: the next tick is due one (jittered) gap after this one began (at once if the send took longer). */
   function schedule(dueAt: number): void {
     if (stopped) return;
     timer = setTimeout(() => {
       timer = undefined;
       const began = Date.now();
-      void tick().then(() => schedule(Math.max(began + intervalMs, Date.now())));
+      void tick().then(() => schedule(Math.max(began + nextGapMs(), Date.now())));
     }, Math.max(0, dueAt - Date.now()));
   }
 
@@ -197,7 +216,7 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
         const acknowledged = await tick();
         if (stopped) throw retryableError('HEARTBEATER_STOPPED', 'the heartbeater was stopped before the first heartbeat was acknowledged');
         if (acknowledged) {
-          schedule(began + intervalMs);
+          schedule(began + nextGapMs());
           return;
         }
         await new Promise<void>((resolve) => {

@@ -65,7 +65,7 @@ export interface ResourceRequest {
   gpuType: string | null;
 }
 
-/** An instruction to the provisioner to move one agent through its lifecycle, on the agent-commands topic. Issued by ingest for Kernel requests and by heartbeat (RECOVER) for agents that missed their deadline. Key: the agentId. Avro record `io.agentmanager.v1.AgentCommand`. */
+/** An instruction to the provisioner to move one agent through its lifecycle, on the agent-commands topic. Issued by ingest for Kernel requests and by the heartbeat service (HEARTBEAT_MISSED, RECOVER, HEARTBEAT_RESUMED) for agents that missed their deadline or came back. Key: the agentId. Avro record `io.agentmanager.v1.AgentCommand`. */
 export interface AgentCommand {
   /** Unique id of this command; the provisioner de-duplicates on it, so a redelivered command is applied once. */
   commandId: string;
@@ -94,8 +94,8 @@ export interface AgentCommand {
 }
 
 /** The symbols of {@link AgentCommandType}, in schema order. */
-export const AGENT_COMMAND_TYPE_SYMBOLS = ['INSTANTIATE', 'START', 'STOP', 'RESTART', 'DESTROY', 'RECOVER'] as const;
-/** Lifecycle commands: the Kernel's actions plus RECOVER, issued by the heartbeat service when an agent misses its heartbeat deadline. Avro enum `io.agentmanager.v1.AgentCommandType`. */
+export const AGENT_COMMAND_TYPE_SYMBOLS = ['INSTANTIATE', 'START', 'STOP', 'RESTART', 'DESTROY', 'RECOVER', 'HEARTBEAT_MISSED', 'HEARTBEAT_RESUMED'] as const;
+/** Lifecycle commands: the Kernel's actions, plus what the heartbeat service issues: HEARTBEAT_MISSED when an agent misses its heartbeat deadline (RUNNING -> UNHEALTHY), RECOVER to restart it per its restart policy, HEARTBEAT_RESUMED when its heartbeats return (UNHEALTHY -> RUNNING). Avro enum `io.agentmanager.v1.AgentCommandType`. */
 export type AgentCommandType = (typeof AGENT_COMMAND_TYPE_SYMBOLS)[number];
 
 /** One lifecycle transition of an agent (or the rejection of a request), on the agent-status topic, consumed by the Kernel. Produced in the same transaction as the state change. Key: the agentId. Avro record `io.agentmanager.v1.AgentStatus`. */
@@ -139,6 +139,8 @@ export interface AgentHeartbeat {
   sentAt: Date;
   /** Optional resource usage reported by the agent; null when it reports none. */
   metrics: HeartbeatMetrics | null;
+  /** How often the agent sends heartbeats, in milliseconds: the heartbeat service derives the agent's deadline from it. Null from agents that do not say (it then assumes its configured default). */
+  intervalMs: number | null;
 }
 
 /** Resource usage of one agent instance at the time of a heartbeat. Avro record `io.agentmanager.v1.HeartbeatMetrics`. */

@@ -12,7 +12,7 @@ import { enqueueEvents, type OutboxEvent } from '../../lib/outbox/outbox.ts';
 import type { TopicNames } from '../../lib/service/context.ts';
 import type { TraceContext } from '../../lib/tracing.ts';
 import type { AgentWorkload, AllocatorDriver, DriverEvent } from './drivers/types.ts';
-import { transition, type AgentSnapshot, type Effect, type LifecycleInput, type RestartPolicy, type RetryPolicy, type TransitionResult } from './lifecycle.ts';
+import { isLifecycleCommand, transition, type AgentSnapshot, type Effect, type LifecycleInput, type RestartPolicy, type RetryPolicy, type TransitionResult } from './lifecycle.ts';
 import type { AgentResourceSpec } from './policy.ts';
 import type { PolicyDecider } from './policy-client.ts';
 import { claimRedrive, divisionGpuUsage, insertAgent, lockAgent, markCommandApplied, updateAgent, type AgentRecord, type ObservedRecord } from './store.ts';
@@ -192,8 +192,9 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
       const first = transition(current?.snapshot, input, deps.retryPolicy);
       if (!first.ok) {
         deps.metrics?.lifecycleRejections.inc({ input: input.type, code: first.rejection.code });
-        // A command is answered on agent-status; a late or stale internal event only logged.
-        if (command) {
+        // A command is answered on agent-status; a late or stale internal event (the heartbeat
+        // service's signals included) only logged.
+        if (command && isLifecycleCommand(command.command)) {
           const state = current?.snapshot.state ?? 'REJECTED';
           const reason = `${command.command} rejected: ${first.rejection.code}: ${first.rejection.reason}`;
           await enqueueEvents(client, deps.codec, [

@@ -21,10 +21,15 @@
  */
 
 // States and commands are the topic contracts' enums: one list, shared with the Avro schemas.
-import { AGENT_STATES, AGENT_COMMAND_TYPES as LIFECYCLE_COMMANDS } from '../../lib/contracts/types.ts';
-import type { AgentState, AgentCommandType as LifecycleCommand } from '../../lib/contracts/types.ts';
-export { AGENT_STATES, LIFECYCLE_COMMANDS };
-export type { AgentState, LifecycleCommand };
+import { AGENT_STATES, AGENT_COMMAND_TYPES } from '../../lib/contracts/types.ts';
+import type { AgentCommandType, AgentState } from '../../lib/contracts/types.ts';
+export { AGENT_STATES };
+export type { AgentState };
+
+/** The heartbeat service's signals travel on agent-commands too, but they are internal events (never answered on agent-status). */
+const HEARTBEAT_SIGNALS = ['HEARTBEAT_MISSED', 'HEARTBEAT_RESUMED'] as const;
+export type LifecycleCommand = Exclude<AgentCommandType, (typeof HEARTBEAT_SIGNALS)[number]>;
+export const LIFECYCLE_COMMANDS: readonly LifecycleCommand[] = AGENT_COMMAND_TYPES.filter((c): c is LifecycleCommand => !(HEARTBEAT_SIGNALS as readonly string[]).includes(c));
 
 export const INTERNAL_EVENTS = [
   'POLICY_ALLOWED',

@@ -2,7 +2,7 @@
  * The agent SDK's heartbeater with an in-memory producer and codec (the real Kafka and registry path
  * is covered by test/integration/services/provisioner/drivers/local.test.ts, where real agents run it).
  */
-import { createAgentHeartbeater } from '../../../../lib/agent-sdk/index.ts';
+import { createAgentHeartbeater, jitteredGapMs } from '../../../../lib/agent-sdk/index.ts';
 import type { AgentHeartbeat } from '../../../../lib/contracts/types.ts';
 import { isAppError } from '../../../../lib/errors.ts';
 import type { AvroCodec } from '../../../../lib/kafka/avro.ts';
@@ -122,6 +122,7 @@ describe('agent SDK heartbeater', () => {
       sequence: 0,
       sentAt: new Date(1_700_000_000_000),
       metrics: { cpuPercent: expect.any(Number) as number, memoryRssBytes: expect.any(Number) as number, custom: { queueDepth: 3 } },
+      intervalMs: 60_000,
     });
     expect(first?.heartbeat.metrics?.memoryRssBytes).toBeGreaterThan(1_000_000);
     expect(first?.heartbeat.metrics?.cpuPercent).toBeGreaterThanOrEqual(0);
@@ -200,5 +201,12 @@ describe('agent SDK heartbeater', () => {
     }
     expect(isAppError(caught) && caught.code).toBe('CONFIG_INVALID');
     expect(String((caught as Error).message)).toMatch(/agentId.*brokers.*registryUrl.*intervalMs/);
+  });
+
+  it('jitters the schedule early, never late: each gap is between (1 - ratio) × interval and the interval', () => {
+    expect(jitteredGapMs(2_000, 0.1, 0)).toBe(2_000);
+    expect(jitteredGapMs(2_000, 0.1, 0.5)).toBe(1_900);
+    expect(jitteredGapMs(2_000, 0.1, 0.999_999)).toBe(1_800);
+    expect(jitteredGapMs(2_000, 0, 0.7)).toBe(2_000);
   });
 });

@@ -81,6 +81,7 @@ const heartbeat: AgentHeartbeat = {
   sequence: 12_345_678_901,
   sentAt: new Date('2025-01-02T03:04:08.000Z'),
   metrics: { cpuPercent: 12.5, memoryRssBytes: 5_368_709_120, custom: { queueDepth: 3 } },
+  intervalMs: 2_000,
 };
 
 const audit: AuditEvent = {
