@@ -1,11 +1,11 @@
 import type { ConnectionOptions } from 'node:tls';
-import kafkajs, { Kafka, logLevel, Partitioners, type Admin, type Consumer, type IHeaders, type KafkaMessage, type Producer } from 'kafkajs';
+import kafkajs, { AssignerProtocol, Kafka, logLevel, Partitioners, type Admin, type Consumer, type IHeaders, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
 
 // This module is the only one in lib/, services/ and cli/ that imports kafkajs: the admin-side types
 // and enums other modules need (topics, ACLs, offsets) come from here.
 export type { Admin as KafkaAdmin, AclEntry, ITopicConfig } from 'kafkajs';
 export const { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes, ConfigResourceTypes } = kafkajs;
-import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, ProducerClient, RecordBatch } from './types.ts';
+import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, OffsetReader, ProducerClient, RecordBatch } from './types.ts';
 import type { KafkaTls } from '../config.ts';
 import type { Logger } from '../logger.ts';
 
@@ -87,6 +87,38 @@ class KafkajsBatch implements RecordBatch {
   }
 }
 
+/**
+ * Partition p of EVERY subscribed topic goes to the same member (members sorted by id, p modulo
+ * their count). Topics keyed alike with the same partition count (agent-heartbeats and
+ * agent-status) then have each key's records of both topics in one member.
+ */
+export const CO_PARTITIONED_ASSIGNER = 'AgentManagerCoPartitioned';
+const coPartitionedAssigner: PartitionAssigner = ({ cluster }) => ({
+  name: CO_PARTITIONED_ASSIGNER,
+  version: 1,
+  async assign({ members, topics }) {
+    const memberIds = members.map((m) => m.memberId).sort();
+    const assignment: Record<string, Record<string, number[]>> = {};
+    for (const topic of topics) {
+      const partitions = cluster
+        .findTopicPartitionMetadata(topic)
+        .map((m) => m.partitionId)
+        .sort((a, b) => a - b);
+      for (const partition of partitions) {
+        const member = memberIds[partition % memberIds.length] as string;
+        ((assignment[member] ??= {})[topic] ??= []).push(partition);
+      }
+    }
+    return memberIds.map((memberId) => ({
+      memberId,
+      memberAssignment: AssignerProtocol.MemberAssignment.encode({ version: 1, assignment: assignment[memberId] ?? {}, userData: Buffer.alloc(0) }),
+    }));
+  },
+  protocol({ topics }) {
+    return { name: CO_PARTITIONED_ASSIGNER, metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.alloc(0) }) };
+  },
+});
+
 function kafkajsLogLevel(logger: Logger): logLevel {
   if (logger.isLevelEnabled('debug')) return logLevel.INFO;
   return logLevel.WARN;
@@ -147,6 +179,7 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
   return {
     consumer: (consumerOptions) => kafkajsConsumer(kafka, consumerOptions),
     producer: () => kafkajsProducer(kafka),
+    offsetReader: () => kafkajsOffsetReader(kafka),
     async ping(timeoutMs) {
       const admin = kafka.admin();
       const timeout = new Promise<false>((resolve) => setTimeout(() => resolve(false), timeoutMs).unref());
@@ -180,7 +213,8 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
     allowAutoTopicCreation: false,
     // An idle fetch returns after this long; a stopping consumer waits for its fetch, so a short
     // wait keeps shutdown quick (data still returns as soon as it arrives).
-    maxWaitTimeInMs: 500,
+    maxWaitTimeInMs: options.maxWaitTimeMs ?? 500,
+    ...(options.coPartitioned ? { partitionAssigners: [coPartitionedAssigner] } : {}),
   });
   return {
     connect: () => consumer.connect(),
@@ -218,7 +252,46 @@ function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient
     onAssignment(listener) {
       consumer.on(consumer.events.GROUP_JOIN, (event) => listener(event.payload.memberAssignment));
     },
+    onRebalancing(listener) {
+      consumer.on(consumer.events.REBALANCING, () => listener());
+    },
     disconnect: () => consumer.disconnect(),
+  };
+}
+
+/** ListOffsets through one admin connection, opened on first use. */
+function kafkajsOffsetReader(kafka: Kafka): OffsetReader {
+  let admin: Admin | undefined;
+  let connecting: Promise<Admin> | undefined;
+  const connected = () =>
+    (connecting ??= (async () => {
+      const client = kafka.admin();
+      await client.connect();
+      admin = client;
+      return client;
+    })().catch((error: unknown) => {
+      connecting = undefined;
+      throw error;
+    }));
+  return {
+    async latest(topic) {
+      const client = await connected();
+      const offsets = await client.fetchTopicOffsets(topic);
+      return new Map(offsets.map((o) => [o.partition, BigInt(o.high)]));
+    },
+    async committed(groupId, topic) {
+      const client = await connected();
+      const [entry] = await client.fetchOffsets({ groupId, topics: [topic] });
+      const result = new Map<number, bigint>();
+      for (const p of entry?.partitions ?? []) if (p.offset !== '-1' && p.offset !== '') result.set(p.partition, BigInt(p.offset));
+      return result;
+    },
+    async close() {
+      const client = admin;
+      admin = undefined;
+      connecting = undefined;
+      if (client) await client.disconnect();
+    },
   };
 }
 

@@ -52,6 +52,22 @@ export interface ConsumerOptions {
   readonly sessionTimeoutMs?: number;
   readonly heartbeatIntervalMs?: number;
   readonly maxBytesPerPartition?: number;
+  /** How long an idle fetch waits for data. Default 500 ms. */
+  readonly maxWaitTimeMs?: number;
+  /**
+   * Partition p of every subscribed topic goes to the same member (topics keyed alike with the
+   * same partition count: each key's records of all of them are handled by one member).
+   */
+  readonly coPartitioned?: boolean;
+}
+
+/** The end of each partition's log (ListOffsets latest), for consumers that must know they are caught up. */
+export interface OffsetReader {
+  /** Partition → high watermark (the offset the next record will get), as of the call. */
+  latest(topic: string): Promise<ReadonlyMap<number, bigint>>;
+  /** Partition → the group's committed offset (partitions without one are left out). */
+  committed(groupId: string, topic: string): Promise<ReadonlyMap<number, bigint>>;
+  close(): Promise<void>;
 }
 
 export interface ConsumerClient {
@@ -70,6 +86,8 @@ export interface ConsumerClient {
   seek(topic: string, partition: number, offset: string): void;
   /** Called with the partitions this member owns after every rebalance. */
   onAssignment(listener: (assignment: Record<string, number[]>) => void): void;
+  /** Called when a rebalance starts (what this member owns may already be another's). */
+  onRebalancing?(listener: () => void): void;
   /** Stops fetching and waits for in-flight batches to return, then leaves the group. */
   disconnect(): Promise<void>;
 }
@@ -92,6 +110,8 @@ export interface ProducerClient {
 export interface KafkaClient {
   consumer(options: ConsumerOptions): ConsumerClient;
   producer(): ProducerClient;
+  /** A reader of the partitions' end offsets (absent in test doubles). */
+  offsetReader?(): OffsetReader;
   /** A connectivity probe for readiness checks. */
   ping(timeoutMs: number): Promise<boolean>;
 }
