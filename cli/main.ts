@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { errorMessage } from '../lib/errors.ts';
 import { registerAgentCommands } from './agents.ts';
+import { registerAuditCommands } from './audit.ts';
 import { registerContractCommands } from './contracts.ts';
 import { registerDlqCommands } from './dlq.ts';
 import { registerS3Commands } from './s3.ts';
@@ -21,6 +22,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
   registerDlqCommands(program, setExitCode);
   registerS3Commands(program, setExitCode);
   registerAgentCommands(program, setExitCode);
+  registerAuditCommands(program, setExitCode);
 
   program
     .command('demo')

@@ -1,0 +1,116 @@
+import { Command, CommanderError } from 'commander';
+import { queryAuditIndex, type AuditPage, type AuditQuery, AUDIT_QUERY_MAX_LIMIT } from '../lib/archive/index-store.ts';
+import { databaseConfigShape, loadConfig } from '../lib/config.ts';
+import { createPool } from '../lib/db/pool.ts';
+import { isAppError, permanentError } from '../lib/errors.ts';
+import { serviceConfigShape } from '../lib/service/context.ts';
+import { resolvedServiceEnv } from './services.ts';
+
+/** What `audit query` reads: the archiver's index in Postgres. */
+const auditConfigShape = { ...databaseConfigShape, DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA };
+
+interface QueryOptions {
+  agent?: string;
+  request?: string;
+  action?: string;
+  actor?: string;
+  from?: string;
+  to?: string;
+  limit: string;
+  cursor?: string;
+  json?: boolean;
+}
+
+/** A time given on the command line: ISO 8601 (a bare day is its midnight UTC). */
+export function parseTime(text: string, option: string): Date {
+  const iso = /^\d{4}-\d{2}-\d{2}$/.test(text) ? `${text}T00:00:00.000Z` : text;
+  const time = new Date(iso);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(time.getTime())) {
+    throw permanentError('AUDIT_QUERY_INVALID', `${option} '${text}' is not a time (ISO 8601, e.g. 2026-12-01 or 2026-12-01T10:00:00Z)`);
+  }
+  return time;
+}
+
+/** The query of the command's options; AUDIT_QUERY_INVALID for a usage mistake. */
+export function auditQueryOf(options: QueryOptions): AuditQuery {
+  const limit = Number(options.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > AUDIT_QUERY_MAX_LIMIT) {
+    throw permanentError('AUDIT_QUERY_INVALID', `--limit expects a whole number from 1 to ${AUDIT_QUERY_MAX_LIMIT}`);
+  }
+  return {
+    ...(options.agent !== undefined ? { agentId: options.agent } : {}),
+    ...(options.request !== undefined ? { requestId: options.request } : {}),
+    ...(options.action !== undefined ? { action: options.action } : {}),
+    ...(options.actor !== undefined ? { actor: options.actor } : {}),
+    ...(options.from !== undefined ? { from: parseTime(options.from, '--from') } : {}),
+    ...(options.to !== undefined ? { to: parseTime(options.to, '--to') } : {}),
+    ...(options.cursor !== undefined ? { cursor: options.cursor } : {}),
+    limit,
+  };
+}
+
+/** The table `audit query` prints: one line per event, then where the next page starts. */
+export function formatAuditPage(page: AuditPage): string[] {
+  const header = ['TIME', 'ACTION', 'ACTOR', 'AGENT', 'REQUEST', 'EVENT', 'PARTITION/OFFSET', 'ARCHIVED'];
+  const rows = page.events.map((e) => [
+    e.time.toISOString(),
+    e.action,
+    e.actor,
+    e.agentId ?? '-',
+    e.requestId ?? '-',
+    e.eventId,
+    `${e.partition}/${e.offset}`,
+    e.objectKey === null ? 'pending' : 'yes',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
+  const out = page.events.length === 0 ? ['no audit events match'] : [line(header), ...rows.map(line)];
+  if (page.nextCursor !== null) out.push('', `more: --cursor ${page.nextCursor}`);
+  return out;
+}
+
+export function registerAuditCommands(program: Command, setExitCode: (code: number) => void): void {
+  const audit = program
+    .command('audit')
+    .summary('query the audit index')
+    .description("The audit archiver's index in Postgres (DATABASE_URL, DATABASE_SCHEMA).")
+    .exitOverride((error) => {
+      throw error.exitCode === 0 ? error : new CommanderError(2, error.code, error.message);
+    });
+
+  audit
+    .command('query')
+    .description(
+      'Audit events from the index, oldest first, filtered by every option given (AND). Pages with --limit; the last line gives the --cursor of the next page. ' +
+        'ARCHIVED says whether the event is in an archive file in S3 yet (the index is written first).',
+    )
+    .option('--agent <id>', 'the agent the events are about (uuid)')
+    .option('--request <id>', 'the Kernel request that led to them (uuid)')
+    .option('--action <action>', 'e.g. agent.state_changed')
+    .option('--actor <actor>', 'e.g. service:provisioner')
+    .option('--from <time>', 'at or after this time (ISO 8601; a day is its 00:00 UTC)')
+    .option('--to <time>', 'before this time (ISO 8601)')
+    .option('--limit <n>', `events per page, 1 to ${AUDIT_QUERY_MAX_LIMIT}`, '100')
+    .option('--cursor <cursor>', 'where the previous page ended')
+    .option('--json', 'one JSON document: {events, nextCursor}')
+    .action(async (options: QueryOptions, command: Command) => {
+      let page: AuditPage;
+      try {
+        const query = auditQueryOf(options);
+        const config = loadConfig(auditConfigShape, await resolvedServiceEnv());
+        const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 1 });
+        try {
+          page = await queryAuditIndex(pool, query);
+        } finally {
+          await pool.end();
+        }
+      } catch (error) {
+        // Usage mistakes (a bad uuid, time, limit or cursor) exit 2 with the help hint.
+        if (isAppError(error) && error.code === 'AUDIT_QUERY_INVALID') return command.error(`error: ${error.message}`, { exitCode: 2, code: 'agent-manager.usage' });
+        throw error;
+      }
+      if (options.json === true) console.log(JSON.stringify(page, null, 2));
+      else for (const line of formatAuditPage(page)) console.log(line);
+      setExitCode(0);
+    });
+}
