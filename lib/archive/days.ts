@@ -8,7 +8,6 @@
  * A day with no record on a partition closes too (with no file), so a day closes on every partition.
  * A day is closed when it has closed on every partition of the topic.
  */
-import { z } from 'zod';
 import { configFields } from '../config.ts';
 import { dayStart, nextDay } from './layout.ts';
 
