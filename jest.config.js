@@ -11,7 +11,11 @@ export default {
       '@swc/jest',
       { jsc: { target: 'es2023', parser: { syntax: 'typescript' } }, module: { type: 'commonjs' } },
     ],
+    '^.+\\.m?js$': ['@swc/jest', { jsc: { target: 'es2023' }, module: { type: 'commonjs' } }],
   },
+  // @kubernetes/client-node and the ESM-only packages it loads are compiled to CommonJS too: Jest
+  // cannot load ES modules from a CommonJS test without --experimental-vm-modules.
+  transformIgnorePatterns: ['/node_modules/(?!(@kubernetes/client-node|openid-client|oauth4webapi|jose|socks-proxy-agent|agent-base)/)'],
   // Integration tests share one local stack; two workers keep the 2-core machines responsive.
   maxWorkers: 2,
   testTimeout: 120_000,

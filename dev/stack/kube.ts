@@ -166,6 +166,33 @@ async function ensureGoTool(ctx: StackContext, spec: GoTool): Promise<void> {
   const go = await findGo(`${spec.tool} ${spec.version}`, spec.binary);
   const cacheDir = join(spec.binary, '..');
   mkdirSync(cacheDir, { recursive: true });
+  // One build at a time per tool (another checkout's `stack up` may be building it): wait for theirs.
+  const lock = join(cacheDir, '.build.pid');
+  for (;;) {
+    try {
+      writeFileSync(lock, `${process.pid}\n`, { flag: 'wx' });
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const owner = readPid(lock);
+      if (owner === undefined || !isAlive(owner)) {
+        rmSync(lock, { force: true });
+        continue;
+      }
+      ctx.progress(`kube: ${spec.tool} ${spec.version} is being built by process ${owner}; waiting for ${spec.binary}`);
+      while (isAlive(owner) && !existsSync(spec.binary)) await sleep(2_000);
+      if (existsSync(spec.binary)) return;
+    }
+  }
+  try {
+    await buildGoTool(ctx, spec, go, f, cacheDir);
+  } finally {
+    rmSync(lock, { force: true });
+  }
+}
+
+async function buildGoTool(ctx: StackContext, spec: GoTool, go: string, f: KubeStackFiles, cacheDir: string): Promise<void> {
+  if (existsSync(spec.binary)) return;
   const work = mkdtempSync(join(cacheDir, '..', `.build-${spec.tool}-`));
   const env = goEnv(ctx);
   const nice = await commandExists('nice');
