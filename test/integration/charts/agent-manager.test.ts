@@ -126,8 +126,10 @@ async function createNamespaces(kube: Kube, w: World): Promise<void> {
 async function removeWorld(kube: Kube, w: World): Promise<void> {
   await helm(['uninstall', w.release, '--namespace', w.namespace, '--no-hooks', '--timeout', '60s']);
   for (const namespace of new Set([w.namespace, w.agentsNamespace])) {
+    // Background: a Job's default (orphan) adds a finalizer that only the garbage collector removes.
+    const now = { propagationPolicy: 'Background', gracePeriodSeconds: 0 };
     for (const path of [`/apis/batch/v1/namespaces/${namespace}/jobs`, `/api/v1/namespaces/${namespace}/serviceaccounts`, `/api/v1/namespaces/${namespace}/pods`, `/apis/coordination.k8s.io/v1/namespaces/${namespace}/leases`]) {
-      await api(kube, 'DELETE', path);
+      await api(kube, 'DELETE', path, now);
     }
     await api(kube, 'DELETE', `/api/v1/namespaces/${namespace}`);
     const current = await api(kube, 'GET', `/api/v1/namespaces/${namespace}`);
@@ -136,6 +138,13 @@ async function removeWorld(kube: Kube, w: World): Promise<void> {
       await api(kube, 'PUT', `/api/v1/namespaces/${namespace}/finalize`, { ...ns, spec: { ...ns.spec, finalizers: [] } });
     }
   }
+  // Nothing of the release may outlive it in etcd (objects of a finalized namespace stay otherwise).
+  const selector = `?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${w.release}`)}`;
+  const left: string[] = [];
+  for (const path of ['/apis/batch/v1/jobs', '/api/v1/configmaps', '/api/v1/serviceaccounts', '/apis/apps/v1/deployments', '/apis/rbac.authorization.k8s.io/v1/roles']) {
+    left.push(...namesOf(await apiOk(kube, 'GET', path + selector)).map((name) => `${path}/${name}`));
+  }
+  if (left.length > 0) throw new Error(`left behind by ${w.release}: ${left.join(', ')}`);
 }
 
 /**
