@@ -19,6 +19,7 @@
  */
 import { types } from 'node:util';
 import { errorMessage, isAppError, permanentError, retryableError, type AppError } from '../errors.ts';
+import { describeKubernetesFailure, kubernetesFailure, kubernetesHttpStatus } from '../kubernetes-status.ts';
 import type { Logger } from '../logger.ts';
 import type { LeaderFence } from './fence.ts';
 import { DEFAULT_LEASE_TIMING, type LeaderElector, type LeadershipState, type LeaseTiming } from './types.ts';
@@ -93,19 +94,20 @@ export interface KubernetesLeaseOptions {
   readonly fenceLease?: string;
 }
 
-function statusOf(error: unknown): number | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const e = error as { code?: unknown; statusCode?: unknown; status?: unknown };
-  for (const value of [e.code, e.statusCode, e.status]) if (typeof value === 'number' && value >= 100 && value < 600) return value;
-  return undefined;
-}
+const statusOf = kubernetesHttpStatus;
 
+/**
+ * The API server's own words: the Status reason and message (the client's message is a generic
+ * "Unknown API Status Code!" with the Status buried in a JSON dump of the body and headers).
+ */
 function leaseError(error: unknown, what: string): AppError {
   if (isAppError(error)) return error;
-  const status = statusOf(error);
-  const message = `${what}: ${status === undefined ? 'no answer' : `HTTP ${status}`}: ${errorMessage(error).slice(0, 300)}`;
-  if (status === 401 || status === 403 || status === 400 || status === 422) return permanentError('LEASE_API_REJECTED', message, error, { status });
-  return retryableError('LEASE_API_UNAVAILABLE', message, error, { status: status ?? null });
+  const failure = kubernetesFailure(error);
+  const status = failure.httpStatus;
+  const message = `${what}: ${status === undefined ? 'no answer' : `HTTP ${status}`}: ${describeKubernetesFailure(failure)}`;
+  const context = { status: status ?? null, reason: failure.reason ?? null };
+  if (status === 401 || status === 403 || status === 400 || status === 422) return permanentError('LEASE_API_REJECTED', message, error, context);
+  return retryableError('LEASE_API_UNAVAILABLE', message, error, context);
 }
 
 export function createKubernetesLease(options: KubernetesLeaseOptions): LeaderElector {

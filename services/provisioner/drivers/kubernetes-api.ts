@@ -2,7 +2,8 @@
  * The Kubernetes API as the kubernetes driver uses it: the five CoreV1Api calls (`PodApi`; tests
  * pass a fake), the fields of a Pod it reads, and how an API failure maps to the project's errors.
  */
-import { AppError, errorMessage, isAppError, permanentError, retryableError } from '../../../lib/errors.ts';
+import { AppError, isAppError, permanentError, retryableError } from '../../../lib/errors.ts';
+import { describeKubernetesFailure, kubernetesFailure, kubernetesHttpStatus } from '../../../lib/kubernetes-status.ts';
 import type { PodManifest } from './kubernetes-manifest.ts';
 
 export interface PodContainerState {
@@ -37,7 +38,11 @@ export interface PodApi {
   readNamespacedPod(param: { name: string; namespace: string }): Promise<PodObject>;
   /** An update conditional on `body.metadata.resourceVersion` (409 when the Pod changed since). */
   replaceNamespacedPod(param: { name: string; namespace: string; body: PodObject }): Promise<PodObject>;
-  deleteNamespacedPod(param: { name: string; namespace: string; gracePeriodSeconds?: number; body?: { preconditions?: { uid?: string; resourceVersion?: string } } }): Promise<unknown>;
+  /**
+   * The grace goes in the body (DeleteOptions): the API server reads the `gracePeriodSeconds` query
+   * parameter only when the DELETE has no body, and a body with preconditions would silently win.
+   */
+  deleteNamespacedPod(param: { name: string; namespace: string; body?: { gracePeriodSeconds?: number; preconditions?: { uid?: string; resourceVersion?: string } } }): Promise<unknown>;
   listNamespacedPod(param: { namespace: string; labelSelector?: string }): Promise<{ items: PodObject[] }>;
 }
 
@@ -52,45 +57,32 @@ export async function createKubernetesPodApi(): Promise<PodApi> {
 }
 
 /** The HTTP status of a client-node error (ApiException.code), or undefined when no answer came. */
-export function httpStatusOf(error: unknown): number | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const e = error as { code?: unknown; statusCode?: unknown; status?: unknown; response?: { statusCode?: unknown } };
-  for (const value of [e.code, e.statusCode, e.status, e.response?.statusCode]) {
-    if (typeof value === 'number' && value >= 100 && value < 600) return value;
-  }
-  return undefined;
-}
+export const httpStatusOf = kubernetesHttpStatus;
 
-/** The API server's own explanation (a Status object's `message`) when there is one. */
-function apiReason(error: unknown): string {
-  const body = (error as { body?: unknown }).body;
-  let parsed: unknown = body;
-  if (typeof body === 'string') {
-    try {
-      parsed = JSON.parse(body);
-    } catch {
-      parsed = body;
-    }
-  }
-  if (typeof parsed === 'object' && parsed !== null && typeof (parsed as { message?: unknown }).message === 'string') {
-    return (parsed as { message: string }).message;
-  }
-  if (typeof parsed === 'string' && parsed !== '') return parsed.slice(0, 300);
-  return errorMessage(error).slice(0, 300);
-}
+/**
+ * The admission error of a Pod created in a namespace whose `default` ServiceAccount does not exist
+ * yet: the controller-manager makes it a moment after the namespace, so right after a namespace is
+ * created this 403 is a race, not a refusal.
+ */
+const DEFAULT_SERVICE_ACCOUNT_MISSING = /serviceaccount "default" not found/;
 
 /**
  * Maps a Kubernetes API failure to the project's taxonomy: invalid (400, 422) and not allowed
  * (401, 403) will fail the same way again; a conflict (409), throttling (429), a server error (5xx)
- * or no answer may succeed later.
+ * or no answer may succeed later; so may a Pod refused because its namespace's `default`
+ * ServiceAccount is not made yet. The message is the server's Status (reason and message).
  */
 export function kubernetesError(error: unknown, what: string): AppError {
   if (isAppError(error)) return error;
-  const status = httpStatusOf(error);
-  const reason = apiReason(error);
-  const context = { status: status ?? null };
+  const failure = kubernetesFailure(error);
+  const status = failure.httpStatus;
+  const reason = describeKubernetesFailure(failure);
+  const context = { status: status ?? null, reason: failure.reason ?? null };
   if (status === undefined) return retryableError('KUBERNETES_UNREACHABLE', `${what}: the Kubernetes API did not answer: ${reason}`, error, context);
   const message = `${what}: the Kubernetes API answered HTTP ${status}: ${reason}`;
+  if (status === 403 && DEFAULT_SERVICE_ACCOUNT_MISSING.test(failure.message)) {
+    return retryableError('KUBERNETES_SERVICE_ACCOUNT_PENDING', `${message} (the namespace's default ServiceAccount does not exist yet, as right after the namespace is created)`, error, context);
+  }
   if (status === 401 || status === 403) return permanentError('KUBERNETES_FORBIDDEN', message, error, context);
   if (status === 400 || status === 422) return permanentError('KUBERNETES_INVALID', message, error, context);
   if (status === 404) return permanentError('KUBERNETES_NOT_FOUND', message, error, context);

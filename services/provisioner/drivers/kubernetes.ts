@@ -9,7 +9,8 @@
  *   created; a Pod of a newer fence → the start is stale, ignored. Then the Pod is watched by
  *   polling: Ready → STARTED; Failed/Succeeded or gone → PROCESS_EXITED (the `agent` container's
  *   exit code and signal); an image that can never be pulled → DRIVER_FAILED.
- * - stop: deletes with `gracePeriodSeconds` (the kubelet sends SIGTERM, then SIGKILL after it);
+ * - stop: deletes with `gracePeriodSeconds` in the DeleteOptions body (the kubelet sends SIGTERM, then
+ *   SIGKILL after it);
  *   STOPPED once the Pod is gone. Deletions are never forced (grace ≥ 1 s): the name is only free
  *   again once the kubelet confirmed the container ended, so two instances never overlap.
  * - destroy: deletes (404 is fine); observe / list: from the API.
@@ -17,8 +18,9 @@
  *   the term is written to its annotations by an update conditional on the resourceVersion read,
  *   refused (STALE_FENCE) when a newer term claimed it already, and the delete carries the claimed
  *   resourceVersion as a precondition, so a deposed leader's delete fails once a newer one claimed.
- * - API errors: 400/422 (invalid) and 401/403 (not allowed) are permanent; 409, 429, 5xx and no
- *   answer at all are retryable. In `start` they become DRIVER_FAILED events (retryable or not);
+ * - API errors: 400/422 (invalid) and 401/403 (not allowed) are permanent; 409, 429, 5xx, no
+ *   answer at all, and the 403 of a namespace whose `default` ServiceAccount is not made yet are
+ *   retryable. In `start` they become DRIVER_FAILED events (retryable or not);
  *   the other methods throw them as AppErrors.
  *
  * Pods carry `app.kubernetes.io/instance=<instance>` (the deployment) and the driver selects on it
@@ -216,11 +218,14 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
   async function deletePod(name: string, graceSeconds: number, uid: string | null, what: string, resourceVersion?: string): Promise<boolean> {
     const client = await api();
     try {
+      // The grace goes in the DeleteOptions body: with a body the API server ignores the query parameter.
       await client.deleteNamespacedPod({
         name,
         namespace,
-        gracePeriodSeconds: Math.max(1, Math.ceil(graceSeconds)),
-        ...(uid !== null ? { body: { preconditions: { uid, ...(resourceVersion !== undefined ? { resourceVersion } : {}) } } } : {}),
+        body: {
+          gracePeriodSeconds: Math.max(1, Math.ceil(graceSeconds)),
+          ...(uid !== null ? { preconditions: { uid, ...(resourceVersion !== undefined ? { resourceVersion } : {}) } } : {}),
+        },
       });
       return true;
     } catch (error) {

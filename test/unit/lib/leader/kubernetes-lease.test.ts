@@ -1,9 +1,12 @@
 /**
- * The Kubernetes Lease elector against a HAND-WRITTEN FAKE of the three CoordinationV1Api calls it
- * uses (`FakeLeaseApi` below); no cluster runs here. The fake keeps one Lease with a
- * resourceVersion like the API server: create of an existing Lease is 409, a replace carrying a
- * stale resourceVersion is 409, a read of a missing Lease is 404. Each candidate talks to it through
- * its own `client()`, which a test can cut off to simulate a partitioned member.
+ * The Kubernetes Lease elector's decisions against a HAND-WRITTEN FAKE of the three
+ * CoordinationV1Api calls it uses (`FakeLeaseApi` below): the cases a real API server cannot be made
+ * to produce on demand (candidates racing for the same resourceVersion, errors injected in order,
+ * a Lease written by an unknown holder, a restart of the same identity, terms refused by
+ * `recordTerm`). The fake keeps one Lease with a resourceVersion like the API server: create of an
+ * existing Lease is 409, a replace carrying a stale resourceVersion is 409, a read of a missing
+ * Lease is 404. Creation, renewal, release and failover (on stop and on a partition) run against the
+ * stack's real kube-apiserver in test/integration/lib/leader/kubernetes-lease.test.ts.
  */
 import { isAppError } from '../../../../lib/errors.ts';
 import { createLogger } from '../../../../lib/logger.ts';
@@ -102,84 +105,6 @@ describe('Kubernetes Lease leader election (fake CoordinationV1Api, no cluster)'
 
   afterEach(async () => {
     for (const e of electors) await e.stop();
-  });
-
-  it('creates the Lease when missing and leads with fencing token 1; times are MicroTime', async () => {
-    const a = elector('pod-a');
-    expect(a.identity).toBe('pod-a');
-    expect(a.state()).toEqual({ leader: false, fencingToken: null });
-    a.start();
-    await until(() => a.state().leader, 'leadership');
-    expect(a.state()).toEqual({ leader: true, fencingToken: 1 });
-    const spec = fake.writes[0]?.spec as unknown as Record<string, unknown>;
-    expect(spec).toEqual({
-      holderIdentity: 'pod-a',
-      leaseDurationSeconds: 1,
-      acquireTime: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/) as string,
-      renewTime: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/) as string,
-      leaseTransitions: 1,
-    });
-    expect(fake.writes[0]).toMatchObject({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: 'reconciler', namespace: 'am' } });
-    expect(JSON.stringify(new MicroTime(Date.UTC(2025, 0, 2, 3, 4, 5, 678)))).toBe('"2025-01-02T03:04:05.678000Z"');
-  });
-
-  it('renews with the read resourceVersion: renewTime moves, the term and its token stay', async () => {
-    const a = elector('pod-a');
-    a.start();
-    await until(() => fake.writes.length >= 4, 'three renewals');
-    const [first, ...renewals] = fake.writes;
-    for (const renewal of renewals) {
-      expect(renewal.spec?.holderIdentity).toBe('pod-a');
-      expect(renewal.spec?.leaseTransitions).toBe(1);
-      expect(renewal.spec?.acquireTime).toEqual(first?.spec?.acquireTime);
-    }
-    expect(String(renewals.at(-1)?.spec?.renewTime) > String(first?.spec?.renewTime)).toBe(true);
-    expect(changes).toEqual([expect.objectContaining({ identity: 'pod-a', leader: true, fencingToken: 1 })]);
-  });
-
-  it('a second candidate waits while the Lease is renewed; stop() releases it and the successor takes over at once with the next token', async () => {
-    const a = elector('pod-a');
-    const b = elector('pod-b');
-    a.start();
-    await until(() => a.state().leader, 'a leads');
-    b.start();
-    await new Promise((r) => setTimeout(r, 1_500));
-    expect(b.state().leader).toBe(false);
-    expect(a.state()).toEqual({ leader: true, fencingToken: 1 });
-
-    const stoppedAt = Date.now();
-    await a.stop();
-    expect(a.state()).toEqual({ leader: false, fencingToken: null });
-    expect(fake.lease?.spec?.holderIdentity).toBe('');
-    await until(() => b.state().leader, 'b leads');
-    expect(Date.now() - stoppedAt).toBeLessThan(TIMING.leaseDurationMs);
-    expect(b.state()).toEqual({ leader: true, fencingToken: 2 });
-    expect(fake.lease?.spec).toMatchObject({ holderIdentity: 'pod-b', leaseTransitions: 2 });
-    expect(overlapped()).toBe(false);
-  });
-
-  it('a partitioned leader steps down before its Lease expires; the other takes over after expiry with the next token', async () => {
-    let cut = false;
-    const a = elector('pod-a', fake.client({ cutOff: () => cut }));
-    const b = elector('pod-b');
-    a.start();
-    await until(() => a.state().leader, 'a leads');
-    b.start();
-    await new Promise((r) => setTimeout(r, 300));
-    cut = true;
-    await until(() => b.state().leader, 'b takes over', 5_000);
-    const aDown = changes.find((c) => c.identity === 'pod-a' && !c.leader);
-    const bUp = changes.find((c) => c.identity === 'pod-b' && c.leader);
-    expect(aDown).toBeDefined();
-    expect(bUp?.fencingToken).toBe(2);
-    expect((aDown?.at ?? Infinity) < (bUp?.at ?? 0)).toBe(true);
-    expect(overlapped()).toBe(false);
-
-    // Reconnected, the old leader sees a live holder and stays a follower.
-    cut = false;
-    await new Promise((r) => setTimeout(r, 400));
-    expect(a.state().leader).toBe(false);
-    expect(b.state()).toEqual({ leader: true, fencingToken: 2 });
   });
 
   it('candidates racing for a free Lease: optimistic concurrency lets exactly one win', async () => {

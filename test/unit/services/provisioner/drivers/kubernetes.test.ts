@@ -1,12 +1,12 @@
 /**
- * The kubernetes allocator driver against a HAND-WRITTEN FAKE of the four CoreV1Api calls it uses
- * (`FakePodApi` below). No cluster runs here: these tests check the manifests sent, the
- * idempotency rules, the Pod-status → event mapping and every API error mapping. The fake mimics
- * the API server's behaviour that matters: 409 AlreadyExists on create, 404 on a missing Pod, uid
- * and resourceVersion preconditions on delete and a resourceVersion-conditional replace (409 when
- * they fail), a new resourceVersion on every change, label selectors `k=v,k=v`, graceful deletion
- * (deletionTimestamp, then gone). The fencing of stops and destroys is tested here only, against
- * this fake: there is no cluster in this environment.
+ * The kubernetes allocator driver's failure handling, against a small HAND-WRITTEN FAKE of the
+ * CoreV1Api calls it uses (`FakePodApi` below): what a real API server cannot be made to do on
+ * demand — HTTP errors of every class from create, delete, list and read, no answer at all, a writer
+ * racing the create (409 AlreadyExists), a Pod already terminating or deleted by someone else — and
+ * the specs refused before any call. Everything else (the Pods as admitted, Ready → STARTED, exits,
+ * graceful stops and the grace recorded, replacement of an older start, instances sharing a
+ * namespace, the fenced claims with their uid and resourceVersion preconditions) is tested against
+ * the stack's real kube-apiserver in test/integration/services/provisioner/drivers/kubernetes.test.ts.
  */
 import { createLogger } from '../../../../../lib/logger.ts';
 import {
@@ -41,11 +41,7 @@ class FakePodApi implements PodApi {
   readonly calls: Array<{ method: Method; param: unknown }> = [];
   /** Errors to throw, in order, per method. */
   readonly failures: Record<Method, Error[]> = { create: [], read: [], replace: [], delete: [], list: [] };
-  /** Runs inside replace and delete before the preconditions are checked (to simulate a racing writer). */
-  beforeWrite: ((name: string) => void) | null = null;
   private versions = 0;
-  /** When true, deleted Pods stay (terminating) until `finishDeletion`. */
-  holdDeletions = false;
   /** Runs inside create before the Pod is stored (to simulate a racing writer). */
   beforeCreate: (() => void) | null = null;
   private uids = 0;
@@ -85,29 +81,19 @@ class FakePodApi implements PodApi {
     return String(this.versions);
   }
 
+  /** Only fenced stops and destroys replace (to claim a Pod): tested against the real API server. */
   async replaceNamespacedPod(param: { name: string; namespace: string; body: PodObject }): Promise<PodObject> {
     this.fail('replace', param);
-    this.beforeWrite?.(param.name);
-    const pod = this.pods.get(param.name);
-    if (!pod) throw apiError(404, `pods "${param.name}" not found`);
-    if (param.body.metadata?.resourceVersion !== pod.metadata.resourceVersion) throw apiError(409, 'the object has been modified; please apply your changes to the latest version and try again');
-    // Only metadata changes matter here (a Pod's spec is immutable anyway).
-    pod.metadata = { ...pod.metadata, annotations: { ...param.body.metadata?.annotations }, resourceVersion: this.nextVersion() };
-    return structuredClone(pod);
+    throw new Error('fake: replaceNamespacedPod is not used by these tests');
   }
 
-  async deleteNamespacedPod(param: { name: string; namespace: string; gracePeriodSeconds?: number; body?: { preconditions?: { uid?: string; resourceVersion?: string } } }): Promise<unknown> {
+  async deleteNamespacedPod(param: { name: string; namespace: string; body?: { gracePeriodSeconds?: number; preconditions?: { uid?: string; resourceVersion?: string } } }): Promise<unknown> {
     this.fail('delete', param);
-    this.beforeWrite?.(param.name);
     const pod = this.pods.get(param.name);
     if (!pod) throw apiError(404, `pods "${param.name}" not found`);
-    const uid = param.body?.preconditions?.uid;
-    if (uid !== undefined && uid !== pod.metadata.uid) throw apiError(409, 'Precondition failed: UID in precondition does not match');
-    const version = param.body?.preconditions?.resourceVersion;
-    if (version !== undefined && version !== pod.metadata.resourceVersion) throw apiError(409, 'Precondition failed: ResourceVersion in precondition does not match');
     pod.metadata.deletionTimestamp = new Date();
     pod.metadata.resourceVersion = this.nextVersion();
-    if (!this.holdDeletions) setImmediate(() => this.finishDeletion(param.name));
+    setImmediate(() => this.finishDeletion(param.name));
     return structuredClone(pod);
   }
 
@@ -208,44 +194,6 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
   });
 
   describe('start', () => {
-    it('creates the Pod built by buildAgentPod, plus plain agentEnv, the instance id and the region selector; Ready → STARTED', async () => {
-      const d = driver({ regionLabel: 'topology.kubernetes.io/region' });
-      await d.start(workload({}, 'eu-west-1'), { generation: 2, attempt: 1 });
-      expect(api.count('create')).toBe(1);
-      const sent = (api.calls.find((c) => c.method === 'create')?.param as { namespace: string; body: PodManifest });
-      expect(sent.namespace).toBe(NS);
-
-      const expected = buildAgentPod({
-        agentId: AGENT,
-        namespace: NS,
-        image: 'ghcr.io/acme/agent:1.2',
-        command: ['node', 'agent.js'],
-        cpu: 0.5,
-        memoryMb: 256,
-        gpuCount: 0,
-        gpuType: null,
-        division: 'research',
-        instance: 'agent-manager',
-        generation: 2,
-        attempt: 1,
-        secretEnv: [{ name: 'OPENAI_API_KEY', secretName: 'openai', key: 'api-key' }],
-        stopGraceMs: 30_000,
-      });
-      expected.spec.containers[0]?.env.push({ name: 'KAFKA_BROKERS', value: 'kafka:9092' }, { name: 'AGENT_INSTANCE_ID', value: `${POD}/2.1` });
-      expected.spec.nodeSelector['topology.kubernetes.io/region'] = 'eu-west-1';
-      expect(sent.body).toEqual(expected);
-      // Reserved names are never overridden by agentEnv; the secret travels by reference only.
-      expect(sent.body.spec.containers[0]?.env.filter((e) => e.name === 'AGENT_ID')).toEqual([{ name: 'AGENT_ID', value: AGENT }]);
-
-      await settle();
-      expect(events).toEqual([]);
-      api.setReady(POD);
-      await until(() => events.length === 1, 'STARTED');
-      expect(events).toEqual([[AGENT, { type: 'STARTED', generation: 2, attempt: 1, instanceId: `${POD}/2.1` }]]);
-      expect(await d.observe(AGENT)).toEqual({ agentId: AGENT, provisioned: true, running: true, fence: { generation: 2, attempt: 1 }, instanceId: `${POD}/2.1` });
-      expect(await d.list()).toEqual([AGENT]);
-    });
-
     it('takes the image of a template and refuses a spec without one, before any API call', async () => {
       const d = driver({ templateImages: { echo: 'ghcr.io/acme/echo:3' } });
       await d.start(workload({ template: 'echo', image: null }), { generation: 1, attempt: 1 });
@@ -291,29 +239,6 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
       api.setReady(POD);
       await until(() => events.length === 1, 'STARTED');
       expect(types()).toEqual(['STARTED']);
-    });
-
-    it('replaces the Pod of an older fence (uid precondition, never forced), silently; ignores an older start', async () => {
-      const d = driver();
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      api.setReady(POD);
-      await until(() => events.length === 1, 'STARTED 1.1');
-      const oldUid = api.pods.get(POD)?.metadata.uid;
-
-      await d.start(workload(), { generation: 1, attempt: 2 });
-      const deletion = api.calls.find((c) => c.method === 'delete')?.param;
-      expect(deletion).toEqual({ name: POD, namespace: NS, gracePeriodSeconds: 1, body: { preconditions: { uid: oldUid } } });
-      expect(api.count('create')).toBe(2);
-      expect(api.pods.get(POD)?.metadata.labels['agentmanager.io/attempt']).toBe('2');
-      api.setReady(POD);
-      await until(() => events.length === 2, 'STARTED 1.2');
-      expect(events[1]?.[1]).toEqual({ type: 'STARTED', generation: 1, attempt: 2, instanceId: `${POD}/1.2` });
-
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      await settle();
-      expect(api.count('create')).toBe(2);
-      expect(api.count('delete')).toBe(1);
-      expect(types()).toEqual(['STARTED', 'STARTED']);
     });
 
     it('waits for a terminating Pod to be gone before creating', async () => {
@@ -401,26 +326,6 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
   });
 
   describe('stop and destroy', () => {
-    it('stop deletes with the grace in seconds and reports STOPPED (with the exit code) only once the Pod is gone', async () => {
-      const d = driver();
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      api.setReady(POD);
-      await until(() => events.length === 1, 'STARTED');
-      api.holdDeletions = true;
-      await d.stop(AGENT, 7_500);
-      const deletion = api.calls.filter((c) => c.method === 'delete')[0]?.param as { gracePeriodSeconds: number; body: { preconditions: { uid: string } } };
-      expect(deletion.gracePeriodSeconds).toBe(8);
-      expect(deletion.body.preconditions.uid).toBe(api.pods.get(POD)?.metadata.uid);
-      api.setTerminated(POD, 0, 'Running');
-      await settle();
-      expect(types()).toEqual(['STARTED']);
-      api.finishDeletion(POD);
-      await until(() => events.length === 2, 'STOPPED');
-      expect(events[1]).toEqual([AGENT, { type: 'STOPPED', exitCode: 0, signal: null }]);
-      await settle();
-      expect(types()).toEqual(['STARTED', 'STOPPED']);
-    });
-
     it('stop with no Pod reports STOPPED at once; a zero grace is still a graceful (≥ 1 s) deletion', async () => {
       const d = driver();
       await d.stop(AGENT, 1_000);
@@ -428,7 +333,7 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
       expect(events[0]).toEqual([AGENT, { type: 'STOPPED', exitCode: null, signal: null }]);
       await d.start(workload(), { generation: 1, attempt: 1 });
       await d.stop(AGENT, 0);
-      expect((api.calls.filter((c) => c.method === 'delete')[0]?.param as { gracePeriodSeconds: number }).gracePeriodSeconds).toBe(1);
+      expect((api.calls.filter((c) => c.method === 'delete')[0]?.param as { body: { gracePeriodSeconds: number } }).body.gracePeriodSeconds).toBe(1);
       await until(() => events.length === 2, 'STOPPED');
     });
 
@@ -461,21 +366,6 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
     });
   });
 
-  it('a new driver adopts a running Pod and reports its end', async () => {
-    const first = driver();
-    await first.start(workload(), { generation: 5, attempt: 1 });
-    api.setReady(POD);
-    await until(() => events.length === 1, 'STARTED');
-    await first.close();
-    const second = driver();
-    expect(await second.observe(AGENT)).toMatchObject({ running: true, fence: { generation: 5, attempt: 1 } });
-    await settle();
-    expect(types()).toEqual(['STARTED']);
-    api.setTerminated(POD, 2);
-    await until(() => events.length === 2, 'PROCESS_EXITED');
-    expect(events[1]?.[1]).toEqual({ type: 'PROCESS_EXITED', generation: 5, attempt: 1, exitCode: 2, signal: null });
-  });
-
   it('keeps polling through a failing list', async () => {
     const d = driver();
     await d.start(workload(), { generation: 1, attempt: 1 });
@@ -495,95 +385,12 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
   });
 
   describe('deployments sharing a namespace', () => {
-    it('labels Pods with the instance and lists, watches and adopts only its own', async () => {
-      const blue = driver({ instance: 'blue' });
-      const green = driver({ instance: 'green' });
-      await blue.start(workload(), { generation: 1, attempt: 1 });
-      expect(api.pods.get(POD)?.metadata.labels['app.kubernetes.io/instance']).toBe('blue');
-      expect(await blue.list()).toEqual([AGENT]);
-      // Green's orphan sweep never sees blue's agent.
-      expect(await green.list()).toEqual([]);
-      api.setReady(POD);
-      await until(() => events.length === 1, 'STARTED');
-      await settle();
-      // Only blue reported (green did not adopt the Pod).
-      expect(events).toHaveLength(1);
-    });
-
     it('refuses an instance that is not a label value', async () => {
       const d = driver({ instance: 'not a label!' });
       await expect(d.provision(workload())).rejects.toMatchObject({ code: 'POD_SPEC_INVALID' });
     });
   });
 
-  describe('fenced stops and destroys (a leader term claims the Pod first)', () => {
-    const lease = 'provisioner-reconciler';
-    const claim = (token: number) => {
-      const pod = api.pods.get(POD);
-      if (!pod) throw new Error('no pod');
-      pod.metadata.annotations = { ...pod.metadata.annotations, 'agentmanager.io/fencing-lease': lease, 'agentmanager.io/fencing-token': String(token) };
-      pod.metadata.resourceVersion = api.nextVersion();
-    };
-
-    it('claims the Pod with a conditional update, then deletes it with uid and resourceVersion preconditions', async () => {
-      const d = driver();
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      await d.destroy(AGENT, { lease, token: 5 });
-      const replace = api.calls.find((c) => c.method === 'replace')?.param as { body: PodObject };
-      expect(replace.body.metadata?.annotations).toMatchObject({ 'agentmanager.io/fencing-lease': lease, 'agentmanager.io/fencing-token': '5' });
-      const del = api.calls.find((c) => c.method === 'delete')?.param as { body?: { preconditions?: { uid?: string; resourceVersion?: string } } };
-      expect(del.body?.preconditions?.uid).toBe('uid-1');
-      expect(del.body?.preconditions?.resourceVersion).toBeDefined();
-      await until(() => !api.pods.has(POD), 'Pod gone');
-    });
-
-    it('refuses a stale term: a Pod claimed by a newer term is neither stopped nor destroyed', async () => {
-      const d = driver();
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      claim(7);
-      await expect(d.destroy(AGENT, { lease, token: 5 })).rejects.toMatchObject({ code: 'STALE_FENCE', retryable: false });
-      await expect(d.stop(AGENT, 1_000, { lease, token: 5 })).rejects.toMatchObject({ code: 'STALE_FENCE' });
-      expect(api.count('delete')).toBe(0);
-      expect(api.pods.get(POD)?.metadata.deletionTimestamp).toBeUndefined();
-      await settle();
-      expect(types()).not.toContain('STOPPED');
-      // The current term (or a later one) may.
-      await d.stop(AGENT, 1_000, { lease, token: 7 });
-      await until(() => types().includes('STOPPED'), 'STOPPED');
-    });
-
-    it('a newer term claiming between the old term’s claim and its delete wins: the old delete fails its precondition and is refused', async () => {
-      const d = driver();
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      let raced = false;
-      api.beforeWrite = () => {
-        // The old leader's claim went through; the new leader claims before the old one deletes.
-        if (api.count('replace') === 1 && api.count('delete') === 1 && !raced) {
-          raced = true;
-          claim(9);
-        }
-      };
-      await expect(d.destroy(AGENT, { lease, token: 5 })).rejects.toMatchObject({ code: 'STALE_FENCE' });
-      expect(raced).toBe(true);
-      expect(api.pods.get(POD)?.metadata.deletionTimestamp).toBeUndefined();
-      expect(api.pods.get(POD)?.metadata.annotations?.['agentmanager.io/fencing-token']).toBe('9');
-    });
-
-    it('a status update between claim and delete only sends it round again', async () => {
-      const d = driver();
-      await d.start(workload(), { generation: 1, attempt: 1 });
-      let bumped = false;
-      api.beforeWrite = (name) => {
-        if (api.count('delete') === 1 && !bumped) {
-          bumped = true;
-          api.setWaiting(name, 'ContainerCreating');
-        }
-      };
-      await d.destroy(AGENT, { lease, token: 5 });
-      expect(api.count('delete')).toBe(2);
-      await until(() => !api.pods.has(POD), 'Pod gone');
-    });
-  });
 });
 
 describe('kubernetesError', () => {
@@ -602,6 +409,13 @@ describe('kubernetesError', () => {
     const error = kubernetesError(apiError(status, 'the reason'), 'doing it');
     expect({ code: error.code, retryable: error.retryable, status: error.context.status }).toEqual({ code, retryable, status });
     expect(error.message).toBe(`doing it: the Kubernetes API answered HTTP ${status}: the reason`);
+  });
+
+  it('403 for a namespace whose default ServiceAccount is not made yet → retryable; any other 403 stays permanent', () => {
+    const race = kubernetesError(apiError(403, 'pods "agent-x" is forbidden: error looking up service account agents/default: serviceaccount "default" not found'), 'creating Pod agent-x');
+    expect({ code: race.code, retryable: race.retryable }).toEqual({ code: 'KUBERNETES_SERVICE_ACCOUNT_PENDING', retryable: true });
+    const named = kubernetesError(apiError(403, 'pods "agent-x" is forbidden: error looking up service account agents/agent: serviceaccount "agent" not found'), 'creating Pod agent-x');
+    expect({ code: named.code, retryable: named.retryable }).toEqual({ code: 'KUBERNETES_FORBIDDEN', retryable: false });
   });
 
   it('no answer → retryable KUBERNETES_UNREACHABLE', () => {
