@@ -46,7 +46,7 @@ export async function startServices(services: readonly ServiceName[], env: Recor
   // Tracing starts first so the clients below are traced; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
   const telemetry = startTelemetry({ serviceName: `agent-manager-${name}`, ...(config.OTEL_EXPORTER_OTLP_ENDPOINT ? { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT } : {}), logger: createLogger(name, config.LOG_LEVEL) });
   await telemetry.ready;
-  const ctx = await createServiceContext({ service: name, config, database: true, redis: services.includes('provisioner') || services.includes('heartbeat'), opsServer: options.opsServer ?? true });
+  const ctx = await createServiceContext({ service: name, config, database: services.some((s) => s !== 'heartbeat'), redis: services.includes('provisioner') || services.includes('heartbeat'), opsServer: options.opsServer ?? true });
   ctx.onShutdown(['telemetry', () => telemetry.shutdown()]);
   try {
     if (ingestOptions) await startIngest(ctx, ingestOptions);

@@ -47,6 +47,27 @@ export function createMetrics(service: string, options: { defaultMetrics?: boole
     lifecycleRejections: new Counter({ name: 'agent_manager_lifecycle_rejections_total', help: 'Lifecycle inputs refused', labelNames: ['input', 'code'], registers }),
     /** Policy decisions before provisioning, by result and source (local, remote). */
     policyDecisions: new Counter({ name: 'agent_manager_policy_decisions_total', help: 'SentinelNet policy decisions', labelNames: ['allow', 'source'], registers }),
+    /** Heartbeats processed by the heartbeat service, by outcome (tracked, resumed, ignored: unknown, stopped or destroyed agents). */
+    heartbeatsReceived: new Counter({ name: 'agent_manager_heartbeats_total', help: 'Heartbeats processed', labelNames: ['outcome'], registers }),
+    /** Agents declared lapsed (HEARTBEAT_MISSED). */
+    heartbeatLapses: new Counter({ name: 'agent_manager_heartbeat_lapses_total', help: 'Heartbeat deadlines lapsed', registers }),
+    /** Lapsed agents whose heartbeats came back (HEARTBEAT_RESUMED). */
+    heartbeatResumes: new Counter({ name: 'agent_manager_heartbeat_resumes_total', help: 'Lapsed agents heartbeating again', registers }),
+    /** Commands the heartbeat service produced, by command. */
+    heartbeatCommands: new Counter({ name: 'agent_manager_heartbeat_commands_total', help: 'Commands produced by the heartbeat service', labelNames: ['command'], registers }),
+    /** Agents tracked on the partitions this process owns (healthy and lapsed). */
+    heartbeatTrackedAgents: new Gauge({ name: 'agent_manager_heartbeat_tracked_agents', help: 'Agents tracked by this heartbeat process', registers }),
+    /** Deadline → HEARTBEAT_MISSED produced, seconds. */
+    heartbeatDetectionSeconds: new Histogram({
+      name: 'agent_manager_heartbeat_detection_seconds',
+      help: 'Delay from a missed deadline to HEARTBEAT_MISSED produced',
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+    /** 1 while the mass-failure guard holds recovers. */
+    heartbeatMassFailure: new Gauge({ name: 'agent_manager_heartbeat_mass_failure', help: 'Mass failure detected: recovers held (1 = on)', registers }),
+    /** Recovers waiting (held by the guard or the rate limit). */
+    heartbeatRecoversHeld: new Gauge({ name: 'agent_manager_heartbeat_recovers_held', help: 'RECOVER commands waiting to be sent', registers }),
     /** 1 while safe mode is on, as this process last read it. */
     safeMode: new Gauge({ name: 'agent_manager_safe_mode', help: 'Safe mode (1 = on)', registers }),
   };

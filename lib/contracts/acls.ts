@@ -9,7 +9,8 @@
  *   provisioner  Read agent-commands (group `<prefix>agent-manager-provisioner`) · Write agent-commands.dlq
  *                · Write agent-commands, agent-status, audit-events (the outbox)
  *   heartbeat    Read agent-heartbeats, agent-status (group `<prefix>agent-manager-heartbeat`)
- *                · Write agent-heartbeats.dlq, agent-status.dlq · Write agent-commands
+ *                · Write agent-heartbeats.dlq, agent-status.dlq · Write agent-commands, audit-events
+ *                (it has no database: its mass-failure audit events are produced directly)
  *   archiver     Read audit-events (group `<prefix>agent-manager-archiver`) · Write audit-events.dlq
  *   agent        Write agent-heartbeats
  *
@@ -55,7 +56,7 @@ export const ROLE_RIGHTS: Readonly<Record<KafkaRole, readonly Right[]>> = {
   kernel: [write('agent-requests'), read('agent-status'), group('kernel', 'prefixed')],
   ingest: [read('agent-requests'), group('agent-manager-ingest'), writeDlq('agent-requests'), ...OUTBOX],
   provisioner: [read('agent-commands'), group('agent-manager-provisioner'), writeDlq('agent-commands'), ...OUTBOX],
-  heartbeat: [read('agent-heartbeats'), read('agent-status'), group('agent-manager-heartbeat'), writeDlq('agent-heartbeats'), writeDlq('agent-status'), write('agent-commands')],
+  heartbeat: [read('agent-heartbeats'), read('agent-status'), group('agent-manager-heartbeat'), writeDlq('agent-heartbeats'), writeDlq('agent-status'), write('agent-commands'), write('audit-events')],
   archiver: [read('audit-events'), group('agent-manager-archiver'), writeDlq('audit-events')],
   agent: [write('agent-heartbeats')],
 };

@@ -47,6 +47,7 @@ describe('aclPlan', () => {
       'Write agent-commands',
       'Write agent-heartbeats.dlq',
       'Write agent-status.dlq',
+      'Write audit-events',
     ]);
     expect(rightsOf('User:archiver')).toEqual(['Read audit-events', 'Read group agent-manager-archiver', 'Write audit-events.dlq']);
     expect(rightsOf('User:agent')).toEqual(['Write agent-heartbeats']);

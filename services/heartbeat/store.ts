@@ -1,0 +1,234 @@
+/**
+ * The heartbeat service's state in Redis (the key layout is in lib/heartbeat/last-heartbeat.ts):
+ * one Lua script per Kafka batch of heartbeats, one per batch of statuses, one per sweep. Each is
+ * atomic, so a lapse is declared once (its deadline moves to `lapsed` in the same script that
+ * queues its commands) whoever sweeps, across restarts and rebalances; queued commands stay in
+ * `pending` until Kafka acknowledged them, under ids derived from the lapse (the provisioner
+ * de-duplicates a command sent twice).
+ */
+import type { Redis } from 'ioredis';
+import { unavailableError } from '../../lib/errors.ts';
+import type { DeadlineSettings, TrackingAction } from './logic.ts';
+
+// KEYS: 1 deadlines, 2 lapsed, 3 interval, 4 lapse, 5 pending, 6 seq (all of one partition).
+// ARGV: 1 last-heartbeat key prefix, 2 now, 3 miss factor, 4 min TTL, 5 default interval, then per agent.
+const PREAMBLE = `
+local now = tonumber(ARGV[2])
+local factor = tonumber(ARGV[3])
+local minTtl = tonumber(ARGV[4])
+local defaultInterval = tonumber(ARGV[5])
+local function deadline(interval)
+  if interval == nil or interval <= 0 then interval = defaultInterval end
+  return now + math.max(math.ceil(factor * interval), minTtl)
+end
+`;
+
+/**
+ * Heartbeats (ARGV 6.. in threes: agentId, intervalMs or '', last-heartbeat JSON). A tracked agent's
+ * deadline moves and its last heartbeat is stored; a lapsed one comes back (RESUMED queued after its
+ * MISSED, its held recover dropped); any other is ignored. The interval is remembered for every agent,
+ * so tracking that starts later (RUNNING) uses it. Returns {tracked, resumed, ignored}.
+ */
+const APPLY_HEARTBEATS = `${PREAMBLE}
+local tracked, resumed, ignored = 0, 0, 0
+for i = 6, #ARGV, 3 do
+  local id = ARGV[i]
+  local interval = tonumber(ARGV[i + 1])
+  if interval ~= nil and interval > 0 then redis.call('HSET', KEYS[3], id, interval) end
+  if redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], deadline(interval), id)
+    redis.call('SET', ARGV[1] .. id, ARGV[i + 2])
+    tracked = tracked + 1
+  elseif redis.call('ZSCORE', KEYS[2], id) then
+    local n = redis.call('HGET', KEYS[4], id) or '0'
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('ZADD', KEYS[1], deadline(interval), id)
+    redis.call('SET', ARGV[1] .. id, ARGV[i + 2])
+    redis.call('ZREM', KEYS[5], 'recover|' .. id .. '|' .. n)
+    redis.call('ZADD', KEYS[5], now, 'resumed|' .. id .. '|' .. n)
+    tracked = tracked + 1
+    resumed = resumed + 1
+  else
+    ignored = ignored + 1
+  end
+end
+return {tracked, resumed, ignored}
+`;
+
+/**
+ * Statuses (ARGV 6.. in pairs: agentId, track|untrack|forget). Any of them ends a lapse and drops
+ * its unsent commands (the agent runs again, or is being stopped on purpose); track starts (or
+ * keeps, with the later deadline) a deadline from the agent's known interval.
+ */
+const APPLY_STATUSES = `${PREAMBLE}
+for i = 6, #ARGV, 2 do
+  local id = ARGV[i]
+  local action = ARGV[i + 1]
+  local n = redis.call('HGET', KEYS[4], id)
+  if n then
+    redis.call('ZREM', KEYS[5], 'missed|' .. id .. '|' .. n, 'recover|' .. id .. '|' .. n, 'resumed|' .. id .. '|' .. n)
+    redis.call('HDEL', KEYS[4], id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+  if action == 'track' then
+    redis.call('ZADD', KEYS[1], 'GT', deadline(tonumber(redis.call('HGET', KEYS[3], id) or '')), id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+    if action == 'forget' then
+      redis.call('HDEL', KEYS[3], id)
+      redis.call('DEL', ARGV[1] .. id)
+    end
+  end
+end
+return 0
+`;
+
+/**
+ * The sweep (ARGV: 1 cutoff, 2 now, 3 limit): deadlines at or before the cutoff lapse, each numbered
+ * and queued as MISSED then RECOVER (scored by the deadline). Returns {agentId, deadline, …}.
+ */
+const SWEEP = `
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i = 1, #due, 2 do
+  local id = due[i]
+  local at = due[i + 1]
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  local n = redis.call('INCR', KEYS[6])
+  redis.call('HSET', KEYS[4], id, n)
+  redis.call('ZADD', KEYS[5], at, 'missed|' .. id .. '|' .. n)
+  redis.call('ZADD', KEYS[5], at, 'recover|' .. id .. '|' .. n)
+  out[#out + 1] = id
+  out[#out + 1] = at
+end
+return out
+`;
+
+type ScriptResult = unknown;
+
+interface HeartbeatCommands {
+  hbApplyHeartbeats(...args: (string | number)[]): Promise<ScriptResult>;
+  hbApplyStatuses(...args: (string | number)[]): Promise<ScriptResult>;
+  hbSweep(...args: (string | number)[]): Promise<ScriptResult>;
+}
+
+export interface HeartbeatUpdate {
+  readonly agentId: string;
+  readonly intervalMs: number | null;
+  readonly last: string;
+}
+
+export interface StatusUpdate {
+  readonly agentId: string;
+  readonly action: TrackingAction;
+}
+
+export type PendingKind = 'missed' | 'recover' | 'resumed';
+
+export interface PendingCommand {
+  readonly member: string;
+  readonly kind: PendingKind;
+  readonly agentId: string;
+  readonly lapse: string;
+  /** The deadline (missed, recover) or when the agent came back (resumed). */
+  readonly score: number;
+}
+
+export interface Lapse {
+  readonly agentId: string;
+  readonly deadline: number;
+}
+
+export interface PartitionCounts {
+  readonly tracked: number;
+  readonly lapsed: number;
+}
+
+export interface HeartbeatStore {
+  applyHeartbeats(partition: number, now: number, updates: readonly HeartbeatUpdate[]): Promise<{ tracked: number; resumed: number; ignored: number }>;
+  applyStatuses(partition: number, now: number, updates: readonly StatusUpdate[]): Promise<void>;
+  /** The earliest deadline of the partition, if any is at or before `now`. */
+  anyDue(partition: number, now: number): Promise<boolean>;
+  sweep(partition: number, cutoff: number, now: number, limit: number): Promise<Lapse[]>;
+  pending(partition: number, limit: number): Promise<PendingCommand[]>;
+  done(partition: number, members: readonly string[]): Promise<void>;
+  counts(partitions: readonly number[]): Promise<PartitionCounts>;
+}
+
+function redisDown(what: string, error: unknown): Error {
+  return unavailableError('redis', 'REDIS_UNAVAILABLE', `${what}: ${error instanceof Error ? error.message : String(error)}`, error);
+}
+
+export function createHeartbeatStore(redis: Redis, keyPrefix: string, settings: DeadlineSettings): HeartbeatStore {
+  redis.defineCommand('hbApplyHeartbeats', { numberOfKeys: 6, lua: APPLY_HEARTBEATS });
+  redis.defineCommand('hbApplyStatuses', { numberOfKeys: 6, lua: APPLY_STATUSES });
+  redis.defineCommand('hbSweep', { numberOfKeys: 6, lua: SWEEP });
+  const commands = redis as unknown as Redis & HeartbeatCommands;
+  const lastPrefix = `${keyPrefix}last:`;
+  const keys = (p: number) => [`${keyPrefix}p${p}:deadlines`, `${keyPrefix}p${p}:lapsed`, `${keyPrefix}p${p}:interval`, `${keyPrefix}p${p}:lapse`, `${keyPrefix}p${p}:pending`, `${keyPrefix}p${p}:seq`];
+  const common = (now: number) => [lastPrefix, now, settings.missFactor, settings.minTtlMs, settings.defaultIntervalMs];
+
+  async function call<T>(what: string, run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (error) {
+      throw redisDown(what, error);
+    }
+  }
+
+  return {
+    async applyHeartbeats(partition, now, updates) {
+      const args: (string | number)[] = [...keys(partition), ...common(now)];
+      for (const u of updates) args.push(u.agentId, u.intervalMs ?? '', u.last);
+      const result = (await call('storing heartbeats', () => commands.hbApplyHeartbeats(...args))) as number[];
+      return { tracked: Number(result[0]), resumed: Number(result[1]), ignored: Number(result[2]) };
+    },
+    async applyStatuses(partition, now, updates) {
+      const args: (string | number)[] = [...keys(partition), ...common(now)];
+      for (const u of updates) args.push(u.agentId, u.action);
+      await call('storing statuses', () => commands.hbApplyStatuses(...args));
+    },
+    async anyDue(partition, now) {
+      const [deadlines] = keys(partition) as [string];
+      const due = await call('reading deadlines', () => redis.zrangebyscore(deadlines, '-inf', now, 'LIMIT', 0, 1));
+      return due.length > 0;
+    },
+    async sweep(partition, cutoff, now, limit) {
+      const result = (await call('sweeping', () => commands.hbSweep(...keys(partition), cutoff, now, limit))) as string[];
+      const lapses: Lapse[] = [];
+      for (let i = 0; i + 1 < result.length; i += 2) lapses.push({ agentId: result[i] as string, deadline: Number(result[i + 1]) });
+      return lapses;
+    },
+    async pending(partition, limit) {
+      const key = `${keyPrefix}p${partition}:pending`;
+      const flat = await call('reading pending commands', () => redis.zrange(key, '0', String(limit - 1), 'WITHSCORES'));
+      const out: PendingCommand[] = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const member = flat[i] as string;
+        const [kind, agentId, lapse] = member.split('|');
+        if ((kind === 'missed' || kind === 'recover' || kind === 'resumed') && agentId && lapse) out.push({ member, kind, agentId, lapse, score: Number(flat[i + 1]) });
+      }
+      return out;
+    },
+    async done(partition, members) {
+      if (members.length === 0) return;
+      await call('clearing sent commands', () => redis.zrem(`${keyPrefix}p${partition}:pending`, ...members));
+    },
+    async counts(partitions) {
+      if (partitions.length === 0) return { tracked: 0, lapsed: 0 };
+      const pipeline = redis.pipeline();
+      for (const p of partitions) pipeline.zcard(`${keyPrefix}p${p}:deadlines`).zcard(`${keyPrefix}p${p}:lapsed`);
+      const results = await call('counting agents', () => pipeline.exec());
+      let tracked = 0;
+      let lapsed = 0;
+      (results ?? []).forEach(([error, value], i) => {
+        if (error) throw redisDown('counting agents', error);
+        if (i % 2 === 0) tracked += Number(value);
+        else lapsed += Number(value);
+      });
+      return { tracked: tracked + lapsed, lapsed };
+    },
+  };
+}
