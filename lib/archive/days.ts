@@ -31,15 +31,14 @@ export function daysBetween(from: string, until: string): string[] {
  */
 export class PartitionDays {
   private day: string | undefined;
+  private readonly graceMs: number;
 
   /**
    * @param openDay the partition's first day not closed yet (the day after its last closed day, or
    * the day of its last archived file), or undefined when nothing is known: the first record's day.
    */
-  constructor(
-    private readonly graceMs: number,
-    openDay?: string,
-  ) {
+  constructor(graceMs: number, openDay?: string) {
+    this.graceMs = graceMs;
     this.day = openDay;
   }
 

@@ -88,16 +88,15 @@ export function windowStartOf(timestamp: number, flushIntervalMs: number): numbe
 export class FileRotation {
   private current: OpenFile | undefined;
   private lastDay: string | undefined;
+  private readonly limits: RotationLimits;
 
   /**
    * @param previousDay the day of the partition's last archived file (where the archiver resumes):
    * days never go back within a partition, whatever a broker clock did, so the resume point is always
    * in the latest day folder.
    */
-  constructor(
-    private readonly limits: RotationLimits,
-    previousDay?: string,
-  ) {
+  constructor(limits: RotationLimits, previousDay?: string) {
+    this.limits = limits;
     this.lastDay = previousDay;
   }
 
