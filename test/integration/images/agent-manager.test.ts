@@ -9,7 +9,7 @@
  * so and is skipped; the test command starts one.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,8 @@ const ROOT = join(__dirname, '..', '..', '..');
 const SOCKET = join(ROOT, '.stack', 'podman.sock');
 const IMAGE = 'localhost/agent-manager:test';
 const SECRETS = '/run/secrets/kafka';
+/** The image's user (images/agent-manager/Dockerfile). */
+const IMAGE_UID = 65532;
 const SHUTDOWN_GRACE_MS = 15_000;
 /** What Kubernetes gives a Pod by default (the chart's terminationGracePeriodSeconds is above the drain). */
 const STOP_TIMEOUT_MS = 30_000;
@@ -94,14 +96,16 @@ async function removeContainer(containerId: string): Promise<void> {
     if (build.status !== 0) throw new Error(`npm run image failed (${build.status}):\n${`${build.stdout}${build.stderr}`.slice(-4000)}`);
 
     world = await createFleetWorld('image');
-    // The ingest principal's files, copied where the container's user can read them and mounted read-only.
+    // The ingest principal's files (root's, mode 0600 in .stack/pki), copied for the container's user
+    // (owned by it where this test may chown, as root on the project machines) and mounted read-only.
     const stack = stackEnvAs('ingest');
     secretsDir = mkdtempSync(join(tmpdir(), 'image-kafka-'));
-    chmodSync(secretsDir, 0o755);
     const files = { KAFKA_SSL_CA_FILE: 'ca.crt', KAFKA_SSL_CERT_FILE: 'tls.crt', KAFKA_SSL_KEY_FILE: 'tls.key' } as const;
-    for (const [name, file] of Object.entries(files)) {
-      copyFileSync(stack[name] ?? '', join(secretsDir, file));
-      chmodSync(join(secretsDir, file), 0o444);
+    const owned = process.getuid?.() === 0;
+    for (const [name, file] of Object.entries(files)) copyFileSync(stack[name] ?? '', join(secretsDir, file));
+    for (const path of [secretsDir, ...Object.values(files).map((file) => join(secretsDir, file))]) {
+      if (owned) chownSync(path, IMAGE_UID, IMAGE_UID);
+      chmodSync(path, path === secretsDir ? (owned ? 0o500 : 0o755) : owned ? 0o400 : 0o444);
     }
     httpPort = await freePort();
     env = {
@@ -155,14 +159,14 @@ async function removeContainer(containerId: string): Promise<void> {
 
       // The image's user, a read-only root, and tini as PID 1. (podman adds tmpfs on /tmp, /var/tmp
       // and /run to a read-only container; the service writes to none of them.)
-      expect((await container.exec(['id', '-u'])).output.trim()).toBe('65532');
+      expect((await container.exec(['id', '-u'])).output.trim()).toBe(String(IMAGE_UID));
       const rootMount = (await container.exec(['cat', '/proc/mounts'])).output.split('\n').map((line) => line.split(' ')).find((fields) => fields[1] === '/');
       expect(rootMount?.[3]?.split(',')).toContain('ro');
       expect((await container.exec(['cat', '/proc/1/cmdline'])).output.split('\0')[0]).toBe('/usr/bin/tini');
       const client = await getContainerRuntimeClient();
       const info = await client.container.inspect(client.container.getById(id));
       expect(info.HostConfig.ReadonlyRootfs).toBe(true);
-      expect(info.Config.User).toBe('65532:65532');
+      expect(info.Config.User).toBe(`${IMAGE_UID}:${IMAGE_UID}`);
 
       // `podman stop` sends the image's STOPSIGNAL (SIGTERM) and SIGKILLs after the timeout: exit 137.
       const stopping = Date.now();
