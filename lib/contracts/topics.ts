@@ -129,6 +129,14 @@ export interface CreateTopicsOptions {
   prefix?: string;
 }
 
+/**
+ * The archiver's days are the broker's append time (not the producer's clock), so they follow offset
+ * order within a partition and an idle partition's day can close by the clock. Unlike the other
+ * settings, `createTopics` also sets these on an existing topic.
+ */
+const AUDIT_TOPIC_ENTRIES: readonly { name: string; value: string }[] = [{ name: 'message.timestamp.type', value: 'LogAppendTime' }];
+const APPLIED_TO_EXISTING = new Set(AUDIT_TOPIC_ENTRIES.map((e) => e.name));
+
 /** What `createTopics` creates: each topic followed by its DLQ, with their configs. */
 export function topicPlan(settings: TopicSettings, options: CreateTopicsOptions = {}): TopicPlan[] {
   const prefix = options.prefix ?? '';
@@ -139,8 +147,9 @@ export function topicPlan(settings: TopicSettings, options: CreateTopicsOptions 
       { name: 'retention.ms', value: String(retentionMs) },
     ];
     const common = { contract, numPartitions: settings.partitions, replicationFactor: settings.replicationFactor };
+    const topicEntries = contract === 'audit-events' ? [...entries(settings.auditRetentionMs), ...AUDIT_TOPIC_ENTRIES] : entries(settings.retentionMs);
     return [
-      { ...common, topic: `${prefix}${contract}`, kind: 'topic' as const, configEntries: entries(contract === 'audit-events' ? settings.auditRetentionMs : settings.retentionMs) },
+      { ...common, topic: `${prefix}${contract}`, kind: 'topic' as const, configEntries: topicEntries },
       { ...common, topic: dlqTopic(`${prefix}${contract}`), kind: 'dlq' as const, configEntries: entries(settings.dlqRetentionMs) },
     ];
   });
@@ -154,7 +163,7 @@ export interface TopicCreation {
   partitions: number;
   replicationFactor: number;
   config: Record<string, string>;
-  /** For an existing topic, how it differs from the configuration (nothing is changed). */
+  /** For an existing topic, how it differs from the configuration (left alone, except the audit topic's timestamp type, which is set). */
   drift: string[];
 }
 
@@ -176,6 +185,7 @@ async function driftOf(admin: Admin, plans: TopicPlan[]): Promise<Map<string, st
     includeSynonyms: false,
     resources: plans.map((p) => ({ type: ConfigResourceTypes.TOPIC, name: p.topic, configNames: p.configEntries.map((e) => e.name) })),
   });
+  const toApply = new Map<string, { name: string; value: string }[]>();
   for (const plan of plans) {
     const notes = drift.get(plan.topic) ?? [];
     const partitions = metadata.topics.find((t) => t.name === plan.topic)?.partitions ?? [];
@@ -185,10 +195,36 @@ async function driftOf(admin: Admin, plans: TopicPlan[]): Promise<Map<string, st
     const entries = configs.resources.find((r) => r.resourceName === plan.topic)?.configEntries ?? [];
     for (const wanted of plan.configEntries) {
       const actual = entries.find((e) => e.configName === wanted.name)?.configValue;
-      if (actual !== undefined && actual !== wanted.value) notes.push(`${wanted.name}=${actual} (configured ${wanted.value})`);
+      if (actual === undefined || actual === wanted.value) continue;
+      if (APPLIED_TO_EXISTING.has(wanted.name)) {
+        toApply.set(plan.topic, [...(toApply.get(plan.topic) ?? []), wanted]);
+        notes.push(`${wanted.name} was ${actual}: set to ${wanted.value}`);
+      } else {
+        notes.push(`${wanted.name}=${actual} (configured ${wanted.value})`);
+      }
     }
   }
+  for (const [topic, wanted] of toApply) await setTopicConfigs(admin, topic, wanted);
   return drift;
+}
+
+/**
+ * Sets `wanted` on an existing topic and keeps its other overrides: kafkajs has only the legacy
+ * AlterConfigs, which replaces a topic's whole set of overrides, so the current ones are read first
+ * and written back with the change.
+ */
+async function setTopicConfigs(admin: Admin, topic: string, wanted: readonly { name: string; value: string }[]): Promise<void> {
+  const described = await admin.describeConfigs({ includeSynonyms: false, resources: [{ type: ConfigResourceTypes.TOPIC, name: topic }] });
+  const current = described.resources.find((r) => r.resourceName === topic)?.configEntries ?? [];
+  // Topic-level overrides only (not the broker's defaults); a sensitive one cannot be read back.
+  const overrides = current.filter((e) => !e.isDefault && !e.readOnly && (e.configSource === undefined || Number(e.configSource) === 1));
+  const sensitive = overrides.find((e) => e.isSensitive);
+  if (sensitive) {
+    throw permanentError('TOPIC_CONFIG_UNCHANGED', `topic ${topic}: cannot set ${wanted.map((w) => w.name).join(', ')} without losing the sensitive override ${sensitive.configName}; set it with kafka-configs --alter`);
+  }
+  const names = new Set(wanted.map((w) => w.name));
+  const configEntries = [...overrides.filter((e) => !names.has(e.configName)).map((e) => ({ name: e.configName, value: e.configValue })), ...wanted];
+  await admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configEntries }] });
 }
 
 /**
@@ -224,7 +260,8 @@ export async function createTopicsAndWait(admin: Admin, topics: ITopicConfig[]):
 
 /**
  * Creates every topic and its DLQ that does not exist yet (the admin must be connected). Idempotent:
- * an existing topic is reported `exists`, with how it differs from the configuration, and left alone.
+ * an existing topic is reported `exists`, with how it differs from the configuration, and left alone
+ * but for `message.timestamp.type=LogAppendTime` on audit-events, which is set (the archiver needs it).
  */
 export async function createTopics(admin: Admin, settings: TopicSettings, options: CreateTopicsOptions = {}): Promise<TopicCreation[]> {
   const plans = topicPlan(settings, options);

@@ -58,4 +58,26 @@ describe('createTopics against the real Kafka broker', () => {
     const metadata = await admin.fetchTopicMetadata({ topics: [`${prefix}audit-events`] });
     expect(metadata.topics[0]?.partitions).toHaveLength(3);
   });
+
+  it('sets LogAppendTime on an existing audit-events topic, keeping its other settings', async () => {
+    const own = `${uniqueName('it-topics-ts')}.`;
+    const topic = `${own}audit-events`;
+    await admin.createTopics({
+      topics: [{ topic, numPartitions: 1, configEntries: [{ name: 'retention.ms', value: String(10 * DAY_MS) }, { name: 'segment.ms', value: String(DAY_MS) }] }],
+    });
+    try {
+      const results = await createTopics(admin, settings, { prefix: own, topics: ['audit-events'] });
+      expect(results[0]?.drift).toEqual(expect.arrayContaining(['message.timestamp.type was CreateTime: set to LogAppendTime']));
+      const described = await admin.describeConfigs({ includeSynonyms: false, resources: [{ type: kafkajs.ConfigResourceTypes.TOPIC, name: topic }] });
+      const config = (key: string) => described.resources[0]?.configEntries.find((e) => e.configName === key)?.configValue;
+      expect(config('message.timestamp.type')).toBe('LogAppendTime');
+      expect(config('retention.ms')).toBe(String(10 * DAY_MS));
+      expect(config('segment.ms')).toBe(String(DAY_MS));
+      const again = await createTopics(admin, settings, { prefix: own, topics: ['audit-events'] });
+      expect(again[0]?.drift).toEqual(['partitions 1 (configured 3)']);
+    } finally {
+      const existing = new Set(await admin.listTopics());
+      await admin.deleteTopics({ topics: [topic, `${topic}.dlq`].filter((t) => existing.has(t)) });
+    }
+  });
 });

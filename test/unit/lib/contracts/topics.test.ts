@@ -121,6 +121,13 @@ describe('topicPlan', () => {
     expect(retention['audit-events.dlq']).toBe(String(30 * DAY_MS));
   });
 
+  it('stamps audit-events records with the broker\'s append time (the archiver\'s days), and no other topic', () => {
+    const types = Object.fromEntries(topicPlan(settings).map((p) => [p.topic, p.configEntries.find((e) => e.name === 'message.timestamp.type')?.value]));
+    expect(types['audit-events']).toBe('LogAppendTime');
+    expect(types['audit-events.dlq']).toBeUndefined();
+    expect(types['agent-requests']).toBeUndefined();
+  });
+
   it('can plan a subset of the topics', () => {
     expect(topicPlan(settings, { topics: ['audit-events'] }).map((p) => p.topic)).toEqual(['audit-events', 'audit-events.dlq']);
   });
