@@ -13,6 +13,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { parser as promql } from '@prometheus-io/lezer-promql';
 import { Agent, fetch } from 'undici';
 import { uniqueName } from '../../support/stack.ts';
 
@@ -215,6 +216,17 @@ async function configValue(kube: Kube, w: World, key: string): Promise<string | 
   return map.data?.[key];
 }
 
+/** The PromQL syntax errors of an expression (Prometheus' own grammar), as the text around each. */
+function promqlErrors(expr: string): string[] {
+  const errors: string[] = [];
+  promql.parse(expr).iterate({
+    enter: (node) => {
+      if (node.type.isError) errors.push(`at ${node.from}: ${JSON.stringify(expr.slice(Math.max(0, node.from - 20), node.to + 20))}`);
+    },
+  });
+  return errors;
+}
+
 async function canI(kube: Kube, user: string, attributes: Record<string, string>): Promise<boolean> {
   const review = (await apiOk(kube, 'POST', '/apis/authorization.k8s.io/v1/subjectaccessreviews', {
     apiVersion: 'authorization.k8s.io/v1',
@@ -337,7 +349,14 @@ describe('install, upgrade and rollback into the real API server', () => {
       expect(namesOf(await apiOk(kube, 'GET', `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets${sel}`))).toEqual(components);
       expect(namesOf(await apiOk(kube, 'GET', `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies${sel}`))).toEqual([...components, `${w.fullname}-default-deny`, `${w.fullname}-migrate`].sort());
       expect(namesOf(await apiOk(kube, 'GET', `/apis/monitoring.coreos.com/v1/namespaces/${ns}/servicemonitors${sel}`))).toEqual([w.fullname]);
-      expect(namesOf(await apiOk(kube, 'GET', `/apis/monitoring.coreos.com/v1/namespaces/${ns}/prometheusrules${sel}`))).toEqual([w.fullname]);
+      const rules = itemsOf(await apiOk(kube, 'GET', `/apis/monitoring.coreos.com/v1/namespaces/${ns}/prometheusrules${sel}`)) as unknown as Array<{ metadata: { name: string }; spec: { groups: Array<{ rules: Array<{ alert: string; expr: string }> }> } }>;
+      expect(rules.map((r) => r.metadata.name)).toEqual([w.fullname]);
+      const alerts = rules.flatMap((r) => r.spec.groups.flatMap((g) => g.rules));
+      // The seed's alerts (key rotation waits for a metric), each expression valid PromQL.
+      expect(alerts.map((a) => a.alert)).toEqual(
+        expect.arrayContaining(['AgentManagerProvisioningFailureRate', 'AgentManagerMissedHeartbeats', 'AgentManagerAuditPipelineLag', 'AgentManagerConsumerLag', 'AgentManagerDLQGrowth']),
+      );
+      expect(alerts.map((a) => ({ alert: a.alert, errors: promqlErrors(a.expr) })).filter((a) => a.errors.length > 0)).toEqual([]);
       expect(namesOf(await apiOk(kube, 'GET', `/apis/rbac.authorization.k8s.io/v1/namespaces/${w.agentsNamespace}/roles${sel}`))).toEqual([`${w.fullname}-provisioner`]);
       if (valueSet !== 'keda-off') {
         expect(namesOf(await apiOk(kube, 'GET', `/apis/keda.sh/v1alpha1/namespaces/${ns}/triggerauthentications${sel}`))).toEqual(components.map((c) => `${c}-kafka`));
