@@ -15,12 +15,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parser as promql } from '@prometheus-io/lezer-promql';
 import { Agent, fetch } from 'undici';
-import { uniqueName } from '../../support/stack.ts';
+import { adminToken, KUBE_API_URL, kubeconfigPath, kubeFiles, stackHelmBinary, uniqueNamespace } from '../../support/kube.ts';
 
 const ROOT = join(__dirname, '..', '..', '..');
 const CHART = join(ROOT, 'charts', 'agent-manager');
-const KUBECONFIG = process.env.KUBECONFIG ?? join(ROOT, '.stack', 'kube', 'kubeconfig');
-const HELM = process.env.HELM ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '', '.cache'), 'agent-manager', 'helm-v3.22.0', 'helm');
+// The stack's own helm and kubeconfig, never $KUBECONFIG: a test must not reach a real cluster.
+const HELM = process.env.HELM ?? stackHelmBinary();
 
 // `helm template` and `lint` render for this Kubernetes (the stack's API server), not helm's built-in default.
 const KUBE_VERSION = ['--kube-version', '1.37.2'];
@@ -40,10 +40,7 @@ interface Kube {
 }
 
 function loadKube(): Kube {
-  const text = readFileSync(KUBECONFIG, 'utf8');
-  const field = (name: string) => new RegExp(`${name}:\\s*(\\S+)`).exec(text)?.[1] ?? '';
-  const ca = Buffer.from(field('certificate-authority-data'), 'base64').toString('utf8');
-  return { server: field('server'), token: field('token'), dispatcher: new Agent({ connect: { ca } }) };
+  return { server: KUBE_API_URL, token: adminToken(), dispatcher: new Agent({ connect: { ca: readFileSync(kubeFiles().ca, 'utf8') } }) };
 }
 
 interface ApiResponse {
@@ -81,7 +78,9 @@ interface Run {
 
 function helm(args: readonly string[], timeoutMs = 180_000): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(HELM, [...args], { env: { ...process.env, KUBECONFIG }, timeout: timeoutMs, maxBuffer: 32 * 1024 * 1024 }, (error, stdout, stderr) => {
+    // Rendering and linting need no server; the rest talks to the stack's.
+    const kube = ['template', 'lint'].includes(args[0] ?? '') ? [] : ['--kubeconfig', kubeconfigPath()];
+    execFile(HELM, [...args, ...kube], { env: { ...process.env, KUBECONFIG: '' }, timeout: timeoutMs, maxBuffer: 32 * 1024 * 1024 }, (error, stdout, stderr) => {
       const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? ((error as { code: number }).code) : 1) : 0;
       resolve({ code, stdout, stderr });
     });
@@ -109,7 +108,7 @@ interface World {
 }
 
 function world(valueSet: string): World {
-  const namespace = uniqueName('chart').toLowerCase();
+  const namespace = uniqueNamespace('it-chart');
   const release = `am${namespace.slice(-6)}`;
   // Production-like agents live in their own namespace (a Role there); the others in the release's.
   const agentsNamespace = valueSet === 'production' ? `${namespace}-agents` : namespace;
@@ -313,7 +312,7 @@ describe('helm lint and render', () => {
 describe('install, upgrade and rollback into the real API server', () => {
   let kube: Kube;
   beforeAll(async () => {
-    if (!existsSync(KUBECONFIG)) throw new Error(`no kubeconfig at ${KUBECONFIG}: run \`npx agent-manager stack up --with kube\``);
+    kubeconfigPath(); // says what to run when the stack has no API server
     kube = loadKube();
     const version = await api(kube, 'GET', '/version').catch((error: unknown) => {
       throw new Error(`the stack's API server does not answer at ${kube.server} (${String(error)}): run \`npx agent-manager stack up --with kube\``);
