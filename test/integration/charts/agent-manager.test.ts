@@ -29,6 +29,8 @@ const VALUE_SETS: Record<string, string[]> = {
   default: [],
   production: [join(CHART, 'ci', 'values-production.yaml')],
   'keda-off': [join(CHART, 'ci', 'values-keda-off.yaml')],
+  // One shard of a sharded fleet (own topic prefix, schema, agents' namespace) on the production-like base.
+  'shard research-eu': [join(CHART, 'ci', 'values-production.yaml'), join(CHART, 'examples', 'values-shard-research-eu.yaml')],
 };
 
 // ---- the API server, as the stack's admin -------------------------------------------------------
@@ -111,7 +113,7 @@ function world(valueSet: string): World {
   const namespace = uniqueNamespace('it-chart');
   const release = `am${namespace.slice(-6)}`;
   // Production-like agents live in their own namespace (a Role there); the others in the release's.
-  const agentsNamespace = valueSet === 'production' ? `${namespace}-agents` : namespace;
+  const agentsNamespace = valueSet === 'default' || valueSet === 'keda-off' ? namespace : `${namespace}-agents`;
   const args = [...valueArgs(VALUE_SETS[valueSet] ?? []), '--namespace', namespace, '--set', `namespace=${namespace}`, '--set', `services.provisioner.agentsNamespace=${agentsNamespace}`];
   return { namespace, agentsNamespace, release, fullname: `${release}-agent-manager`, args };
 }
@@ -243,7 +245,7 @@ beforeAll(() => {
 });
 
 describe('helm lint and render', () => {
-  const sets = { ...VALUE_SETS, 'shard research-eu': [join(CHART, 'examples', 'values-shard-research-eu.yaml')], 'shard commerce-us': [join(CHART, 'examples', 'values-shard-commerce-us.yaml')] };
+  const sets = { ...VALUE_SETS, 'shard commerce-us': [join(CHART, 'examples', 'values-shard-commerce-us.yaml')] };
 
   test.each(Object.entries(sets))('helm lint --strict: %s', async (_name, files) => {
     const out = await helmOk(['lint', '--strict', CHART, ...KUBE_VERSION, ...valueArgs(files)]);
@@ -260,6 +262,8 @@ describe('helm lint and render', () => {
       ['--set', 'services.ingest.topics=agent-requests', "at '/services/ingest/topics': got string, want array"],
       ['--set', 'services.ingest.api.port=99999', "at '/services/ingest/api/port'"],
       ['--set', 'kafka.topicPrefix=a b', "at '/kafka/topicPrefix'"],
+      // A misspelt setting is refused too, not silently ignored.
+      ['--set', 'kafka.broker=kafka:9093', "additional properties 'broker' not allowed"],
     ] as const) {
       const run = await helm(['template', 'am', CHART, ...KUBE_VERSION, flag, value]);
       expect({ value, code: run.code }).toEqual({ value, code: 1 });
