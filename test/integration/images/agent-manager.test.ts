@@ -14,10 +14,11 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Kafka } from 'kafkajs';
+import pg from 'pg';
 import { GenericContainer, getContainerRuntimeClient, Wait, type StartedTestContainer } from 'testcontainers';
 import { eventually } from '../../support/runtime.ts';
 import { createFleetWorld, type FleetWorld } from '../../support/fleet.ts';
-import { testKafkaConfig } from '../../support/stack.ts';
+import { testKafkaConfig, uniqueName } from '../../support/stack.ts';
 
 jest.setTimeout(180_000);
 
@@ -182,6 +183,32 @@ async function removeContainer(containerId: string): Promise<void> {
       throw error;
     } finally {
       await container?.stop({ timeout: 1_000 }).catch(() => undefined);
+    }
+  });
+
+  test("migrate (the chart's hook Job): applies the image's migrations into a new schema as user 65532, exits 0", async () => {
+    const schema = uniqueName('image_migrate').replace(/[^a-z0-9_]/g, '_');
+    let logs = '';
+    try {
+      const container = await new ReadOnlyContainer(IMAGE)
+        .withNetworkMode('host')
+        .withEnvironment({ ...env, DATABASE_SCHEMA: schema })
+        .withBindMounts([{ source: secretsDir, target: SECRETS, mode: 'ro' }])
+        .withDroppedCapabilities('ALL')
+        .withCommand(['migrate'])
+        .withLogConsumer((stream) => stream.on('data', (chunk: Buffer | string) => (logs += chunk.toString())))
+        .withWaitStrategy(Wait.forOneShotStartup())
+        .withStartupTimeout(90_000)
+        .start();
+      const id = container.getId();
+      expect(await exitCodeOf(id)).toBe(0);
+      expect(logs).toMatch(/migrate: applied \S/);
+      await removeContainer(id);
+    } finally {
+      const db = new pg.Client({ connectionString: env.DATABASE_URL });
+      await db.connect();
+      await db.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => undefined);
+      await db.end();
     }
   });
 
