@@ -231,3 +231,40 @@ export async function queryAuditIndex(db: Queryable, query: AuditQuery): Promise
   const last = events.at(-1);
   return { events, nextCursor: rows.length > limit && last !== undefined ? encodeCursor(last.time, last.eventId) : null };
 }
+
+/**
+ * Records that a day closed on a partition, with its files and counts from audit_files (a day with no
+ * record on the partition closes with none); idempotent. Then records the day as closed when every
+ * one of `partitionCount` partitions has closed it. Returns whether the day is now closed.
+ */
+export async function closePartitionDay(db: Queryable, day: string, partition: number, partitionCount: number): Promise<boolean> {
+  try {
+    await db.query(
+      `INSERT INTO audit_partition_days (day, kafka_partition, file_count, record_count, last_offset)
+       SELECT $1::date, $2::integer, count(*), coalesce(sum(record_count), 0), max(last_offset) FROM audit_files WHERE day = $1::date AND kafka_partition = $2::integer
+       ON CONFLICT (day, kafka_partition) DO NOTHING`,
+      [day, partition],
+    );
+    const closed = await db.query(
+      `INSERT INTO audit_days (day, partition_count, file_count, record_count)
+       SELECT $1::date, count(*), sum(file_count), sum(record_count) FROM audit_partition_days WHERE day = $1::date HAVING count(*) >= $2::integer
+       ON CONFLICT (day) DO NOTHING`,
+      [day, partitionCount],
+    );
+    if ((closed.rowCount ?? 0) > 0) return true;
+    const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_days WHERE day = $1::date', [day]);
+    return (rows[0]?.n ?? 0) > 0;
+  } catch (error) {
+    throw failed(`closing day ${day} on partition ${partition}`, error);
+  }
+}
+
+/** The last day closed on a partition (`YYYY-MM-DD`), or undefined when none has. */
+export async function lastClosedDay(db: Queryable, partition: number): Promise<string | undefined> {
+  try {
+    const { rows } = await db.query<{ day: string | null }>(`SELECT to_char(max(day), 'YYYY-MM-DD') AS day FROM audit_partition_days WHERE kafka_partition = $1`, [partition]);
+    return rows[0]?.day ?? undefined;
+  } catch (error) {
+    throw failed(`reading the closed days of partition ${partition}`, error);
+  }
+}
