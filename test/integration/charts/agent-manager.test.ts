@@ -300,6 +300,12 @@ describe('helm lint and render', () => {
     expect(out).toContain('DATABASE_URL_FILE: "/var/run/secrets/agent-manager/database-url"');
     expect(out).not.toContain('hostPath');
     expect(out).not.toMatch(/kind: Secret\n/);
+    // Autoscaled (KEDA by default): the Deployments leave replicas to the HPA KEDA makes.
+    expect(out).not.toMatch(/^  replicas:/m);
+    expect(out.match(/^  minReplicaCount: 2$/gm)).toHaveLength(3);
+    const fixed = await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--set', 'keda.enabled=false', '--set', 'hpa.enabled=false']);
+    expect(fixed.match(/^  replicas: 2$/gm)).toHaveLength(3);
+    expect(fixed).not.toContain('kind: HorizontalPodAutoscaler');
   });
 
   test('the alerts and the dashboard use only metrics the services export', async () => {
