@@ -1,0 +1,111 @@
+import { join } from 'node:path';
+import { buildAuditEvent } from '../../../../lib/audit.ts';
+import { sha256Base64, type ArchivedObject } from '../../../../lib/archive/objects.ts';
+import type { ArchiveFileRow } from '../../../../lib/archive/index-store.ts';
+import { topicContract } from '../../../../lib/contracts/schemas.ts';
+import { errorCode, unavailableError } from '../../../../lib/errors.ts';
+import { PartitionArchiver, schemaIdOf, type ArchiverRecord, type PartitionArchiverDeps } from '../../../../services/archiver/partition.ts';
+
+const contract = topicContract('audit-events', join(process.cwd(), 'schemas'));
+const T = Date.parse('2026-12-01T10:00:00.000Z');
+const limits = { flushIntervalMs: 60_000, maxRecords: 4, maxBytes: 1 << 20, windowGraceMs: 1_000 };
+
+function record(offset: number, timestamp: number, schemaId = 3): ArchiverRecord {
+  const event = buildAuditEvent({ actor: 'a', action: 'x.y', agentId: null, requestId: null, traceId: null, payload: { offset }, time: new Date(timestamp) });
+  const body = contract.toBuffer(event);
+  const value = Buffer.alloc(5 + body.length);
+  value.writeUInt32BE(schemaId, 1);
+  body.copy(value, 5);
+  return { offset, timestamp, key: null, headers: [], value };
+}
+
+/** In-memory stand-ins for S3 and Postgres: objects by key, files and closed days as recorded. */
+function memoryDeps(failPuts = 0): PartitionArchiverDeps & { objects: Map<string, Buffer>; files: ArchiveFileRow[]; days: string[] } {
+  let failures = failPuts;
+  const objects = new Map<string, Buffer>();
+  const files: ArchiveFileRow[] = [];
+  const days: string[] = [];
+  return {
+    objects,
+    files,
+    days,
+    putObject(key, body): Promise<ArchivedObject> {
+      if (failures-- > 0) return Promise.reject(unavailableError('s3', 'S3_UNAVAILABLE', 'S3 did not answer'));
+      const existing = objects.get(key);
+      if (existing !== undefined && !existing.equals(body)) return Promise.reject(new Error('conflict'));
+      objects.set(key, body);
+      return Promise.resolve({ bucket: 'b', key, checksumSha256: sha256Base64(body), versionId: '1', outcome: existing ? 'existing' : 'uploaded' });
+    },
+    writerSchema: () => Promise.resolve(contract.schemaText),
+    recordFile(file) {
+      files.push(file);
+      return Promise.resolve();
+    },
+    closeDay(day) {
+      days.push(day);
+      return Promise.resolve();
+    },
+  };
+}
+
+const options = { topic: 'audit-events', partition: 5, prefix: 'audit-events', limits, dayGraceMs: 60_000 };
+const fresh = { nextOffset: 0, lastFileDay: undefined, openDay: undefined };
+
+describe('PartitionArchiver', () => {
+  it('holds the commit point at the first record not in a durable file', async () => {
+    const deps = memoryDeps();
+    const archiver = new PartitionArchiver(options, deps, fresh);
+    await archiver.add([0, 1, 2].map((o) => record(o, T + o)));
+    expect(archiver.committable()).toBe(0);
+    await archiver.add([3, 4].map((o) => record(o, T + o)));
+    expect(deps.files.map((f) => `${f.firstOffset}-${f.lastOffset}`)).toEqual(['0-3']);
+    expect(archiver.committable()).toBe(4);
+    await archiver.tick(T + 61_000, true);
+    expect(archiver.committable()).toBeUndefined();
+    expect([...deps.objects.keys()]).toEqual([
+      'audit-events/dt=2026-12-01/p=5/00000000000000000000-00000000000000000003.avro',
+      'audit-events/dt=2026-12-01/p=5/00000000000000000004-00000000000000000004.avro',
+    ]);
+  });
+
+  it('retries a failed upload on the next call, and a redelivered batch adds nothing twice', async () => {
+    const deps = memoryDeps(1);
+    const archiver = new PartitionArchiver(options, deps, fresh);
+    const batch = [0, 1, 2, 3, 4].map((o) => record(o, T + o));
+    const error = await archiver.add(batch).catch((e: unknown) => e);
+    expect(errorCode(error)).toBe('S3_UNAVAILABLE');
+    expect(archiver.committable()).toBe(0);
+    await archiver.add(batch); // the runtime retries the batch
+    expect(deps.files.map((f) => `${f.firstOffset}-${f.lastOffset}`)).toEqual(['0-3']);
+    expect(archiver.committable()).toBe(4);
+  });
+
+  it('skips what the archive already holds when resuming', async () => {
+    const deps = memoryDeps();
+    const archiver = new PartitionArchiver(options, deps, { nextOffset: 4, lastFileDay: '2026-12-01', openDay: undefined });
+    await archiver.add([0, 1, 2, 3, 4, 5, 6, 7].map((o) => record(o, T + o)));
+    expect(deps.files.map((f) => `${f.firstOffset}-${f.lastOffset}`)).toEqual(['4-7']);
+  });
+
+  it('closes a day after its last file, and days in between, when a later day\'s record arrives', async () => {
+    const deps = memoryDeps();
+    const archiver = new PartitionArchiver(options, deps, fresh);
+    await archiver.add([record(0, Date.parse('2026-12-01T23:59:59.999Z')), record(1, Date.parse('2026-12-03T00:00:00.000Z'))]);
+    expect(deps.files.map((f) => `${f.day}:${f.firstOffset}-${f.lastOffset}`)).toEqual(['2026-12-01:0-0']);
+    expect(deps.days).toEqual(['2026-12-01', '2026-12-02']);
+  });
+
+  it('reads the writer schema id from the registry framing', () => {
+    expect(schemaIdOf(record(0, T, 77).value)).toBe(77);
+    expect(errorCode(catching(() => schemaIdOf(Buffer.from([1, 2, 3]))))).toBe('DECODE_BAD_FRAMING');
+  });
+});
+
+function catching(f: () => unknown): unknown {
+  try {
+    f();
+  } catch (error) {
+    return error;
+  }
+  return undefined;
+}
