@@ -301,10 +301,10 @@ describe('helm lint and render', () => {
     expect(out).not.toContain('hostPath');
     expect(out).not.toMatch(/kind: Secret\n/);
     // Autoscaled (KEDA by default): the Deployments leave replicas to the HPA KEDA makes.
-    expect(out).not.toMatch(/^  replicas:/m);
-    expect(out.match(/^  minReplicaCount: 2$/gm)).toHaveLength(3);
+    expect(out).not.toMatch(/^ {2}replicas:/m);
+    expect(out.match(/^ {2}minReplicaCount: 2$/gm)).toHaveLength(3);
     const fixed = await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--set', 'keda.enabled=false', '--set', 'hpa.enabled=false']);
-    expect(fixed.match(/^  replicas: 2$/gm)).toHaveLength(3);
+    expect(fixed.match(/^ {2}replicas: 2$/gm)).toHaveLength(3);
     expect(fixed).not.toContain('kind: HorizontalPodAutoscaler');
   });
 
