@@ -388,6 +388,8 @@ describe('install, upgrade and rollback into the real API server', () => {
       // Rollback to revision 1: no hook (nothing to migrate back), the settings as they were.
       await helmOk(['rollback', w.release, '1', '--namespace', ns, '--timeout', '60s']);
       expect(await configValue(kube, w, 'LOG_LEVEL')).toBe('info');
+      const job = (await apiOk(kube, 'GET', `/apis/batch/v1/namespaces/${ns}/jobs/${w.fullname}-migrate`)) as { metadata: { uid: string } };
+      expect(job.metadata.uid).toBe(second.uid);
       const history = JSON.parse(await helmOk(['history', w.release, '--namespace', ns, '--output', 'json'])) as Array<{ revision: number; status: string; description: string }>;
       expect(history.map((h) => [h.revision, h.status])).toEqual([
         [1, 'superseded'],
