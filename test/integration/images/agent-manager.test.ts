@@ -29,6 +29,8 @@ const SECRETS = '/run/secrets/kafka';
 /** The image's user (images/agent-manager/Dockerfile). */
 const IMAGE_UID = 65532;
 const SHUTDOWN_GRACE_MS = 15_000;
+/** `stack env` variables for tools on the host (podman, kubectl), not for a service. */
+const HOST_ONLY = ['DOCKER_HOST', 'TESTCONTAINERS_RYUK_DISABLED', 'CONTAINERS_CONF', 'KUBECONFIG'];
 /** What Kubernetes gives a Pod by default (the chart's terminationGracePeriodSeconds is above the drain). */
 const STOP_TIMEOUT_MS = 30_000;
 
@@ -111,7 +113,7 @@ async function removeContainer(containerId: string): Promise<void> {
     httpPort = await freePort();
     env = {
       // The stack's addresses; no other files than the three mounted (the agents' and the Kernel's are not ingest's).
-      ...Object.fromEntries(Object.entries(stack).filter(([name]) => !name.endsWith('_FILE') && !['DOCKER_HOST', 'TESTCONTAINERS_RYUK_DISABLED', 'CONTAINERS_CONF'].includes(name))),
+      ...Object.fromEntries(Object.entries(stack).filter(([name]) => !name.endsWith('_FILE') && !HOST_ONLY.includes(name))),
       ...Object.fromEntries(Object.entries(files).map(([name, file]) => [name, `${SECRETS}/${file}`])),
       TOPIC_PREFIX: world.env.TOPIC_PREFIX ?? '',
       DATABASE_SCHEMA: world.schema,
