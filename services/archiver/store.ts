@@ -2,11 +2,13 @@
  * The archiver's dependencies as a PartitionArchiver uses them: the archive bucket, the registry's
  * writer schemas, and the index tables in Postgres; and where a partition resumes.
  */
-import type { S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { closePartitionDay, lastClosedDay, recordArchiveFile, type Queryable } from '../../lib/archive/index-store.ts';
 import { highestArchivedFile, nextDay } from '../../lib/archive/layout.ts';
-import { putArchiveObject } from '../../lib/archive/objects.ts';
-import { errorMessage, permanentError, retryableError, unavailableError } from '../../lib/errors.ts';
+import { putArchiveObject, type ArchivedObject } from '../../lib/archive/objects.ts';
+import { readArchiveRecords } from '../../lib/archive/reader.ts';
+import { s3Failure } from '../../lib/archive/s3.ts';
+import { errorCode, errorMessage, permanentError, retryableError, unavailableError } from '../../lib/errors.ts';
 import type { PartitionArchiverDeps, ResumePoint } from './partition.ts';
 
 export interface ArchiveStoreOptions {
@@ -49,13 +51,43 @@ export function registryWriterSchemas(registryUrl: string): (schemaId: number) =
 export function archiveStore(options: ArchiveStoreOptions, writerSchema: (schemaId: number) => Promise<string> = registryWriterSchemas(options.registryUrl)): PartitionArchiverDeps {
   const { s3, bucket, db } = options;
   return {
-    putObject: (key, body) => putArchiveObject(s3, { bucket, key, body, contentType: 'application/avro' }),
+    putObject: (key, body) => putOnce(s3, bucket, key, body),
     writerSchema,
     recordFile: (file) => recordArchiveFile(db, file),
     async closeDay(day, partition) {
       await closePartitionDay(db, day, partition, options.partitionCount);
     },
   };
+}
+
+/** The records of an archive file as comparable text: offsets, timestamps, keys, headers and event bytes. */
+async function contentOf(body: Uint8Array | AsyncIterable<Uint8Array>, name: string): Promise<string[]> {
+  const { records } = await readArchiveRecords(body, { name });
+  return records.map((r) => JSON.stringify([r.offset, r.timestamp.getTime(), r.key?.toString('base64') ?? null, r.headers.map((h) => [h.key, h.value?.toString('base64') ?? null]), r.eventBytes.toString('base64')]));
+}
+
+/**
+ * Uploads a file once. An object already there with other bytes but the same records (the file
+ * written before by another build, whose zlib compressed differently) is taken as this file; one
+ * with other records is an alarm: ARCHIVE_OBJECT_CONFLICT, raised as an unavailable dependency so
+ * the partition is held (nothing past it archived or committed, nothing dead-lettered) until someone
+ * looks, and /readyz says so.
+ */
+async function putOnce(s3: S3Client, bucket: string, key: string, body: Buffer): Promise<ArchivedObject> {
+  try {
+    return await putArchiveObject(s3, { bucket, key, body, contentType: 'application/avro' });
+  } catch (error) {
+    if (errorCode(error) !== 'ARCHIVE_OBJECT_CONFLICT') throw error;
+    let existing;
+    try {
+      existing = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
+    } catch (getError) {
+      throw s3Failure(`GetObject s3://${bucket}/${key}`, getError, { bucket, key });
+    }
+    const same = existing.Body !== undefined && JSON.stringify(await contentOf(existing.Body as AsyncIterable<Uint8Array>, key).catch(() => [])) === JSON.stringify(await contentOf(body, key));
+    if (same) return { bucket, key, checksumSha256: existing.ChecksumSHA256 ?? '', versionId: existing.VersionId, outcome: 'existing' };
+    throw unavailableError('archive', 'ARCHIVE_OBJECT_CONFLICT', `${errorMessage(error)} (and it holds other records)`, error, { bucket, key });
+  }
 }
 
 /** Where a partition resumes: after the highest archived file in S3 (the source of truth), with its closed days from Postgres. */

@@ -4,7 +4,9 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { buildAuditEvent } from '../../../../lib/audit.ts';
 import { initArchiveBucket } from '../../../../lib/archive/bucket.ts';
 import { listArchiveDays, listPartitionDayFiles, formatArchiveKey } from '../../../../lib/archive/layout.ts';
+import { encodeArchiveFile } from '../../../../lib/archive/container.ts';
 import { openArchiveFile } from '../../../../lib/archive/reader.ts';
+import { errorCode, unavailableDependency } from '../../../../lib/errors.ts';
 import type { RotationLimits } from '../../../../lib/archive/rotation.ts';
 import { topicContract } from '../../../../lib/contracts/schemas.ts';
 import { createPool, type Pool } from '../../../../lib/db/pool.ts';
@@ -143,5 +145,21 @@ describe('a partition archiver against MinIO and Postgres', () => {
         ['2026-11-21', 149, a.keys.filter((k) => k.includes('dt=2026-11-21')).length],
       ]);
     }
+  });
+
+  it('takes an object with the same records in other bytes as the file, and holds the partition on other records', async () => {
+    const store = archiveStore({ s3, bucket, db: db('straight'), registryUrl: 'http://unused', partitionCount: 1 });
+    const key = 'conflicts/dt=2026-11-20/p=0/00000000000000000010-00000000000000000012.avro';
+    const three = records().slice(0, 3);
+    const file = (codec: 'null' | 'deflate', list: ArchiverRecord[]) =>
+      encodeArchiveFile({ objectKey: key, topic: 'audit-events', partition: 0, schemaId: SCHEMA_ID, eventSchema: contract.schemaText, codec, records: list.map((r) => ({ ...r, event: r.value.subarray(5) })) });
+    expect((await store.putObject(key, file('null', three))).outcome).toBe('uploaded');
+    // Another compression of the same records (another zlib): the same file.
+    expect((await store.putObject(key, file('deflate', three))).outcome).toBe('existing');
+    // Other records under the same name: an alarm that holds the partition.
+    const other = three.map((r, i) => (i === 2 ? { ...r, key: Buffer.from('another key') } : r));
+    const error = await store.putObject(key, file('deflate', other)).catch((e: unknown) => e);
+    expect(errorCode(error)).toBe('ARCHIVE_OBJECT_CONFLICT');
+    expect(unavailableDependency(error)).toBe('archive');
   });
 });
