@@ -3,10 +3,14 @@
  * admin client, a namespace of the test's own, and the kubelet's part (no kubelet runs: a test that
  * needs a Pod Running, Ready or exited writes its status itself, as envtest users do).
  *
+ * `TestNamespace.delete()` / `deleteNamespace` empty and remove a namespace as the namespace
+ * controller would (none runs here, so a plain delete would leave it Terminating for ever).
+ *
  * Always the stack's own kubeconfig (`.stack/kube/kubeconfig`), never $KUBECONFIG: a test must not
  * reach a developer's real cluster by accident.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { request } from 'node:https';
 import { join } from 'node:path';
 import type * as K8s from '@kubernetes/client-node';
 import { KUBE_API_URL, kubeStackFiles, stackHelmBinary } from '../../dev/stack/kube.ts';
@@ -58,8 +62,70 @@ export async function kubeAdmin(): Promise<KubeAdmin> {
 
 export interface TestNamespace {
   readonly name: string;
-  /** Deletes the namespace (its objects go with it; there is no finalizer-running controller, so it is not waited for). */
+  /** Deletes the namespace and everything in it (see `deleteNamespace`). */
   delete(): Promise<void>;
+}
+
+/** One request to the API server as the stack's admin: status and parsed JSON body. */
+export function adminRequest(method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${KUBE_API_URL}${path}`,
+      {
+        method,
+        ca: readFileSync(kubeFiles().ca),
+        headers: { authorization: `Bearer ${adminToken()}`, accept: 'application/json', ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => {
+          let parsed: unknown = text;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            // Not JSON: kept as text.
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+interface ApiResourceList {
+  resources?: Array<{ name: string; namespaced: boolean; verbs: string[] }>;
+}
+
+/** `/api/v1` and the preferred version of every group: the API paths of the namespaced kinds that support deletecollection. */
+async function namespacedCollections(): Promise<string[]> {
+  const groups = (await adminRequest('GET', '/apis')).body as { groups?: Array<{ preferredVersion?: { groupVersion: string } }> };
+  const bases = ['/api/v1', ...(groups.groups ?? []).flatMap((g) => (g.preferredVersion ? [`/apis/${g.preferredVersion.groupVersion}`] : []))];
+  const lists = await Promise.all(bases.map(async (base) => ({ base, list: (await adminRequest('GET', base)).body as ApiResourceList })));
+  return lists.flatMap(({ base, list }) =>
+    (list.resources ?? []).filter((r) => r.namespaced && !r.name.includes('/') && r.verbs.includes('deletecollection')).map((r) => `${base}/namespaces/{ns}/${r.name}`),
+  );
+}
+
+/**
+ * Deletes a namespace the way the controller-manager's namespace controller would (it does not run
+ * here: without it a deleted namespace stays Terminating forever, its objects with it): every
+ * object in it (Pods at once, grace 0: no kubelet will confirm), then the namespace's finalizer.
+ */
+export async function deleteNamespace(name: string): Promise<void> {
+  const paths = await namespacedCollections();
+  await adminRequest('DELETE', `/api/v1/namespaces/${name}`);
+  await Promise.all(
+    paths.map((path) => adminRequest('DELETE', path.replace('{ns}', name), { gracePeriodSeconds: 0, propagationPolicy: 'Background' })),
+  );
+  const current = await adminRequest('GET', `/api/v1/namespaces/${name}`);
+  if (current.status === 404) return;
+  const namespace = current.body as { spec?: { finalizers?: string[] } };
+  await adminRequest('PUT', `/api/v1/namespaces/${name}/finalize`, { ...namespace, spec: { ...namespace.spec, finalizers: [] } });
 }
 
 /** A namespace name of the test's own (DNS-1123: lowercase, at most 63 characters). */
@@ -78,11 +144,7 @@ export async function createTestNamespace(prefix: string, options: { defaultServ
   if (options.defaultServiceAccount ?? true) await createDefaultServiceAccount(name);
   return {
     name,
-    async delete() {
-      await core.deleteNamespace({ name }).catch((error: unknown) => {
-        if ((error as { code?: unknown }).code !== 404) throw error;
-      });
-    },
+    delete: () => deleteNamespace(name),
   };
 }
 
