@@ -9,7 +9,7 @@
  *   `now + max(HEARTBEAT_MISS_FACTOR × interval, HEARTBEAT_MIN_TTL_MS)` and store the last heartbeat;
  *   statuses start tracking (RUNNING) or end it (STOPPING, STOPPED, DESTROYING, DESTROYED, FAILED).
  * - A sweeper per owned partition lapses deadlines only once the partition is caught up: both topics'
- *   partitions handled up to their log end read (ListOffsets) after the deadline, so a paused,
+ *   partitions handled up to their log ends read (ListOffsets) after the deadline, so a paused,
  *   lagging or restarting monitor never declares a miss from its own delay; a partition just assigned
  *   waits HEARTBEAT_FAILOVER_GRACE_MS first. A lapse queues HEARTBEAT_MISSED then RECOVER in Redis,
  *   atomically; a dispatcher produces them to `agent-commands` (ids derived from the lapse) and drops
@@ -105,6 +105,8 @@ const COMMAND_OF = { missed: 'HEARTBEAT_MISSED', recover: 'RECOVER', resumed: 'H
 
 interface Owned {
   readonly since: number;
+  /** Log ends read after a due deadline, until the partition is handled up to them. */
+  waiting: EndSnapshot | undefined;
   timer: NodeJS.Timeout | undefined;
   stopped: boolean;
   running: Promise<void> | undefined;
@@ -241,14 +243,23 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
     return promise;
   }
 
+  /**
+   * Once a deadline is due, the log ends are read (at `at`, after it); deadlines up to `at` lapse
+   * as soon as both partitions are handled up to those ends. Under steady traffic the consumer is
+   * never exactly at the end, so the ends read are kept until it has passed them.
+   */
   async function sweep(partition: number, entry: Owned): Promise<void> {
     const now = Date.now();
     if (suspended || now < entry.since + config.HEARTBEAT_FAILOVER_GRACE_MS) return;
-    if (!(await store.anyDue(partition, now))) return;
-    const ends = await endsAfter(now);
+    if (!entry.waiting) {
+      if (!(await store.anyDue(partition, now))) return;
+      entry.waiting = await endsAfter(now);
+    }
+    const ends = entry.waiting;
     if (!ends || suspended || entry.stopped) return;
     const handled = [worker.progress(heartbeatTopic, partition)?.next, worker.progress(statusTopic, partition)?.next];
     if (!caughtUp(handled, [ends.heartbeats.get(partition), ends.statuses.get(partition)])) return;
+    entry.waiting = undefined;
     const lapses = await store.sweep(partition, ends.at, Date.now(), SWEEP_LIMIT);
     if (lapses.length === 0) return;
     metrics.heartbeatLapses.inc(lapses.length);
@@ -333,7 +344,7 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
   }
 
   function startSweeper(partition: number): void {
-    const entry: Owned = { since: Date.now(), timer: undefined, stopped: false, running: undefined };
+    const entry: Owned = { since: Date.now(), waiting: undefined, timer: undefined, stopped: false, running: undefined };
     owned.set(partition, entry);
     const loop = () => {
       if (entry.stopped || closed) return;
