@@ -1,5 +1,5 @@
 import kafkajs, { Kafka, type Admin } from 'kafkajs';
-import { createTopics, topicPlan, topicSettingsFromEnv } from '../../../../lib/contracts/topics.ts';
+import { createTopics, createTopicsAndWait, topicPlan, topicSettingsFromEnv } from '../../../../lib/contracts/topics.ts';
 import { testKafkaConfig, uniqueName } from '../../../support/stack.ts';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -62,9 +62,8 @@ describe('createTopics against the real Kafka broker', () => {
   it('sets LogAppendTime on an existing audit-events topic, keeping its other settings', async () => {
     const own = `${uniqueName('it-topics-ts')}.`;
     const topic = `${own}audit-events`;
-    await admin.createTopics({
-      topics: [{ topic, numPartitions: 1, configEntries: [{ name: 'retention.ms', value: String(10 * DAY_MS) }, { name: 'segment.ms', value: String(DAY_MS) }] }],
-    });
+    // Made as before this setting: CreateTime, with an override of its own.
+    await createTopicsAndWait(admin, [{ topic, numPartitions: 1, configEntries: [{ name: 'retention.ms', value: String(10 * DAY_MS) }, { name: 'segment.ms', value: String(DAY_MS) }] }]);
     try {
       const results = await createTopics(admin, settings, { prefix: own, topics: ['audit-events'] });
       expect(results[0]?.drift).toEqual(expect.arrayContaining(['message.timestamp.type was CreateTime: set to LogAppendTime']));
