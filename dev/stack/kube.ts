@@ -70,7 +70,15 @@ const FIELD_MANAGER = 'agent-manager-stack';
 
 // ---- files ---------------------------------------------------------------------------------
 
-export const stackHelmBinary = (env: NodeJS.ProcessEnv = process.env) => join(toolCacheDir(env, 'helm', HELM_VERSION), 'helm');
+/**
+ * The Kubernetes version helm assumes when no cluster is asked (`helm template`, `helm lint`): its
+ * Makefile derives it from the client-go it is built with (v0.37 → 1.37); a plain `go install`
+ * leaves helm's fallback 1.20, which refuses charts with `kubeVersion: >=1.30`. Part of the cache
+ * key, so a helm built without it is rebuilt (a relink: the Go build cache keeps the packages).
+ */
+const HELM_KUBE_VERSION = { major: '1', minor: '37' } as const;
+const HELM_BUILD = `${HELM_VERSION}-k8s${HELM_KUBE_VERSION.major}.${HELM_KUBE_VERSION.minor}`;
+export const stackHelmBinary = (env: NodeJS.ProcessEnv = process.env) => join(toolCacheDir(env, 'helm', HELM_BUILD), 'helm');
 export const stackEtcdBinary = (env: NodeJS.ProcessEnv = process.env) => join(toolCacheDir(env, 'etcd', ETCD_VERSION), 'etcd');
 export const stackKubeApiserverBinary = (env: NodeJS.ProcessEnv = process.env) => join(toolCacheDir(env, 'kube-apiserver', KUBE_VERSION), 'kube-apiserver');
 
@@ -240,7 +248,9 @@ const helmTool = (env: NodeJS.ProcessEnv): GoTool => ({
   minutes: 'about 3 minutes',
   async build(go, work) {
     // No replace directives: a plain `go install`; the version is what `helm version` prints.
-    await go('go install helm', ['install', '-trimpath', '-ldflags', `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}`, `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], work, {
+    const kube = (pkg: string) => `-X helm.sh/helm/v3/pkg/${pkg}.k8sVersionMajor=${HELM_KUBE_VERSION.major} -X helm.sh/helm/v3/pkg/${pkg}.k8sVersionMinor=${HELM_KUBE_VERSION.minor}`;
+    const ldflags = `-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} ${kube('chartutil')} ${kube('lint/rules')}`;
+    await go('go install helm', ['install', '-trimpath', '-ldflags', ldflags, `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], work, {
       GOBIN: work,
     });
   },
