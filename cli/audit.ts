@@ -1,13 +1,33 @@
+import type { Readable } from 'node:stream';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { Command, CommanderError } from 'commander';
-import { queryAuditIndex, type AuditPage, type AuditQuery, AUDIT_QUERY_MAX_LIMIT } from '../lib/archive/index-store.ts';
+import { findAuditEvent, queryAuditIndex, type AuditPage, type AuditQuery, AUDIT_QUERY_MAX_LIMIT } from '../lib/archive/index-store.ts';
+import { isArchiveDay } from '../lib/archive/layout.ts';
+import { openArchiveFile } from '../lib/archive/reader.ts';
+import { createS3Client, s3Failure } from '../lib/archive/s3.ts';
 import { databaseConfigShape, loadConfig } from '../lib/config.ts';
 import { createPool } from '../lib/db/pool.ts';
 import { isAppError, permanentError } from '../lib/errors.ts';
+import { archiverConfigShape } from '../services/archiver/config.ts';
+import { reindexArchive } from '../services/archiver/reindex.ts';
 import { serviceConfigShape } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
 
 /** What `audit query` reads: the archiver's index in Postgres. */
 const auditConfigShape = { ...databaseConfigShape, DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA };
+
+/** What `audit show` and `audit reindex` also read: the archive in S3. */
+const archiveReadConfigShape = {
+  ...auditConfigShape,
+  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
+  S3_REGION: archiverConfigShape.S3_REGION,
+  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
+  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
+  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
+  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
+  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
+  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+};
 
 interface QueryOptions {
   agent?: string;
@@ -72,8 +92,8 @@ export function formatAuditPage(page: AuditPage): string[] {
 export function registerAuditCommands(program: Command, setExitCode: (code: number) => void): void {
   const audit = program
     .command('audit')
-    .summary('query the audit index')
-    .description("The audit archiver's index in Postgres (DATABASE_URL, DATABASE_SCHEMA).")
+    .summary('query the audit index, show an archived event, rebuild the index from S3')
+    .description("The audit archiver's index in Postgres (DATABASE_URL, DATABASE_SCHEMA) and its archive in S3 (S3_*, ARCHIVE_BUCKET, ARCHIVE_PREFIX).")
     .exitOverride((error) => {
       throw error.exitCode === 0 ? error : new CommanderError(2, error.code, error.message);
     });
@@ -112,5 +132,91 @@ export function registerAuditCommands(program: Command, setExitCode: (code: numb
       if (options.json === true) console.log(JSON.stringify(page, null, 2));
       else for (const line of formatAuditPage(page)) console.log(line);
       setExitCode(0);
+    });
+  audit
+    .command('show')
+    .argument('<eventId>', 'the event id (a uuid)')
+    .description('The event as archived in S3 (decoded with the schema it was written with), and where it lives: bucket, object, partition, offset, Kafka timestamp, key and headers. Exit 1 when it is not indexed.')
+    .action(async (eventId: string, _options: unknown, command: Command) => {
+      const config = loadConfig(archiveReadConfigShape, await resolvedServiceEnv());
+      const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 1 });
+      let row;
+      try {
+        row = await findAuditEvent(pool, eventId);
+      } catch (error) {
+        if (isAppError(error) && error.code === 'AUDIT_QUERY_INVALID') return command.error(`error: ${error.message}`, { exitCode: 2, code: 'agent-manager.usage' });
+        throw error;
+      } finally {
+        await pool.end();
+      }
+      if (row === undefined) throw permanentError('AUDIT_EVENT_NOT_FOUND', `no audit event ${eventId} in the index (DATABASE_SCHEMA selects the fleet)`);
+      const where = { bucket: config.ARCHIVE_BUCKET, object: row.objectKey, partition: row.partition, offset: row.offset };
+      if (row.objectKey === null) {
+        console.log(JSON.stringify({ ...where, archived: false, indexed: row }, null, 2));
+        setExitCode(0);
+        return;
+      }
+      const s3 = createS3Client(config);
+      try {
+        let object;
+        try {
+          object = await s3.send(new GetObjectCommand({ Bucket: config.ARCHIVE_BUCKET, Key: row.objectKey }));
+        } catch (error) {
+          throw s3Failure(`GetObject s3://${config.ARCHIVE_BUCKET}/${row.objectKey}`, error);
+        }
+        const file = await openArchiveFile(object.Body as Readable, { name: row.objectKey });
+        for await (const record of file.records) {
+          if (record.offset !== row.offset) continue;
+          const event = record.event as Record<string, unknown>;
+          const shown = {
+            ...where,
+            archived: true,
+            schemaId: file.header.schemaId,
+            kafkaTimestamp: record.timestamp.toISOString(),
+            key: record.key?.toString('utf8') ?? null,
+            headers: record.headers.map((h) => ({ key: h.key, value: h.value?.toString('utf8') ?? null })),
+            event,
+          };
+          console.log(JSON.stringify(shown, null, 2));
+          setExitCode(0);
+          return;
+        }
+        throw permanentError('ARCHIVE_RECORD_MISSING', `s3://${config.ARCHIVE_BUCKET}/${row.objectKey} holds no record at offset ${row.offset}, which the index points to`);
+      } finally {
+        s3.destroy();
+      }
+    });
+
+  audit
+    .command('reindex')
+    .requiredOption('--from <day>', 'first day (YYYY-MM-DD)')
+    .requiredOption('--to <day>', 'last day (YYYY-MM-DD), inclusive')
+    .option('--quiet', 'print only the summary')
+    .description('Rebuilds the index in Postgres from the archive in S3 alone: every file of the days, every event. Idempotent (rows already there are kept).')
+    .action(async (options: { from: string; to: string; quiet?: boolean }, command: Command) => {
+      for (const [name, day] of [['--from', options.from], ['--to', options.to]] as const) {
+        if (!isArchiveDay(day)) return command.error(`error: ${name} '${day}' is not a day (YYYY-MM-DD)`, { exitCode: 2, code: 'agent-manager.usage' });
+      }
+      const config = loadConfig(archiveReadConfigShape, await resolvedServiceEnv());
+      const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 2 });
+      const s3 = createS3Client(config);
+      try {
+        const summary = await reindexArchive({
+          s3,
+          bucket: config.ARCHIVE_BUCKET,
+          prefix: config.ARCHIVE_PREFIX,
+          db: pool,
+          from: options.from,
+          to: options.to,
+          progress: (file) => {
+            if (options.quiet !== true) console.log(`${file.key}  ${file.records} records, ${file.inserted} new${file.invalid > 0 ? `, ${file.invalid} not indexable` : ''}`);
+          },
+        });
+        console.log(`reindexed ${summary.days} days, ${summary.files} files, ${summary.records} records: ${summary.inserted} new index rows${summary.invalid > 0 ? `, ${summary.invalid} not indexable` : ''}`);
+        setExitCode(0);
+      } finally {
+        s3.destroy();
+        await pool.end();
+      }
     });
 }

@@ -152,6 +152,42 @@ export function decodeCursor(cursor: string): { time: Date; eventId: string } {
   return { time, eventId: parsed[1] };
 }
 
+const INDEX_SELECT = `SELECT i.event_id, i.event_time, i.action, i.actor, i.agent_id, i.request_id, i.trace_id, i.kafka_partition, i.kafka_offset, i.payload_hash, f.object_key
+    FROM audit_index i
+    LEFT JOIN LATERAL (
+      SELECT object_key, last_offset FROM audit_files
+      WHERE kafka_partition = i.kafka_partition AND first_offset <= i.kafka_offset
+      ORDER BY first_offset DESC LIMIT 1
+    ) f ON f.last_offset >= i.kafka_offset`;
+
+function rowOf(r: IndexRow): AuditIndexRow {
+  return {
+    eventId: r.event_id,
+    time: r.event_time,
+    action: r.action,
+    actor: r.actor,
+    agentId: r.agent_id,
+    requestId: r.request_id,
+    traceId: r.trace_id,
+    partition: r.kafka_partition,
+    offset: Number(r.kafka_offset),
+    payloadHash: r.payload_hash,
+    objectKey: r.object_key,
+  };
+}
+
+/** The index row of one event, with its archive file when it has one; undefined when not indexed. */
+export async function findAuditEvent(db: Queryable, eventId: string): Promise<AuditIndexRow | undefined> {
+  if (!UUID.test(eventId)) invalidQuery(`event id '${eventId}' is not a uuid`);
+  try {
+    const { rows } = await db.query<IndexRow>(`${INDEX_SELECT} WHERE i.event_id = $1`, [eventId.toLowerCase()]);
+    const row = rows[0];
+    return row === undefined ? undefined : rowOf(row);
+  } catch (error) {
+    throw failed(`reading event ${eventId}`, error);
+  }
+}
+
 interface IndexRow {
   event_id: string;
   event_time: Date;
@@ -198,13 +234,7 @@ export async function queryAuditIndex(db: Queryable, query: AuditQuery): Promise
     where.push(`(i.event_time, i.event_id) > ($${params.length - 1}::timestamptz, $${params.length}::uuid)`);
   }
   params.push(limit + 1);
-  const sql = `SELECT i.event_id, i.event_time, i.action, i.actor, i.agent_id, i.request_id, i.trace_id, i.kafka_partition, i.kafka_offset, i.payload_hash, f.object_key
-    FROM audit_index i
-    LEFT JOIN LATERAL (
-      SELECT object_key, last_offset FROM audit_files
-      WHERE kafka_partition = i.kafka_partition AND first_offset <= i.kafka_offset
-      ORDER BY first_offset DESC LIMIT 1
-    ) f ON f.last_offset >= i.kafka_offset
+  const sql = `${INDEX_SELECT}
     ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
     ORDER BY i.event_time, i.event_id
     LIMIT $${params.length}`;
@@ -215,19 +245,7 @@ export async function queryAuditIndex(db: Queryable, query: AuditQuery): Promise
     throw failed('query', error);
   }
   const page = rows.slice(0, limit);
-  const events = page.map((r) => ({
-    eventId: r.event_id,
-    time: r.event_time,
-    action: r.action,
-    actor: r.actor,
-    agentId: r.agent_id,
-    requestId: r.request_id,
-    traceId: r.trace_id,
-    partition: r.kafka_partition,
-    offset: Number(r.kafka_offset),
-    payloadHash: r.payload_hash,
-    objectKey: r.object_key,
-  }));
+  const events = page.map(rowOf);
   const last = events.at(-1);
   return { events, nextCursor: rows.length > limit && last !== undefined ? encodeCursor(last.time, last.eventId) : null };
 }

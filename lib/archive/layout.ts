@@ -148,3 +148,17 @@ export async function highestArchivedFile(s3: S3Client, bucket: string, prefix: 
   }
   return undefined;
 }
+
+/** Every file of one day, all partitions, in (partition, offset) order. */
+export async function listDayFiles(s3: S3Client, bucket: string, prefix: string, day: string): Promise<ArchiveFileName[]> {
+  checkPrefix(prefix);
+  if (!isArchiveDay(day)) throw permanentError('ARCHIVE_DAY_INVALID', `not a day: '${day}' (expected YYYY-MM-DD)`);
+  const files: ArchiveFileName[] = [];
+  for await (const page of listPages(s3, bucket, `${prefix}/dt=${day}/`)) {
+    for (const key of page.keys) {
+      const name = parseArchiveKey(key);
+      if (name !== undefined && name.prefix === prefix && name.day === day) files.push(name);
+    }
+  }
+  return files.sort((a, b) => a.partition - b.partition || a.firstOffset - b.firstOffset);
+}
