@@ -5,7 +5,7 @@ import kafkajs, { AssignerProtocol, Kafka, logLevel, Partitioners, type Admin, t
 // and enums other modules need (topics, ACLs, offsets) come from here.
 export type { Admin as KafkaAdmin, AclEntry, ITopicConfig } from 'kafkajs';
 export const { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes, ConfigResourceTypes } = kafkajs;
-import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, OffsetReader, ProducerClient, RecordBatch } from './types.ts';
+import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, OffsetReader, ProducerClient, RecordBatch, RecordHeader } from './types.ts';
 import type { KafkaTls } from '../config.ts';
 import type { Logger } from '../logger.ts';
 
@@ -21,6 +21,22 @@ function toHeaders(headers: IHeaders | undefined): Headers {
     if (first !== undefined) result[name] = first.toString();
   }
   return result;
+}
+
+/**
+ * The headers as bytes. kafkajs decodes them into an object (a repeated key becomes an array of its
+ * values, in order), so keys come in order of first appearance; a header without a value is null.
+ */
+function toHeaderList(headers: IHeaders | undefined): readonly RecordHeader[] {
+  if (!headers) return [];
+  const list: RecordHeader[] = [];
+  const bytes = (v: Buffer | string | null | undefined): Buffer | null => (v === null || v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(v));
+  for (const name in headers) {
+    const value = headers[name] as Buffer | string | null | undefined | (Buffer | string)[];
+    if (Array.isArray(value)) for (const v of value) list.push({ key: name, value: bytes(v) });
+    else list.push({ key: name, value: bytes(value) });
+  }
+  return list;
 }
 
 /**
@@ -49,6 +65,10 @@ class KafkajsRecord implements KafkaRecord {
 
   get headers(): Headers {
     return (this.#headers ??= toHeaders(this.#rawHeaders));
+  }
+
+  get headerList(): readonly RecordHeader[] {
+    return toHeaderList(this.#rawHeaders);
   }
 
   /** JSON (a logged record) shows the headers like a plain record's. */

@@ -4,6 +4,12 @@
  */
 export type Headers = Record<string, string>;
 
+/** One header as it is on the wire: headers are an ordered list, a key may repeat, a value may be absent. */
+export interface RecordHeader {
+  readonly key: string;
+  readonly value: Buffer | null;
+}
+
 /** One record. It may be a class instance with lazy getters (headers): copy fields by name, never by spread. */
 export interface KafkaRecord {
   readonly topic: string;
@@ -12,6 +18,8 @@ export interface KafkaRecord {
   readonly key: Buffer | null;
   readonly value: Buffer | null;
   readonly headers: Headers;
+  /** The headers as bytes, in order (repeated keys kept); absent in clients that cannot tell (test doubles). */
+  readonly headerList?: readonly RecordHeader[];
   readonly timestamp: string;
 }
 

@@ -14,9 +14,19 @@
  * It also tells the service what it owns (`onAssignment`, `onRebalancing`) and how far it got in each
  * partition (`progress`): the next offset to handle, with the committed offset as the starting point
  * of a partition just assigned, so a caller comparing it with the log's end knows it is caught up.
+ *
+ * Opt-in, for handlers that make records durable later than they read them (the archiver buffers a
+ * file's worth before uploading it):
+ * - a handler may return `{ commitLimit }`: the worker keeps reading the partition past it but commits
+ *   no further than min(handled, commitLimit), and the limit holds for later batches until raised
+ *   (a batch whose records were all dead-lettered does not lift it);
+ * - `commitUpTo(topic, partition, next)` raises the limit and commits outside a batch (an idle
+ *   partition's last file cut by a timer); refused for a partition this member does not own;
+ * - `rawRecords: true` gives each record's value bytes as produced (schema id and body) and its
+ *   headers as an ordered list of bytes, for handlers that copy records byte-exact.
  */
 import { NOT_CACHED, type AvroCodec } from '../kafka/avro.ts';
-import type { BatchControl, ConsumerClient, KafkaClient, OffsetReader, OutgoingRecord, ProducerClient, RecordBatch } from '../kafka/types.ts';
+import type { BatchControl, ConsumerClient, KafkaClient, KafkaRecord, OffsetReader, OutgoingRecord, ProducerClient, RecordBatch, RecordHeader } from '../kafka/types.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { errorCode, errorMessage, isRetryable, permanentError, unavailableDependency } from '../errors.ts';
@@ -33,6 +43,17 @@ export interface DecodedRecord<Value> {
   readonly key: string | null;
   /** The record's Kafka timestamp (ms since the epoch, as a string). */
   readonly timestamp: string;
+  /** The record as produced, with `rawRecords: true` (absent otherwise). */
+  readonly raw?: RawRecord;
+}
+
+/** A record's bytes as they are on the topic. */
+export interface RawRecord {
+  /** The value as produced: the registry's framing (magic byte, schema id) and the Avro body. */
+  readonly value: Buffer;
+  readonly key: Buffer | null;
+  /** In order; a key may repeat, a value may be absent. */
+  readonly headers: readonly RecordHeader[];
 }
 
 /** The valid records of one partition's batch, in offset order (dead-lettered ones left out). */
@@ -50,7 +71,16 @@ export interface BatchContext<Deps> {
   readonly log: Logger;
 }
 
-export type BatchHandler<Value, Deps> = (batch: DecodedBatch<Value>, ctx: BatchContext<Deps>) => Promise<void>;
+/** What a handler may say about its batch (opt-in; returning nothing commits what was handled). */
+export interface BatchResult {
+  /**
+   * The partition's commits go no further than this offset (the first record not durable yet), for
+   * this and later batches until raised (by a later result or `commitUpTo`). Reading goes on past it.
+   */
+  readonly commitLimit?: bigint;
+}
+
+export type BatchHandler<Value, Deps> = (batch: DecodedBatch<Value>, ctx: BatchContext<Deps>) => Promise<void | BatchResult>;
 
 /** Partitions per topic. */
 export type TopicPartitions = Readonly<Record<string, readonly number[]>>;
@@ -93,6 +123,8 @@ export interface BatchWorkerOptions<Value, Deps> {
   readonly onAssignment?: (change: AssignmentChange) => void;
   /** When a rebalance starts: what this member owns may be gone already. */
   readonly onRebalancing?: () => void;
+  /** Each record's bytes as produced in `DecodedRecord.raw` (value, key, ordered headers). Default false. */
+  readonly rawRecords?: boolean;
 }
 
 export interface BatchWorkerRuntime {
@@ -117,6 +149,12 @@ export interface BatchWorker {
   progress(topic: string, partition: number): PartitionProgress | undefined;
   /** The end of each partition's log now (ListOffsets), or undefined when the client cannot tell. */
   latestOffsets(topic: string): Promise<ReadonlyMap<number, bigint>> | undefined;
+  /**
+   * Raises the partition's commit limit to `next` (records below it are durable) and commits
+   * min(next, handled position) now, outside a batch. WORKER_NOT_OWNER for a partition this member
+   * does not own (it may have moved: its next owner starts from the last commit).
+   */
+  commitUpTo(topic: string, partition: number, next: bigint): Promise<void>;
 }
 
 interface TopicState {
@@ -135,6 +173,12 @@ interface Invalid {
 type Outcome = { readonly kind: 'done' } | { readonly kind: 'retry'; readonly delayMs: number };
 const DONE: Outcome = { kind: 'done' };
 const LOG_WAIT_EVERY = 10;
+
+/** A record's bytes; headers from the client's ordered list, or (a client that has none) its string map. */
+function rawOf(record: KafkaRecord, value: Buffer): RawRecord {
+  const headers = record.headerList ?? Object.entries(record.headers).map(([key, v]) => ({ key, value: Buffer.from(v) }));
+  return { value: Buffer.from(value), key: record.key === null ? null : Buffer.from(record.key), headers };
+}
 
 export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value, Deps>, runtime: BatchWorkerRuntime): BatchWorker {
   const { service, topics, handler, validate } = options;
@@ -290,7 +334,9 @@ export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value
           let decoded = codec.decodeCached === undefined ? NOT_CACHED : codec.decodeCached(buffer);
           if (decoded === NOT_CACHED) decoded = await codec.decode(buffer);
           const record = batch.recordAt(index);
-          records.push({ value: validated(decoded, topic), offset: record.offset, key: record.key === null ? null : record.key.toString(), timestamp: record.timestamp });
+          const value = validated(decoded, topic);
+          const key = record.key === null ? null : record.key.toString();
+          records.push(options.rawRecords === true ? { value, offset: record.offset, key, timestamp: record.timestamp, raw: rawOf(record, buffer) } : { value, offset: record.offset, key, timestamp: record.timestamp });
         } catch (error) {
           // The registry being down is no fault of the record: the whole batch waits for it.
           if (unavailableDependency(error) !== undefined) throw error;
@@ -298,7 +344,10 @@ export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value
           invalid.push({ index, error });
         }
       }
-      if (records.length > 0) await handler({ topic, partition, highWatermark: batch.highWatermark, records, attempt }, ctx);
+      if (records.length > 0) {
+        const result = await handler({ topic, partition, highWatermark: batch.highWatermark, records, attempt }, ctx);
+        if (result?.commitLimit !== undefined) entry.offsets.limit(partition, result.commitLimit);
+      }
       if (invalid.length > 0) {
         try {
           await deadLetterAll(batch, invalid, 1);
@@ -347,6 +396,14 @@ export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value
     assignment: () => Object.fromEntries([...byTopic.entries()].map(([topic, entry]) => [topic, entry.assigned])),
     progress: (topic, partition) => byTopic.get(topic)?.progress.get(partition),
     latestOffsets: (topic) => offsetReader?.latest(topic),
+    async commitUpTo(topic, partition, next) {
+      const entry = byTopic.get(topic);
+      if (entry === undefined || !entry.assigned.includes(partition)) throw permanentError('WORKER_NOT_OWNER', `${topic}[${partition}] is not owned by this member`);
+      // Never past what was handled: the position, else the progress seeded from the group's commit.
+      const handledUpTo = entry.offsets.position(partition) ?? entry.progress.get(partition)?.next;
+      entry.offsets.limit(partition, next, handledUpTo);
+      if (handledUpTo !== undefined) await entry.offsets.flush();
+    },
     async start() {
       if (state !== 'INITIALIZED') throw permanentError('WORKER_STATE', `batch worker cannot start from ${state}`);
       consumer.onRebalancing?.(() => options.onRebalancing?.());
