@@ -118,6 +118,8 @@ export interface AgentStatus {
   version: number;
   /** When the transition was committed (UTC, milliseconds since the epoch). */
   time: Date;
+  /** The agent's current running instance (pod name, or host:pid for local processes; the instanceId its heartbeats carry) on RUNNING and UNHEALTHY, when the provisioner knows it; null otherwise. Heartbeats from another instance are not the current run's. */
+  instanceId: string | null;
 }
 
 /** The symbols of {@link AgentState}, in schema order. */

@@ -12,6 +12,8 @@
  *                                             → deadline (ms since the epoch)
  *   <prefix>p<partition>:lapsed       ZSET    agents whose deadline lapsed → when (ms)
  *   <prefix>p<partition>:interval     HASH    agentId → the interval (ms) its last heartbeat announced
+ *   <prefix>p<partition>:instance     HASH    agentId → its current instance, as its RUNNING status named
+ *                                             it; heartbeats of another instance are ignored
  *   <prefix>p<partition>:pending      ZSET    commands decided but not yet produced (`<kind>|<agentId>|<lapse>`)
  *                                             → when decided; removed once Kafka acknowledged them
  *   <prefix>lapse-seq                 STRING  counter numbering lapses (deterministic command ids)

@@ -28,13 +28,18 @@ export type TrackingAction = 'track' | 'untrack' | 'forget';
 
 /**
  * What a status means for tracking: RUNNING starts it (an agent expected to heartbeat), an intended
- * stop or an end stops it (so it is never a miss), DESTROYED also forgets the last heartbeat. The
- * other states change nothing (UNHEALTHY is the provisioner's answer to our own MISSED).
+ * stop or an end stops it (so it is never a miss), DESTROYED also forgets the last heartbeat.
+ * STARTING ends it too: the provisioner is (re)starting the agent and watches the start itself (its
+ * start timeout); the old run's deadline must not lapse meanwhile, nor its instance be the one that
+ * counts once the new run's RUNNING comes. The other states change nothing: UNHEALTHY is the
+ * provisioner's answer to our own MISSED, and the agent stays tracked (lapsed) so that its returning
+ * heartbeats bring a RESUMED.
  */
 export function trackingAction(state: AgentState): TrackingAction | undefined {
   switch (state) {
     case 'RUNNING':
       return 'track';
+    case 'STARTING':
     case 'STOPPING':
     case 'STOPPED':
     case 'DESTROYING':

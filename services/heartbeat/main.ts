@@ -7,7 +7,9 @@
  *   also sees its intended stops (both topics are keyed by agentId with the same partition count).
  * - Per Kafka batch, one Lua script in Redis: heartbeats push tracked agents' deadlines to
  *   `now + max(HEARTBEAT_MISS_FACTOR × interval, HEARTBEAT_MIN_TTL_MS)` and store the last heartbeat;
- *   statuses start tracking (RUNNING) or end it (STOPPING, STOPPED, DESTROYING, DESTROYED, FAILED).
+ *   statuses start tracking (RUNNING, which names the current instance when the provisioner knows it:
+ *   heartbeats of any other instance are then ignored) or end it (STARTING, STOPPING, STOPPED,
+ *   DESTROYING, DESTROYED, FAILED).
  * - A sweeper per owned partition lapses deadlines only once the partition is caught up: both topics'
  *   partitions handled up to their log ends read (ListOffsets) after the deadline, so a paused,
  *   lagging or restarting monitor never declares a miss from its own delay; a partition just assigned
@@ -153,13 +155,21 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
 
   async function handleHeartbeats(batch: DecodedBatch<AgentHeartbeat | AgentStatus>): Promise<void> {
     const now = Date.now();
-    // One update per agent: the last heartbeat of the batch.
+    // One update per agent and instance: the last heartbeat of each in the batch (a stale instance's
+    // must not hide the current one's), in the order of their last heartbeats.
     const latest = new Map<string, AgentHeartbeat>();
     for (const record of batch.records) {
       const hb = record.value as AgentHeartbeat;
-      latest.set(hb.agentId, hb);
+      const key = `${hb.agentId}|${hb.instanceId}`;
+      latest.delete(key);
+      latest.set(key, hb);
     }
-    const updates = [...latest.values()].map((hb) => ({ agentId: hb.agentId, intervalMs: hb.intervalMs ?? null, last: encodeLastHeartbeat(hb, now, hb.intervalMs ?? config.HEARTBEAT_DEFAULT_INTERVAL_MS) }));
+    const updates = [...latest.values()].map((hb) => ({
+      agentId: hb.agentId,
+      instanceId: hb.instanceId,
+      intervalMs: hb.intervalMs ?? null,
+      last: encodeLastHeartbeat(hb, now, hb.intervalMs ?? config.HEARTBEAT_DEFAULT_INTERVAL_MS),
+    }));
     const result = await store.applyHeartbeats(batch.partition, now, updates);
     const duplicates = batch.records.length - latest.size;
     if (result.tracked > 0) metrics.heartbeatsReceived.inc({ outcome: 'tracked' }, result.tracked - result.resumed);
@@ -169,6 +179,10 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
       log.info({ partition: batch.partition, resumed: result.resumed }, 'lapsed agents heartbeat again');
     }
     if (result.ignored > 0) metrics.heartbeatsReceived.inc({ outcome: 'ignored' }, result.ignored);
+    if (result.otherInstance > 0) {
+      metrics.heartbeatsReceived.inc({ outcome: 'other_instance' }, result.otherInstance);
+      log.debug({ partition: batch.partition, otherInstance: result.otherInstance }, 'heartbeats of a stale instance ignored');
+    }
     // Earlier heartbeats of an agent in the same batch, superseded by its last one.
     if (duplicates > 0) metrics.heartbeatsReceived.inc({ outcome: 'superseded' }, duplicates);
   }
@@ -178,7 +192,8 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
     for (const record of batch.records) {
       const status = record.value as AgentStatus;
       const action = trackingAction(status.state);
-      if (action !== undefined) updates.push({ agentId: status.agentId, action });
+      // Records of an older writer schema carry no instanceId.
+      if (action !== undefined) updates.push({ agentId: status.agentId, action, instanceId: status.instanceId ?? null });
     }
     if (updates.length > 0) await store.applyStatuses(batch.partition, Date.now(), updates);
   }

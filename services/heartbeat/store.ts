@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { unavailableError } from '../../lib/errors.ts';
 import type { DeadlineSettings, TrackingAction } from './logic.ts';
 
-// KEYS: 1 deadlines, 2 lapsed, 3 interval, 4 lapse, 5 pending, 6 seq (all of one partition).
+// KEYS: 1 deadlines, 2 lapsed, 3 interval, 4 lapse, 5 pending, 6 seq, 7 instance (all of one partition).
 // ARGV: 1 last-heartbeat key prefix, 2 now, 3 miss factor, 4 min TTL, 5 default interval, then per agent.
 const PREAMBLE = `
 local now = tonumber(ARGV[2])
@@ -24,45 +24,56 @@ end
 `;
 
 /**
- * Heartbeats (ARGV 6.. in threes: agentId, intervalMs or '', last-heartbeat JSON). A tracked agent's
- * deadline moves and its last heartbeat is stored; a lapsed one comes back (RESUMED queued after its
- * MISSED, its held recover dropped); any other is ignored. The interval is remembered for every agent,
- * so tracking that starts later (RUNNING) uses it. Returns {tracked, resumed, ignored}.
+ * Heartbeats (ARGV 6.. in fours: agentId, instanceId, intervalMs or '', last-heartbeat JSON). A
+ * heartbeat from another instance than the one the agent's RUNNING named (a stale process: the old
+ * one after a restart, a hung one waking up) changes nothing. Otherwise a tracked agent's deadline
+ * moves and its last heartbeat is stored; a lapsed one comes back (RESUMED queued after its MISSED,
+ * its held recover dropped); any other is ignored. The interval is remembered for every agent but
+ * another instance's, so tracking that starts later (RUNNING) uses it.
+ * Returns {tracked, resumed, ignored, otherInstance}.
  */
 const APPLY_HEARTBEATS = `${PREAMBLE}
-local tracked, resumed, ignored = 0, 0, 0
-for i = 6, #ARGV, 3 do
+local tracked, resumed, ignored, other = 0, 0, 0, 0
+for i = 6, #ARGV, 4 do
   local id = ARGV[i]
-  local interval = tonumber(ARGV[i + 1])
-  if interval ~= nil and interval > 0 then redis.call('HSET', KEYS[3], id, interval) end
-  if redis.call('ZSCORE', KEYS[1], id) then
+  local current = redis.call('HGET', KEYS[7], id)
+  local interval = tonumber(ARGV[i + 2])
+  if current and current ~= ARGV[i + 1] then
+    other = other + 1
+  elseif redis.call('ZSCORE', KEYS[1], id) then
+    if interval ~= nil and interval > 0 then redis.call('HSET', KEYS[3], id, interval) end
     redis.call('ZADD', KEYS[1], deadline(interval), id)
-    redis.call('SET', ARGV[1] .. id, ARGV[i + 2])
+    redis.call('SET', ARGV[1] .. id, ARGV[i + 3])
     tracked = tracked + 1
   elseif redis.call('ZSCORE', KEYS[2], id) then
+    if interval ~= nil and interval > 0 then redis.call('HSET', KEYS[3], id, interval) end
     local n = redis.call('HGET', KEYS[4], id) or '0'
     redis.call('ZREM', KEYS[2], id)
     redis.call('HDEL', KEYS[4], id)
     redis.call('ZADD', KEYS[1], deadline(interval), id)
-    redis.call('SET', ARGV[1] .. id, ARGV[i + 2])
+    redis.call('SET', ARGV[1] .. id, ARGV[i + 3])
     redis.call('ZREM', KEYS[5], 'recover|' .. id .. '|' .. n)
     redis.call('ZADD', KEYS[5], now, 'resumed|' .. id .. '|' .. n)
     tracked = tracked + 1
     resumed = resumed + 1
   else
+    if interval ~= nil and interval > 0 then redis.call('HSET', KEYS[3], id, interval) end
     ignored = ignored + 1
   end
 end
-return {tracked, resumed, ignored}
+return {tracked, resumed, ignored, other}
 `;
 
 /**
- * Statuses (ARGV 6.. in pairs: agentId, track|untrack|forget). Any of them ends a lapse and drops
- * its unsent commands (the agent runs again, or is being stopped on purpose); track starts (or
- * keeps, with the later deadline) a deadline from the agent's known interval.
+ * Statuses (ARGV 6.. in threes: agentId, track|untrack|forget, instanceId or ''). Any of them ends a
+ * lapse and drops its unsent commands (the agent runs again, or is being stopped on purpose); track
+ * starts (or keeps, with the later deadline) a deadline from the agent's known interval and, with an
+ * instance, makes it the only one whose heartbeats count (without one, the instance already known
+ * stays: ingest's echo of a RUNNING agent names none). The end of tracking forgets the instance, so
+ * the next run's RUNNING starts afresh.
  */
 const APPLY_STATUSES = `${PREAMBLE}
-for i = 6, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
   local id = ARGV[i]
   local action = ARGV[i + 1]
   local n = redis.call('HGET', KEYS[4], id)
@@ -73,8 +84,10 @@ for i = 6, #ARGV, 2 do
   redis.call('ZREM', KEYS[2], id)
   if action == 'track' then
     redis.call('ZADD', KEYS[1], 'GT', deadline(tonumber(redis.call('HGET', KEYS[3], id) or '')), id)
+    if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[i + 2]) end
   else
     redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[7], id)
     if action == 'forget' then
       redis.call('HDEL', KEYS[3], id)
       redis.call('DEL', ARGV[1] .. id)
@@ -116,6 +129,8 @@ interface HeartbeatCommands {
 
 export interface HeartbeatUpdate {
   readonly agentId: string;
+  /** The instance that sent it (the heartbeat's instanceId). */
+  readonly instanceId: string;
   readonly intervalMs: number | null;
   readonly last: string;
 }
@@ -123,6 +138,8 @@ export interface HeartbeatUpdate {
 export interface StatusUpdate {
   readonly agentId: string;
   readonly action: TrackingAction;
+  /** The agent's current instance, as the status names it (RUNNING); null when unknown. */
+  readonly instanceId: string | null;
 }
 
 export type PendingKind = 'missed' | 'recover' | 'resumed';
@@ -146,8 +163,18 @@ export interface PartitionCounts {
   readonly lapsed: number;
 }
 
+export interface HeartbeatOutcome {
+  /** Heartbeats that moved a deadline (the resumed included). */
+  readonly tracked: number;
+  readonly resumed: number;
+  /** Of agents not tracked (unknown, stopped, destroyed). */
+  readonly ignored: number;
+  /** Of tracked agents, from another instance than their current one. */
+  readonly otherInstance: number;
+}
+
 export interface HeartbeatStore {
-  applyHeartbeats(partition: number, now: number, updates: readonly HeartbeatUpdate[]): Promise<{ tracked: number; resumed: number; ignored: number }>;
+  applyHeartbeats(partition: number, now: number, updates: readonly HeartbeatUpdate[]): Promise<HeartbeatOutcome>;
   applyStatuses(partition: number, now: number, updates: readonly StatusUpdate[]): Promise<void>;
   /** The earliest deadline of the partition, if any is at or before `now`. */
   anyDue(partition: number, now: number): Promise<boolean>;
@@ -162,12 +189,12 @@ function redisDown(what: string, error: unknown): Error {
 }
 
 export function createHeartbeatStore(redis: Redis, keyPrefix: string, settings: DeadlineSettings): HeartbeatStore {
-  redis.defineCommand('hbApplyHeartbeats', { numberOfKeys: 6, lua: APPLY_HEARTBEATS });
-  redis.defineCommand('hbApplyStatuses', { numberOfKeys: 6, lua: APPLY_STATUSES });
-  redis.defineCommand('hbSweep', { numberOfKeys: 6, lua: SWEEP });
+  redis.defineCommand('hbApplyHeartbeats', { numberOfKeys: 7, lua: APPLY_HEARTBEATS });
+  redis.defineCommand('hbApplyStatuses', { numberOfKeys: 7, lua: APPLY_STATUSES });
+  redis.defineCommand('hbSweep', { numberOfKeys: 7, lua: SWEEP });
   const commands = redis as unknown as Redis & HeartbeatCommands;
   const lastPrefix = `${keyPrefix}last:`;
-  const keys = (p: number) => [`${keyPrefix}p${p}:deadlines`, `${keyPrefix}p${p}:lapsed`, `${keyPrefix}p${p}:interval`, `${keyPrefix}p${p}:lapse`, `${keyPrefix}p${p}:pending`, `${keyPrefix}p${p}:seq`];
+  const keys = (p: number) => [`${keyPrefix}p${p}:deadlines`, `${keyPrefix}p${p}:lapsed`, `${keyPrefix}p${p}:interval`, `${keyPrefix}p${p}:lapse`, `${keyPrefix}p${p}:pending`, `${keyPrefix}p${p}:seq`, `${keyPrefix}p${p}:instance`];
   const common = (now: number) => [lastPrefix, now, settings.missFactor, settings.minTtlMs, settings.defaultIntervalMs];
 
   async function call<T>(what: string, run: () => Promise<T>): Promise<T> {
@@ -181,13 +208,13 @@ export function createHeartbeatStore(redis: Redis, keyPrefix: string, settings: 
   return {
     async applyHeartbeats(partition, now, updates) {
       const args: (string | number)[] = [...keys(partition), ...common(now)];
-      for (const u of updates) args.push(u.agentId, u.intervalMs ?? '', u.last);
+      for (const u of updates) args.push(u.agentId, u.instanceId, u.intervalMs ?? '', u.last);
       const result = (await call('storing heartbeats', () => commands.hbApplyHeartbeats(...args))) as number[];
-      return { tracked: Number(result[0]), resumed: Number(result[1]), ignored: Number(result[2]) };
+      return { tracked: Number(result[0]), resumed: Number(result[1]), ignored: Number(result[2]), otherInstance: Number(result[3] ?? 0) };
     },
     async applyStatuses(partition, now, updates) {
       const args: (string | number)[] = [...keys(partition), ...common(now)];
-      for (const u of updates) args.push(u.agentId, u.action);
+      for (const u of updates) args.push(u.agentId, u.action, u.instanceId ?? '');
       await call('storing statuses', () => commands.hbApplyStatuses(...args));
     },
     async anyDue(partition, now) {

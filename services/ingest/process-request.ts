@@ -222,7 +222,8 @@ export async function processRequest(request: AgentRequest, identity: string, de
   const storedAgentId = request.action === 'INSTANTIATE' ? subject : isUuid(request.agentId) ? request.agentId : null;
 
   const statusEvent = (status: Pick<AgentStatus, 'state' | 'previousState' | 'version'>, reason: string, commandId: string | null, time: Date): OutboxEvent => {
-    const value: AgentStatus = { eventId: randomUUID(), agentId: subject, ...status, reason, requestId: request.requestId, commandId, time };
+    // Ingest does not know the running instance: null leaves the heartbeat service's record of it as is.
+    const value: AgentStatus = { eventId: randomUUID(), agentId: subject, ...status, reason, requestId: request.requestId, commandId, time, instanceId: null };
     return { topic: deps.topics['agent-status'], key: subject, value, eventId: value.eventId, trace };
   };
   const auditEvent = (action: 'request.accepted' | 'request.rejected', payload: Record<string, unknown>, time: Date): OutboxEvent => {

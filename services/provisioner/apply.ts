@@ -117,7 +117,7 @@ export function workloadOf(agent: Pick<AgentRecord, 'id' | 'spec' | 'division' |
 export function driverEventInput(event: DriverEvent): LifecycleInput {
   switch (event.type) {
     case 'STARTED':
-      return { type: 'STARTED', generation: event.generation, attempt: event.attempt, reason: `instance ${event.instanceId} is up` };
+      return { type: 'STARTED', generation: event.generation, attempt: event.attempt, instanceId: event.instanceId, reason: `instance ${event.instanceId} is up` };
     case 'PROCESS_EXITED':
       return { type: 'PROCESS_EXITED', generation: event.generation, attempt: event.attempt, exitCode: event.exitCode, signal: event.signal };
     case 'DRIVER_FAILED':
@@ -125,6 +125,14 @@ export function driverEventInput(event: DriverEvent): LifecycleInput {
     case 'STOPPED':
       return { type: 'STOPPED' };
   }
+}
+
+/**
+ * The instance a status names: the running one (RUNNING, UNHEALTHY) when known, so the heartbeat
+ * service can ignore heartbeats of a stale process of the agent; null in every other state.
+ */
+export function instanceOf(state: AgentState, snapshot: AgentSnapshot | undefined): string | null {
+  return (state === 'RUNNING' || state === 'UNHEALTHY') && typeof snapshot?.instanceId === 'string' ? snapshot.instanceId : null;
 }
 
 /**
@@ -140,7 +148,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
   const perAgent = createKeyedQueue();
   let closed = false;
 
-  function statusEvent(agentId: string, state: AgentState, previous: AgentState | null, reason: string, version: number, origin: InputOrigin): OutboxEvent {
+  function statusEvent(agentId: string, state: AgentState, previous: AgentState | null, reason: string, version: number, origin: InputOrigin, snapshot?: AgentSnapshot): OutboxEvent {
     const value: AgentStatus = {
       eventId: randomUUID(),
       agentId,
@@ -151,6 +159,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
       commandId: origin.command?.commandId ?? null,
       version,
       time: new Date(),
+      instanceId: instanceOf(state, snapshot),
     };
     return { topic: deps.topics['agent-status'], key: agentId, value, eventId: value.eventId, ...(origin.trace ? { trace: origin.trace } : {}) };
   }
@@ -198,7 +207,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
           const state = current?.snapshot.state ?? 'REJECTED';
           const reason = `${command.command} rejected: ${first.rejection.code}: ${first.rejection.reason}`;
           await enqueueEvents(client, deps.codec, [
-            statusEvent(agentId, state, current?.snapshot.state ?? null, reason, current?.version ?? 0, origin),
+            statusEvent(agentId, state, current?.snapshot.state ?? null, reason, current?.version ?? 0, origin, current?.snapshot),
             auditEvent(agentId, 'command.rejected', { command: command.command, code: first.rejection.code, reason: first.rejection.reason, state }, origin),
           ]);
         } else {
@@ -242,7 +251,7 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
         const snapshot = agent.version === 0 ? { ...result.snapshot, restartPolicy: agent.snapshot.restartPolicy } : result.snapshot;
         agent = { ...agent, snapshot, version: agent.version + 1 };
         events.push(
-          statusEvent(agentId, result.state, result.previous ?? null, result.reason, agent.version, stepOrigin),
+          statusEvent(agentId, result.state, result.previous ?? null, result.reason, agent.version, stepOrigin, agent.snapshot),
           auditEvent(agentId, 'agent.state_changed', { from: result.previous ?? null, to: result.state, input: stepInput.type, reason: result.reason, version: agent.version }, stepOrigin),
         );
         const [head, ...rest] = result.effects;

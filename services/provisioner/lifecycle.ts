@@ -102,6 +102,11 @@ export interface AgentSnapshot {
   readonly restarts: number;
   /** STOPPING only: what follows once the process has stopped. */
   readonly afterStop: 'START' | 'DESTROY' | null;
+  /**
+   * The running instance (pod name, or host:pid; what its heartbeats carry) as the driver's STARTED
+   * reported it; null or absent when unknown. Meaningful in RUNNING and UNHEALTHY only.
+   */
+  readonly instanceId?: string | null;
 }
 
 interface InputBase {
@@ -130,7 +135,8 @@ export type LifecycleInput =
     })
   /** The driver could not do what the last effect asked; `retryable: false` skips start retries. */
   | (InputBase & Fence & { readonly type: 'DRIVER_FAILED'; readonly retryable?: boolean })
-  | (InputBase & Fence & { readonly type: 'STARTED' })
+  /** `instanceId`: the instance that is up, when the driver knows it. */
+  | (InputBase & Fence & { readonly type: 'STARTED'; readonly instanceId?: string })
   | (InputBase & Fence & { readonly type: 'PROCESS_EXITED'; readonly exitCode: number | null; readonly signal?: string | null })
   /** Delayed jobs: always fenced. */
   | (InputBase & { readonly type: 'START_TIMEOUT' | 'RETRY_DUE'; readonly generation: number; readonly attempt: number });
@@ -425,7 +431,8 @@ const TABLE: Readonly<Record<AgentState, Readonly<Partial<Record<LifecycleInputT
     RECOVER: ignoreRecover,
     STARTED: (s, i) => {
       if (s.awaitingRetry || !fenceMatches(s, i)) return reject('STALE_EVENT', staleReason(s, i));
-      return move(s, 'RUNNING', {}, [CANCEL], withReason(`running (attempt ${s.startAttempt})`, i));
+      const instanceId = i.type === 'STARTED' && typeof i.instanceId === 'string' && i.instanceId !== '' ? i.instanceId : null;
+      return move(s, 'RUNNING', { instanceId }, [CANCEL], withReason(`running (attempt ${s.startAttempt})`, i));
     },
     START_TIMEOUT: (s, i, p) => {
       if (s.awaitingRetry || !fenceMatches(s, i)) return reject('STALE_EVENT', staleReason(s, i));

@@ -52,7 +52,10 @@ export function repairFor(agent: AgentRecord, observed: ObservedAgent, context: 
         return context.ageMs >= policy.maxDelayMs + context.stuckAfterMs ? { kind: 'input', input: { type: 'RETRY_DUE', ...fence }, why: 'retry timer lost' } : undefined;
       }
       // The start report was lost (e.g. the provisioner died before the agent said ready).
-      if (observed.running && sameFence) return { kind: 'input', input: { type: 'STARTED', ...fence, reason: 'found running by the reconciler' }, why: 'missed start report' };
+      if (observed.running && sameFence) {
+        const instance = observed.instanceId !== null ? { instanceId: observed.instanceId } : {};
+        return { kind: 'input', input: { type: 'STARTED', ...fence, ...instance, reason: 'found running by the reconciler' }, why: 'missed start report' };
+      }
       return context.ageMs >= policy.startTimeoutMs + context.stuckAfterMs ? { kind: 'input', input: { type: 'START_TIMEOUT', ...fence }, why: 'start deadline lost' } : undefined;
     }
     case 'PENDING':

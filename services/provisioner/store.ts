@@ -23,6 +23,8 @@ interface LifecycleColumn {
   awaitingRetry: boolean;
   restarts: number;
   afterStop: 'START' | 'DESTROY' | null;
+  /** The running instance (absent in rows written before it was kept, or when unknown). */
+  instanceId?: string;
 }
 
 interface AgentRow {
@@ -54,6 +56,7 @@ function toRecord(row: AgentRow): AgentRecord {
       awaitingRetry: l.awaitingRetry ?? false,
       restarts: l.restarts ?? 0,
       afterStop: l.afterStop ?? null,
+      ...(typeof l.instanceId === 'string' ? { instanceId: l.instanceId } : {}),
     },
     spec: row.spec,
     division: row.division,
@@ -65,7 +68,15 @@ function toRecord(row: AgentRow): AgentRecord {
 }
 
 function lifecycleColumn(s: AgentSnapshot): LifecycleColumn {
-  return { restartPolicy: s.restartPolicy, generation: s.generation, startAttempt: s.startAttempt, awaitingRetry: s.awaitingRetry, restarts: s.restarts, afterStop: s.afterStop };
+  return {
+    restartPolicy: s.restartPolicy,
+    generation: s.generation,
+    startAttempt: s.startAttempt,
+    awaitingRetry: s.awaitingRetry,
+    restarts: s.restarts,
+    afterStop: s.afterStop,
+    ...(typeof s.instanceId === 'string' ? { instanceId: s.instanceId } : {}),
+  };
 }
 
 /** Reads the agent and locks its row until the transaction ends: one writer per agent at a time. */

@@ -35,9 +35,13 @@ export interface Simulator {
   readonly events: EventProducer;
   /** Heartbeats of every agent in `alive`, one per INTERVAL_MS, until `stop`. */
   readonly alive: Set<string>;
-  status(agentId: string, state: AgentState, version?: number): Promise<void>;
-  statuses(agentIds: readonly string[], state: AgentState): Promise<void>;
-  heartbeatOnce(agentIds: readonly string[]): Promise<void>;
+  /** The instance each agent heartbeats as (default `sim-<first 8 of its id>`); set to simulate a restart. */
+  readonly instances: Map<string, string>;
+  /** `instanceId`: the current instance the status names (RUNNING), null (the default) for none. */
+  status(agentId: string, state: AgentState, instanceId?: string | null): Promise<void>;
+  statuses(agentIds: readonly string[], state: AgentState, instanceOf?: (agentId: string) => string | null): Promise<void>;
+  /** One heartbeat of each agent, as its instance (or as `instanceId`: a stale process). */
+  heartbeatOnce(agentIds: readonly string[], instanceId?: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -47,17 +51,19 @@ export async function startSimulator(world: FleetWorld): Promise<Simulator> {
   await producer.connect();
   const events = createEventProducer(producer, world.codec);
   const alive = new Set<string>();
+  const instances = new Map<string, string>();
+  const instanceOf = (agentId: string) => instances.get(agentId) ?? `sim-${agentId.slice(0, 8)}`;
   const sequences = new Map<string, number>();
   const versions = new Map<string, number>();
   let stopped = false;
 
-  async function heartbeatOnce(agentIds: readonly string[]): Promise<void> {
+  async function heartbeatOnce(agentIds: readonly string[], instanceId?: string): Promise<void> {
     if (agentIds.length === 0) return;
     const now = new Date();
     const batch = agentIds.map((agentId) => {
       const sequence = sequences.get(agentId) ?? 0;
       sequences.set(agentId, sequence + 1);
-      const value: AgentHeartbeat = { agentId, instanceId: `sim-${agentId.slice(0, 8)}`, pid: null, sequence, sentAt: now, metrics: { cpuPercent: 1.5, memoryRssBytes: 1_000_000, custom: { queueDepth: 2 } }, intervalMs: INTERVAL_MS };
+      const value: AgentHeartbeat = { agentId, instanceId: instanceId ?? instanceOf(agentId), pid: null, sequence, sentAt: now, metrics: { cpuPercent: 1.5, memoryRssBytes: 1_000_000, custom: { queueDepth: 2 } }, intervalMs: INTERVAL_MS };
       return { key: agentId, value };
     });
     for (let i = 0; i < batch.length; i += 500) await events.send(world.topics['agent-heartbeats'], batch.slice(i, i + 500));
@@ -75,11 +81,11 @@ export async function startSimulator(world: FleetWorld): Promise<Simulator> {
     }
   })();
 
-  async function statuses(agentIds: readonly string[], state: AgentState): Promise<void> {
+  async function statuses(agentIds: readonly string[], state: AgentState, instanceOfStatus?: (agentId: string) => string | null): Promise<void> {
     const batch = agentIds.map((agentId) => {
       const version = (versions.get(agentId) ?? 0) + 1;
       versions.set(agentId, version);
-      const value: AgentStatus = { eventId: randomUUID(), agentId, state, previousState: null, reason: 'simulated', requestId: null, commandId: null, version, time: new Date() };
+      const value: AgentStatus = { eventId: randomUUID(), agentId, state, previousState: null, reason: 'simulated', requestId: null, commandId: null, version, time: new Date(), instanceId: instanceOfStatus?.(agentId) ?? null };
       return { key: agentId, value };
     });
     for (let i = 0; i < batch.length; i += 500) await events.send(world.topics['agent-status'], batch.slice(i, i + 500));
@@ -89,7 +95,8 @@ export async function startSimulator(world: FleetWorld): Promise<Simulator> {
     producer,
     events,
     alive,
-    status: (agentId, state) => statuses([agentId], state),
+    instances,
+    status: (agentId, state, instanceId) => statuses([agentId], state, () => instanceId ?? null),
     statuses,
     heartbeatOnce,
     async stop() {

@@ -72,6 +72,7 @@ const status: AgentStatus = {
   commandId: '3b241101-e2bb-4255-8caf-4136c566a962',
   version: 9_007_199_254_740_000,
   time: new Date('2025-01-02T03:04:07.000Z'),
+  instanceId: 'host-1:4242',
 };
 
 const heartbeat: AgentHeartbeat = {

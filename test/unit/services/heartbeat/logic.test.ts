@@ -18,9 +18,11 @@ describe('heartbeat deadlines', () => {
 
   it('tracks on RUNNING, stops on intended stops and ends, forgets on DESTROYED, ignores the rest', () => {
     expect(trackingAction('RUNNING')).toBe('track');
-    for (const state of ['STOPPING', 'STOPPED', 'DESTROYING', 'FAILED'] as const) expect(trackingAction(state)).toBe('untrack');
+    // STARTING too: a restart's old run must neither lapse nor stay the instance that counts.
+    for (const state of ['STARTING', 'STOPPING', 'STOPPED', 'DESTROYING', 'FAILED'] as const) expect(trackingAction(state)).toBe('untrack');
     expect(trackingAction('DESTROYED')).toBe('forget');
-    for (const state of ['PENDING', 'PROVISIONING', 'STARTING', 'UNHEALTHY', 'REJECTED'] as const) expect(trackingAction(state)).toBeUndefined();
+    // UNHEALTHY keeps tracking (the agent stays lapsed), so returning heartbeats bring a RESUMED.
+    for (const state of ['PENDING', 'PROVISIONING', 'UNHEALTHY', 'REJECTED'] as const) expect(trackingAction(state)).toBeUndefined();
   });
 
   it('is caught up only when every topic is handled up to its log end', () => {

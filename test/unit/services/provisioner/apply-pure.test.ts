@@ -4,7 +4,7 @@ import { timerInput, timerJobId } from '../../../../services/provisioner/timers.
 
 describe('provisioner mappings', () => {
   it('turns driver reports into fenced lifecycle inputs', () => {
-    expect(driverEventInput({ type: 'STARTED', generation: 3, attempt: 2, instanceId: 'h:1' })).toEqual({ type: 'STARTED', generation: 3, attempt: 2, reason: 'instance h:1 is up' });
+    expect(driverEventInput({ type: 'STARTED', generation: 3, attempt: 2, instanceId: 'h:1' })).toEqual({ type: 'STARTED', generation: 3, attempt: 2, instanceId: 'h:1', reason: 'instance h:1 is up' });
     expect(driverEventInput({ type: 'PROCESS_EXITED', generation: 1, attempt: 1, exitCode: 1, signal: null })).toEqual({ type: 'PROCESS_EXITED', generation: 1, attempt: 1, exitCode: 1, signal: null });
     expect(driverEventInput({ type: 'DRIVER_FAILED', generation: 1, attempt: 1, reason: 'no', retryable: false })).toMatchObject({ type: 'DRIVER_FAILED', retryable: false, reason: 'no' });
     expect(driverEventInput({ type: 'STOPPED', exitCode: 0, signal: null })).toEqual({ type: 'STOPPED' });
