@@ -14,11 +14,12 @@ import { startTelemetry } from '../lib/telemetry.ts';
 import { loadProvisionerConfig, startProvisioner } from '../services/provisioner/main.ts';
 import { loadIngestOptions, startIngest } from '../services/ingest/main.ts';
 import { loadHeartbeatConfig, startHeartbeat } from '../services/heartbeat/main.ts';
+import { loadArchiverConfig, startArchiver } from '../services/archiver/main.ts';
 
-export const SERVICES = ['ingest', 'provisioner', 'heartbeat'] as const;
+export const SERVICES = ['ingest', 'provisioner', 'heartbeat', 'archiver'] as const;
 export type ServiceName = (typeof SERVICES)[number];
 /** Services of the architecture that are not built yet; `run` says so instead of failing obscurely. */
-const LATER = ['archiver'];
+const LATER: readonly string[] = [];
 
 /**
  * The process environment with secrets resolved: `<NAME>_FILE` files read, `vault:` references
@@ -42,6 +43,7 @@ export async function startServices(services: readonly ServiceName[], env: Recor
   const provisionerConfig = services.includes('provisioner') ? loadProvisionerConfig(env) : undefined;
   const ingestOptions = services.includes('ingest') ? loadIngestOptions(env) : undefined;
   const heartbeatConfig = services.includes('heartbeat') ? loadHeartbeatConfig(env) : undefined;
+  const archiverConfig = services.includes('archiver') ? loadArchiverConfig(env) : undefined;
   const name = services.length === 1 ? (services[0] ?? 'agent-manager') : 'agent-manager';
   // Tracing starts first so the clients below are traced; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
   const telemetry = startTelemetry({ serviceName: `agent-manager-${name}`, ...(config.OTEL_EXPORTER_OTLP_ENDPOINT ? { otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT } : {}), logger: createLogger(name, config.LOG_LEVEL) });
@@ -52,6 +54,7 @@ export async function startServices(services: readonly ServiceName[], env: Recor
     if (ingestOptions) await startIngest(ctx, ingestOptions);
     if (provisionerConfig) await startProvisioner(ctx, provisionerConfig);
     if (heartbeatConfig) await startHeartbeat(ctx, heartbeatConfig);
+    if (archiverConfig) await startArchiver(ctx, archiverConfig);
     await ctx.startOps();
   } catch (error) {
     await ctx.shutdown();

@@ -68,6 +68,32 @@ export function createMetrics(service: string, options: { defaultMetrics?: boole
     heartbeatMassFailure: new Gauge({ name: 'agent_manager_heartbeat_mass_failure', help: 'Mass failure detected: recovers held (1 = on)', registers }),
     /** Recovers waiting (held by the guard or the rate limit). */
     heartbeatRecoversHeld: new Gauge({ name: 'agent_manager_heartbeat_recovers_held', help: 'RECOVER commands waiting to be sent', registers }),
+    /** Audit events written to the index (new rows; a redelivered event is not counted again). */
+    archiverEventsIndexed: new Counter({ name: 'agent_manager_archiver_events_indexed_total', help: 'Audit events added to the index', registers }),
+    /** Audit events in archive files made durable by this process (uploaded, or found already there). */
+    archiverEventsArchived: new Counter({ name: 'agent_manager_archiver_events_archived_total', help: 'Audit events archived to S3', registers }),
+    /** Archive files written, by why they were cut (count, bytes, window, day, idle, day-close) and outcome (uploaded, existing). */
+    archiverFiles: new Counter({ name: 'agent_manager_archiver_files_total', help: 'Archive files written', labelNames: ['reason', 'outcome'], registers }),
+    /** Bytes of archive files written. */
+    archiverBytes: new Counter({ name: 'agent_manager_archiver_bytes_total', help: 'Bytes of archive files written', registers }),
+    /** One archive file's upload (PutObject with its checksum), seconds. */
+    archiverUploadSeconds: new Histogram({
+      name: 'agent_manager_archiver_upload_duration_seconds',
+      help: 'Archive file upload latency',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    /** One batch's index insert (one statement), seconds. */
+    archiverIndexSeconds: new Histogram({
+      name: 'agent_manager_archiver_index_duration_seconds',
+      help: 'Audit index insert latency per Kafka batch',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    }),
+    /** Days not closed yet on the partitions this process owns (distinct days). */
+    archiverOpenDays: new Gauge({ name: 'agent_manager_archiver_open_days', help: 'Archive days still open on owned partitions', registers }),
+    /** Records read but not in a durable archive file yet, per partition (the archive's lag behind the consumer). */
+    archiverBufferedRecords: new Gauge({ name: 'agent_manager_archiver_buffered_records', help: 'Records read but not archived yet', labelNames: ['partition'], registers }),
     /** 1 while safe mode is on, as this process last read it. */
     safeMode: new Gauge({ name: 'agent_manager_safe_mode', help: 'Safe mode (1 = on)', registers }),
   };

@@ -110,6 +110,16 @@ export class PartitionArchiver {
     return this.#next;
   }
 
+  /** Records read but not in a durable file yet. */
+  get bufferedCount(): number {
+    return this.#buffer.length;
+  }
+
+  /** The first day not closed on this partition (undefined before any record). */
+  get openDay(): string | undefined {
+    return this.#days.openDay;
+  }
+
   /**
    * The offset the consumer may commit: the first record not in a durable file, or undefined when
    * every record seen is archived (commit what the batch reached).
