@@ -26,9 +26,16 @@ export const archiverConfigShape = {
 
 export type ArchiverConfig = z.infer<z.ZodObject<typeof archiverConfigShape>>;
 
-/** The archiver's settings; CONFIG_INVALID naming every bad variable. */
+/**
+ * The archiver's settings; CONFIG_INVALID naming every bad variable. Without ARCHIVE_PREFIX the
+ * archive's root is the audit topic's name (`<TOPIC_PREFIX>audit-events`), so fleets that share a
+ * bucket under different topic prefixes (test worlds, staging) never share partition folders.
+ */
 export function loadArchiverConfig(env: Env): ArchiverConfig {
-  return loadConfig(archiverConfigShape, env);
+  const config = loadConfig(archiverConfigShape, env);
+  const topicPrefix = env.TOPIC_PREFIX ?? '';
+  if ((env.ARCHIVE_PREFIX ?? '') === '' && topicPrefix !== '') return loadConfig(archiverConfigShape, { ...env, ARCHIVE_PREFIX: `${topicPrefix}${DEFAULT_ARCHIVE_PREFIX}` });
+  return config;
 }
 
 export function archiverRotationLimits(config: ArchiverConfig): RotationLimits {

@@ -8,7 +8,7 @@ import pg from 'pg';
 import { stackCredentials } from '../../../../dev/stack/endpoints.ts';
 import { buildAuditEvent } from '../../../../lib/audit.ts';
 import { initArchiveBucket } from '../../../../lib/archive/bucket.ts';
-import { formatArchiveKey, listArchiveDays, listDayFiles } from '../../../../lib/archive/layout.ts';
+import { formatArchiveKey, listArchiveDays, listDayFiles, parseArchiveKey } from '../../../../lib/archive/layout.ts';
 import { openArchiveFile } from '../../../../lib/archive/reader.ts';
 import type { AuditEvent } from '../../../../lib/contracts/types.ts';
 import { createFleetWorld, within, type FleetWorld } from '../../../support/fleet.ts';
@@ -101,8 +101,10 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
 
   async function archived(): Promise<ArchivedEvent[]> {
     const out: ArchivedEvent[] = [];
-    for (const day of await listArchiveDays(s3, bucket, 'audit-events')) {
-      for (const name of await listDayFiles(s3, bucket, 'audit-events', day)) {
+    // Without ARCHIVE_PREFIX, the archive's root is the audit topic's name (with the world's prefix).
+    const root = world.topics['audit-events'];
+    for (const day of await listArchiveDays(s3, bucket, root)) {
+      for (const name of await listDayFiles(s3, bucket, root, day)) {
         const key = formatArchiveKey(name);
         const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
         const file = await openArchiveFile<AuditEvent>(object.Body as Readable, { name: key });
@@ -147,6 +149,21 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
     expect(new Set(events.map((e) => e.eventId))).toEqual(produced);
     expect(new Set(events.map((e) => `${e.partition}:${e.offset}`)).size).toBe(events.length);
     for (const e of events) expect(e.key).toBe(e.eventId);
+    // Each file holds exactly the offsets its name says (first and last), and a partition's files do not overlap.
+    const files = new Map<string, number[]>();
+    for (const e of events) files.set(e.file, [...(files.get(e.file) ?? []), e.offset]);
+    const ranges = new Map<number, [number, number][]>();
+    for (const [key, offsets] of files) {
+      const name = parseArchiveKey(key);
+      expect(name).toBeDefined();
+      if (!name) continue;
+      expect([Math.min(...offsets), Math.max(...offsets)]).toEqual([name.firstOffset, name.lastOffset]);
+      ranges.set(name.partition, [...(ranges.get(name.partition) ?? []), [name.firstOffset, name.lastOffset]]);
+    }
+    for (const list of ranges.values()) {
+      list.sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < list.length; i++) expect(list[i]?.[0]).toBeGreaterThan(list[i - 1]?.[1] ?? Infinity);
+    }
   }
 
   it('archives and indexes every event exactly once across a SIGKILL and a restart; commits never pass the archive; malformed events go to the DLQ', async () => {
