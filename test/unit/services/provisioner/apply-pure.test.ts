@@ -1,4 +1,5 @@
-import { driverEventInput, policyResourceSpec } from '../../../../services/provisioner/apply.ts';
+import { driverEventInput, instanceOf, policyResourceSpec } from '../../../../services/provisioner/apply.ts';
+import { transition, type AgentSnapshot } from '../../../../services/provisioner/lifecycle.ts';
 import { commandInput, validateAgentCommand } from '../../../../services/provisioner/handler.ts';
 import { timerInput, timerJobId } from '../../../../services/provisioner/timers.ts';
 
@@ -8,6 +9,25 @@ describe('provisioner mappings', () => {
     expect(driverEventInput({ type: 'PROCESS_EXITED', generation: 1, attempt: 1, exitCode: 1, signal: null })).toEqual({ type: 'PROCESS_EXITED', generation: 1, attempt: 1, exitCode: 1, signal: null });
     expect(driverEventInput({ type: 'DRIVER_FAILED', generation: 1, attempt: 1, reason: 'no', retryable: false })).toMatchObject({ type: 'DRIVER_FAILED', retryable: false, reason: 'no' });
     expect(driverEventInput({ type: 'STOPPED', exitCode: 0, signal: null })).toEqual({ type: 'STOPPED' });
+  });
+
+  it('keeps the instance a STARTED reported and names it on RUNNING and UNHEALTHY statuses only', () => {
+    const starting: AgentSnapshot = { state: 'STARTING', reason: '', restartPolicy: { mode: 'on-failure', maxRestarts: 3 }, generation: 1, startAttempt: 1, awaitingRetry: false, restarts: 0, afterStop: null };
+    const running = transition(starting, driverEventInput({ type: 'STARTED', generation: 1, attempt: 1, instanceId: 'h:1' }));
+    expect(running).toMatchObject({ ok: true, state: 'RUNNING', snapshot: { instanceId: 'h:1' } });
+    if (!running.ok) return;
+    const unhealthy = transition(running.snapshot, { type: 'HEARTBEAT_MISSED' });
+    if (!unhealthy.ok) throw new Error('HEARTBEAT_MISSED refused');
+    const resumed = transition(unhealthy.snapshot, { type: 'HEARTBEAT_RESUMED' });
+    if (!resumed.ok) throw new Error('HEARTBEAT_RESUMED refused');
+    expect([instanceOf('RUNNING', running.snapshot), instanceOf('UNHEALTHY', unhealthy.snapshot), instanceOf('RUNNING', resumed.snapshot)]).toEqual(['h:1', 'h:1', 'h:1']);
+    const stopping = transition(resumed.snapshot, { type: 'STOP' });
+    if (!stopping.ok) throw new Error('STOP refused');
+    expect(instanceOf('STOPPING', stopping.snapshot)).toBeNull();
+    // A STARTED without an instance (a reconciler that cannot tell) names none.
+    const unknown = transition(starting, { type: 'STARTED', generation: 1, attempt: 1 });
+    expect(unknown.ok && instanceOf('RUNNING', unknown.snapshot)).toBeNull();
+    expect(instanceOf('RUNNING', undefined)).toBeNull();
   });
 
   it('maps timers to deterministic job ids and fenced inputs', () => {
