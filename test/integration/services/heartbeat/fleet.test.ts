@@ -73,7 +73,7 @@ describe('heartbeat service with real agents (ingest + provisioner + heartbeat)'
     const run = randomUUID().slice(0, 8);
     const requests = Array.from({ length: 50 }, (_, i) => instantiateRequest(`hb-stop-${run}-${i}`, { labels: { test: 'heartbeat' } }));
     await kernel.send(requests);
-    await eventually(() => requests.every((r) => agentOf(r.requestId) !== undefined), 60_000, 'every request accepted');
+    await eventually(() => requests.every((r) => agentOf(r.requestId) !== undefined), 180_000, 'every request accepted');
     const agents = requests.map((r) => agentOf(r.requestId) ?? '');
     await eventually(() => agents.every((id) => status.lastState(id) === 'RUNNING'), 200_000, '50 agents RUNNING');
     await sleep(2_500);
