@@ -22,6 +22,8 @@ export const archiverConfigShape = {
   /** How often idle partitions are checked for a last file to cut and a day to close. */
   ARCHIVE_TICK_MS: configFields.positiveInt(1_000),
   ARCHIVER_CONCURRENCY: configFields.positiveInt(4),
+  /** Kafka group session: how soon the partitions of a dead archiver process move. */
+  ARCHIVER_SESSION_TIMEOUT_MS: configFields.positiveInt(10_000),
 };
 
 export type ArchiverConfig = z.infer<z.ZodObject<typeof archiverConfigShape>>;

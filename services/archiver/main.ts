@@ -168,6 +168,8 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
       validate: (value) => validateAuditEvent(value),
       rawRecords: true,
       concurrency: config.ARCHIVER_CONCURRENCY,
+      sessionTimeoutMs: config.ARCHIVER_SESSION_TIMEOUT_MS,
+      heartbeatIntervalMs: Math.max(100, Math.floor(config.ARCHIVER_SESSION_TIMEOUT_MS / 5)),
       retry: ctx.workerRetry,
       onAssignment: ({ assigned }) => {
         const now = assigned[topic] ?? [];

@@ -47,6 +47,7 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
       ARCHIVE_FLUSH_INTERVAL_MS: '2000',
       ARCHIVE_WINDOW_GRACE_MS: '500',
       ARCHIVE_TICK_MS: '300',
+      ARCHIVER_SESSION_TIMEOUT_MS: '6000',
     });
     producer = rawKafka().producer({ idempotent: true });
     await producer.connect();
@@ -237,5 +238,29 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
 
     second.kill('SIGTERM');
     expect((await waitForExit(second, 30_000)).code).toBe(0);
+  });
+
+  it('two archivers, one killed with SIGKILL at a random point four times while events flow (rebalances, crashes mid-file): still exactly once', async () => {
+    let running: ChildProcess[] = [startArchiverProcess(), startArchiverProcess()];
+    let flowing = true;
+    const producing = (async () => {
+      while (flowing) {
+        await produceEvents(20);
+        await sleep(200);
+      }
+    })();
+    for (let round = 0; round < 4; round++) {
+      await sleep(2_000 + Math.floor(Math.random() * 3_000));
+      const victim = running[round % 2];
+      victim?.kill('SIGKILL');
+      if (victim) await waitForExit(victim, 10_000);
+      running = running.map((c) => (c === victim ? startArchiverProcess() : c));
+    }
+    flowing = false;
+    await producing;
+    await eventually(async () => (await archived().catch(() => [])).length >= produced.size, 120_000, 'every event archived');
+    expectExactlyOnce(await archived());
+    await eventually(async () => Number((await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${world.schema}.audit_index`)).rows[0]?.n) === produced.size, 30_000, 'the index complete');
+    for (const child of running) expect(child.exitCode).toBeNull();
   });
 });
