@@ -67,6 +67,8 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
   const writerSchema = registryWriterSchemas(ctx.config.SCHEMA_REGISTRY_URL);
   const partitions = new Map<number, Owned>();
   let partitionCount: number | undefined;
+  /** While a rebalance is under way: what this member owns may be another's, so no clock-driven cut. */
+  let rebalancing = false;
 
   /** The topic's partition count: a day closes when all of them have closed it. */
   async function countPartitions(): Promise<number> {
@@ -171,7 +173,11 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
       sessionTimeoutMs: config.ARCHIVER_SESSION_TIMEOUT_MS,
       heartbeatIntervalMs: Math.max(100, Math.floor(config.ARCHIVER_SESSION_TIMEOUT_MS / 5)),
       retry: ctx.workerRetry,
+      onRebalancing: () => {
+        rebalancing = true;
+      },
       onAssignment: ({ assigned }) => {
+        rebalancing = false;
         const now = assigned[topic] ?? [];
         for (const [partition, owned] of partitions) {
           if (now.includes(partition)) continue;
@@ -195,7 +201,7 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
 
   let ticking = false;
   async function tick(): Promise<void> {
-    if (ticking || worker.state() !== 'RUNNING') return;
+    if (ticking || rebalancing || worker.state() !== 'RUNNING') return;
     ticking = true;
     try {
       const ends = await (worker.latestOffsets(topic) ?? Promise.resolve(new Map<number, bigint>())).catch((error: unknown) => {
@@ -204,6 +210,8 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
       });
       const now = Date.now();
       for (const [partition, owned] of [...partitions]) {
+        if (rebalancing) break;
+        if (owned.revoked) continue;
         try {
           const archiver = await archiverOf(partition, owned);
           const progress = worker.progress(topic, partition);
