@@ -3,7 +3,9 @@
  * S3 exactly once.
  *
  * - One batch worker reads `audit-events` (raw records: the value bytes as produced, ordered
- *   headers); an event the index cannot hold goes to `audit-events.dlq`, record by record.
+ *   headers); a record that is not an audit event the index can hold goes to `audit-events.dlq`,
+ *   record by record. A valid event is never dead-lettered: any failure to index or archive it
+ *   holds its partition (retried with backoff, /readyz failing) until it clears.
  * - Per Kafka batch: one idempotent INSERT of the batch's index rows, then the partition's
  *   PartitionArchiver buffers the records and writes every file they complete
  *   (`<prefix>/dt=DAY/p=P/<first>-<last>.avro`, cut by count, size, flush window or day).
@@ -19,7 +21,7 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { insertAuditIndex } from '../../lib/archive/index-store.ts';
 import { createS3Client } from '../../lib/archive/s3.ts';
-import { errorCode, errorMessage, permanentError, unavailableError } from '../../lib/errors.ts';
+import { errorCode, errorMessage, permanentError, unavailableDependency, unavailableError } from '../../lib/errors.ts';
 import { createBatchWorker, type BatchResult, type BatchWorker, type DecodedBatch } from '../../lib/runtime/batch-worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
 import { archiverRotationLimits, loadArchiverConfig, type ArchiverConfig } from './config.ts';
@@ -140,7 +142,21 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
     metrics.archiverOpenDays.set(open.size);
   }
 
+  /**
+   * A valid event is never dead-lettered: the DLQ is for records that are not audit events. A
+   * failure to index or archive one (S3 refusing, an object conflict, a bug) holds the partition as
+   * an unavailable dependency until it clears or someone looks (/readyz fails meanwhile).
+   */
   async function handle(batch: DecodedBatch<AuditEvent>): Promise<BatchResult> {
+    try {
+      return await archiveBatch(batch);
+    } catch (error) {
+      if (unavailableDependency(error) !== undefined) throw error;
+      throw unavailableError('archive', errorCode(error), `${topic}[${batch.partition}] from offset ${batch.records[0]?.offset ?? '?'}: ${errorMessage(error)}`, error);
+    }
+  }
+
+  async function archiveBatch(batch: DecodedBatch<AuditEvent>): Promise<BatchResult> {
     const owned = partitions.get(batch.partition);
     // Assignment comes before a partition's first batch; a batch without it is from a stale fetch.
     if (!owned || owned.revoked) throw unavailableError('kafka', 'ARCHIVER_NOT_ASSIGNED', `${topic}[${batch.partition}] is not assigned to this archiver`);

@@ -11,6 +11,8 @@ import { initArchiveBucket } from '../../../../lib/archive/bucket.ts';
 import { formatArchiveKey, listArchiveDays, listDayFiles, parseArchiveKey } from '../../../../lib/archive/layout.ts';
 import { openArchiveFile } from '../../../../lib/archive/reader.ts';
 import type { AuditEvent } from '../../../../lib/contracts/types.ts';
+import { startServices } from '../../../../cli/services.ts';
+import type { ServiceContext } from '../../../../lib/service/context.ts';
 import { createFleetWorld, within, type FleetWorld } from '../../../support/fleet.ts';
 import { waitForExit } from '../../../support/processes.ts';
 import { eventually, rawKafka } from '../../../support/runtime.ts';
@@ -20,6 +22,8 @@ import { uniqueName } from '../../../support/stack.ts';
 // The archiver as its own process (`agent-manager run archiver`, User:archiver) against the real
 // stack: events produced across partitions, the process killed with SIGKILL mid-run and restarted;
 // every event must then be in S3 exactly once and in the index once, with no commit past the archive.
+// Then two archivers with repeated SIGKILLs (rebalances), and S3 refusing uploads (the partition is
+// held, never dead-lettered) until the bucket exists (in-process, to read the blocked-partition gauge).
 jest.setTimeout(240_000);
 
 interface ArchivedEvent {
@@ -90,24 +94,23 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
     return child;
   }
 
-  async function produceEvents(count: number): Promise<void> {
+  async function produceEvents(count: number, into: Set<string> = produced): Promise<void> {
     const messages = [];
     for (let i = 0; i < count; i++) {
       const event = buildAuditEvent({ actor: 'service:test', action: 'test.archived', agentId: null, requestId: null, traceId: null, payload: { i } });
-      produced.add(event.eventId);
+      into.add(event.eventId);
       messages.push({ key: event.eventId, value: await world.codec.encode(`${world.topics['audit-events']}-value`, event), headers: { 'event-id': event.eventId, trace: ['a', 'b'] } });
     }
     await producer.send({ topic: world.topics['audit-events'], messages });
   }
 
-  async function archived(): Promise<ArchivedEvent[]> {
+  /** Without ARCHIVE_PREFIX, the archive's root is the audit topic's name (with the world's prefix). */
+  async function archived(from = bucket, root = world.topics['audit-events']): Promise<ArchivedEvent[]> {
     const out: ArchivedEvent[] = [];
-    // Without ARCHIVE_PREFIX, the archive's root is the audit topic's name (with the world's prefix).
-    const root = world.topics['audit-events'];
-    for (const day of await listArchiveDays(s3, bucket, root)) {
-      for (const name of await listDayFiles(s3, bucket, root, day)) {
+    for (const day of await listArchiveDays(s3, from, root)) {
+      for (const name of await listDayFiles(s3, from, root, day)) {
         const key = formatArchiveKey(name);
-        const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+        const object = await s3.send(new GetObjectCommand({ Bucket: from, Key: key }));
         const file = await openArchiveFile<AuditEvent>(object.Body as Readable, { name: key });
         for await (const record of file.records) {
           out.push({ partition: name.partition, offset: record.offset, eventId: record.event.eventId, key: record.key?.toString() ?? '', file: key });
@@ -144,10 +147,10 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
     }
   }
 
-  function expectExactlyOnce(events: readonly ArchivedEvent[]): void {
+  function expectExactlyOnce(events: readonly ArchivedEvent[], expected: ReadonlySet<string> = produced): void {
     // Every event once, and every (partition, offset) in one file only.
-    expect(events.length).toBe(produced.size);
-    expect(new Set(events.map((e) => e.eventId))).toEqual(produced);
+    expect(events.length).toBe(expected.size);
+    expect(new Set(events.map((e) => e.eventId))).toEqual(expected);
     expect(new Set(events.map((e) => `${e.partition}:${e.offset}`)).size).toBe(events.length);
     for (const e of events) expect(e.key).toBe(e.eventId);
     // Each file holds exactly the offsets its name says (first and last), and a partition's files do not overlap.
@@ -262,5 +265,42 @@ describe('archiver service: exactly once across a kill -9, malformed events dead
     expectExactlyOnce(await archived());
     await eventually(async () => Number((await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${world.schema}.audit_index`)).rows[0]?.n) === produced.size, 30_000, 'the index complete');
     for (const child of running) expect(child.exitCode).toBeNull();
+  });
+
+  it('S3 refusing every upload (no such bucket): the partitions are held, nothing committed past the archive or dead-lettered; once the bucket exists, everything is archived without a hand', async () => {
+    const missing = uniqueName('archiver-late');
+    const root = 'held';
+    const dlqBefore = await dlqCount();
+    const service: ServiceContext = await within(
+      'archiver start',
+      60_000,
+      startServices(['archiver'], { ...world.env, ...stackCredentials(process.cwd(), 'archiver'), ARCHIVE_BUCKET: missing, ARCHIVE_PREFIX: root, WORKER_UNAVAILABLE_MAX_DELAY_MS: '1000' }, { opsServer: false }),
+    );
+    try {
+      const held = new Set<string>();
+      const before = await committed();
+      await produceEvents(60, held);
+      const blocked = async () => {
+        const { values } = await service.metrics.dependencyBlockedPartitions.get();
+        return values.filter((v) => v.labels.dependency === 'archive').reduce((sum, v) => sum + v.value, 0);
+      };
+      await eventually(async () => (await blocked()) > 0, 30_000, 'partitions held for the archive');
+      await sleep(3_000);
+      expect(await dlqCount()).toBe(dlqBefore);
+      // Nothing committed past where the (previous) archive ended.
+      const now = await committed();
+      for (const [partition, offset] of now) expect(offset).toBeLessThanOrEqual(before.get(partition) ?? 0n);
+
+      await initArchiveBucket(s3, { bucket: missing, retention: { mode: 'GOVERNANCE', days: 1 } });
+      await eventually(async () => (await archived(missing, root).catch(() => [])).filter((e) => held.has(e.eventId)).length >= held.size, 60_000, 'everything archived once the bucket exists');
+      const events = await archived(missing, root);
+      expectExactlyOnce(events.filter((e) => held.has(e.eventId)), held);
+      expect(new Set(events.map((e) => `${e.partition}:${e.offset}`)).size).toBe(events.length);
+      await eventually(async () => (await blocked()) === 0, 30_000, 'partitions released');
+      expect(await dlqCount()).toBe(dlqBefore);
+    } finally {
+      await service.shutdown();
+      await removeTestBucket(s3, missing);
+    }
   });
 });
