@@ -8,7 +8,7 @@ import { createS3Client, s3Failure } from '../lib/archive/s3.ts';
 import { databaseConfigShape, loadConfig } from '../lib/config.ts';
 import { createPool } from '../lib/db/pool.ts';
 import { isAppError, permanentError } from '../lib/errors.ts';
-import { archiverConfigShape } from '../services/archiver/config.ts';
+import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
 import { reindexArchive } from '../services/archiver/reindex.ts';
 import { serviceConfigShape } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
@@ -138,7 +138,7 @@ export function registerAuditCommands(program: Command, setExitCode: (code: numb
     .argument('<eventId>', 'the event id (a uuid)')
     .description('The event as archived in S3 (decoded with the schema it was written with), and where it lives: bucket, object, partition, offset, Kafka timestamp, key and headers. Exit 1 when it is not indexed.')
     .action(async (eventId: string, _options: unknown, command: Command) => {
-      const config = loadConfig(archiveReadConfigShape, await resolvedServiceEnv());
+      const config = loadConfig(archiveReadConfigShape, withDefaultArchivePrefix(await resolvedServiceEnv()));
       const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 1 });
       let row;
       try {
@@ -197,7 +197,7 @@ export function registerAuditCommands(program: Command, setExitCode: (code: numb
       for (const [name, day] of [['--from', options.from], ['--to', options.to]] as const) {
         if (!isArchiveDay(day)) return command.error(`error: ${name} '${day}' is not a day (YYYY-MM-DD)`, { exitCode: 2, code: 'agent-manager.usage' });
       }
-      const config = loadConfig(archiveReadConfigShape, await resolvedServiceEnv());
+      const config = loadConfig(archiveReadConfigShape, withDefaultArchivePrefix(await resolvedServiceEnv()));
       const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 2 });
       const s3 = createS3Client(config);
       try {

@@ -34,10 +34,13 @@ export type ArchiverConfig = z.infer<z.ZodObject<typeof archiverConfigShape>>;
  * bucket under different topic prefixes (test worlds, staging) never share partition folders.
  */
 export function loadArchiverConfig(env: Env): ArchiverConfig {
-  const config = loadConfig(archiverConfigShape, env);
+  return loadConfig(archiverConfigShape, withDefaultArchivePrefix(env));
+}
+
+/** `env` with ARCHIVE_PREFIX defaulted to the audit topic's name; the archiver and the `audit` commands read the same root. */
+export function withDefaultArchivePrefix(env: Env): Env {
   const topicPrefix = env.TOPIC_PREFIX ?? '';
-  if ((env.ARCHIVE_PREFIX ?? '') === '' && topicPrefix !== '') return loadConfig(archiverConfigShape, { ...env, ARCHIVE_PREFIX: `${topicPrefix}${DEFAULT_ARCHIVE_PREFIX}` });
-  return config;
+  return (env.ARCHIVE_PREFIX ?? '') === '' && topicPrefix !== '' ? { ...env, ARCHIVE_PREFIX: `${topicPrefix}${DEFAULT_ARCHIVE_PREFIX}` } : env;
 }
 
 export function archiverRotationLimits(config: ArchiverConfig): RotationLimits {
