@@ -47,6 +47,7 @@ describe('loadIngestOptions', () => {
       tlsKeyFile: '/secrets/server-key.pem',
       tlsCaFile: join(process.cwd(), 'tls/ca.pem'),
       limits: DEFAULT_API_LIMITS,
+      heartbeatTimeoutMs: 500,
     });
     expect(options.knownTemplates).toEqual(['echo', 'custom']);
   });
