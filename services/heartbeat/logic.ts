@@ -3,7 +3,7 @@
  * mass-failure guard and the recover rate, command ids. No I/O and no clock (times are arguments).
  */
 import { createHash } from 'node:crypto';
-import type { AgentState } from '../../lib/contracts/types.ts';
+import type { AgentState, AgentStatus } from '../../lib/contracts/types.ts';
 
 export interface DeadlineSettings {
   /** Missed = no heartbeat for `max(missFactor × interval, minTtlMs)`. */
@@ -50,6 +50,16 @@ export function trackingAction(state: AgentState): TrackingAction | undefined {
     default:
       return undefined;
   }
+}
+
+/**
+ * The tracking action of a status record. Only a transition counts: ingest echoes an agent's current
+ * state (`previousState === state`) when it answers a request, and its outbox is not ordered with
+ * the provisioner's, so an echoed RUNNING may arrive after the STOPPING that followed it — acting on
+ * it would track a stopped agent again and raise a false lapse.
+ */
+export function trackingActionOf(status: Pick<AgentStatus, 'state' | 'previousState'>): TrackingAction | undefined {
+  return status.previousState === status.state ? undefined : trackingAction(status.state);
 }
 
 /** A UUID made from `parts`: the same lapse always gets the same command id (the provisioner de-duplicates on it). */

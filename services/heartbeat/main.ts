@@ -28,7 +28,7 @@ import { errorMessage, permanentError } from '../../lib/errors.ts';
 import { encodeLastHeartbeat, heartbeatKeyPrefix } from '../../lib/heartbeat/last-heartbeat.ts';
 import { createBatchWorker, type BatchWorker, type DecodedBatch } from '../../lib/runtime/batch-worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
-import { caughtUp, commandIdOf, MassFailureGuard, RateLimiter, trackingAction, type DeadlineSettings, type GuardChange } from './logic.ts';
+import { caughtUp, commandIdOf, MassFailureGuard, RateLimiter, trackingActionOf, type DeadlineSettings, type GuardChange } from './logic.ts';
 import { createHeartbeatStore, type PendingCommand, type StatusUpdate } from './store.ts';
 
 const ratio = z.coerce.number('expected a number').gt(0, 'expected more than 0').max(1, 'expected at most 1');
@@ -191,7 +191,7 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
     const updates: StatusUpdate[] = [];
     for (const record of batch.records) {
       const status = record.value as AgentStatus;
-      const action = trackingAction(status.state);
+      const action = trackingActionOf(status);
       // Records of an older writer schema carry no instanceId.
       if (action !== undefined) updates.push({ agentId: status.agentId, action, instanceId: status.instanceId ?? null });
     }

@@ -1,4 +1,4 @@
-import { caughtUp, commandIdOf, deadlineMs, MassFailureGuard, RateLimiter, trackingAction, ttlMs } from '../../../../services/heartbeat/logic.ts';
+import { caughtUp, commandIdOf, deadlineMs, MassFailureGuard, RateLimiter, trackingAction, trackingActionOf, ttlMs } from '../../../../services/heartbeat/logic.ts';
 import { decodeLastHeartbeat, encodeLastHeartbeat } from '../../../../lib/heartbeat/last-heartbeat.ts';
 import { loadHeartbeatConfig, validateHeartbeat } from '../../../../services/heartbeat/main.ts';
 import { isAppError } from '../../../../lib/errors.ts';
@@ -23,6 +23,13 @@ describe('heartbeat deadlines', () => {
     expect(trackingAction('DESTROYED')).toBe('forget');
     // UNHEALTHY keeps tracking (the agent stays lapsed), so returning heartbeats bring a RESUMED.
     for (const state of ['PENDING', 'PROVISIONING', 'UNHEALTHY', 'REJECTED'] as const) expect(trackingAction(state)).toBeUndefined();
+  });
+
+  it("acts only on transitions: ingest's echo of the current state (previousState = state) changes nothing", () => {
+    expect(trackingActionOf({ state: 'RUNNING', previousState: 'STARTING' })).toBe('track');
+    expect(trackingActionOf({ state: 'RUNNING', previousState: 'RUNNING' })).toBeUndefined();
+    expect(trackingActionOf({ state: 'STOPPED', previousState: 'STOPPED' })).toBeUndefined();
+    expect(trackingActionOf({ state: 'STOPPING', previousState: 'RUNNING' })).toBe('untrack');
   });
 
   it('is caught up only when every topic is handled up to its log end', () => {
