@@ -29,8 +29,10 @@ import { loadServiceConfig, topicNames, type TopicNames } from '../lib/service/c
 
 /** The service's metrics the bench reads (lib/metrics.ts). */
 const METRIC = {
-  received: 'agent_manager_heartbeats_received_total',
+  received: 'agent_manager_heartbeats_total',
   tracked: 'agent_manager_heartbeat_tracked_agents',
+  detection: 'agent_manager_heartbeat_detection_seconds',
+  lag: 'agent_manager_consumer_lag',
 };
 
 const USAGE = `usage: npm run bench -- heartbeat [--agents N] [--backlog K] [--partitions P] [--interval-ms I] [--stop-percent S] [--detect-seconds D] [--keep]
@@ -71,6 +73,19 @@ function metricSum(text: string, name: string): number {
   return sum;
 }
 
+/** The upper bound of the histogram bucket holding quantile `q` of a Prometheus histogram (seconds; NaN when empty). */
+function histogramBucket(text: string, name: string, q: number): { le: number; count: number } {
+  const buckets: { le: number; count: number }[] = [];
+  for (const line of text.split('\n')) {
+    const match = new RegExp(`^${name}_bucket\\{.*le="([^"]+)".*\\} (\\S+)$`).exec(line);
+    if (match) buckets.push({ le: match[1] === '+Inf' ? Infinity : Number(match[1]), count: Number(match[2]) });
+  }
+  buckets.sort((a, b) => a.le - b.le);
+  const total = buckets.at(-1)?.count ?? 0;
+  const bucket = buckets.find((b) => b.count >= q * total);
+  return { le: total > 0 && bucket ? bucket.le : NaN, count: total };
+}
+
 /** `agent-manager run heartbeat` as its own process (its own principal), and its /metrics. */
 class HeartbeatProcess {
   readonly #child: ChildProcess;
@@ -87,7 +102,8 @@ class HeartbeatProcess {
     const port = await freePort();
     const nodeArgs = cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfileDir}`] : [];
     const child = spawn(process.execPath, [...nodeArgs, join(process.cwd(), 'bin', 'agent-manager.js'), 'run', 'heartbeat'], {
-      env: { ...env, ...stackCredentials(process.cwd(), 'heartbeat'), HTTP_PORT: String(port), HTTP_HOST: '127.0.0.1' },
+      // info: its 'running' line says when it is up.
+      env: { ...env, ...stackCredentials(process.cwd(), 'heartbeat'), HTTP_PORT: String(port), HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const service = new HeartbeatProcess(child, port);
@@ -117,9 +133,15 @@ class HeartbeatProcess {
     return metricSum(await this.metrics(), name);
   }
 
+  /** SIGTERM, then SIGKILL if it has not exited within 30 s (said on the console). */
   async stop(): Promise<void> {
     this.#child.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      console.log('  the heartbeat service did not stop within 30 s of SIGTERM: SIGKILL');
+      this.#child.kill('SIGKILL');
+    }, 30_000);
     await this.#exited;
+    clearTimeout(timer);
   }
 }
 
@@ -266,6 +288,9 @@ export async function run(args: string[]): Promise<void> {
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
     HEARTBEAT_MISS_FACTOR: String(missFactor),
     HEARTBEAT_MIN_TTL_MS: String(Math.min(ttlMs, 1_000)),
+    // Agents tracked before their first heartbeat, and the backlog's, get a long deadline: nothing
+    // lapses before the detection phase, whose heartbeats announce the interval measured.
+    HEARTBEAT_DEFAULT_INTERVAL_MS: '600000',
   };
   const config = loadServiceConfig(env);
   await bootstrapFleet(process.cwd(), config, env, createLogger('bench', 'error'));
@@ -294,13 +319,20 @@ export async function run(args: string[]): Promise<void> {
       commandId: null,
       version: 3,
       time: new Date(),
+      // The run the heartbeats below come from (a heartbeat of another instance is not counted).
+      instanceId: instance(i),
     }));
     console.log(`setup: ${agentCount} RUNNING statuses produced in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     service = rawOnly ? undefined : await HeartbeatProcess.start(env, undefined);
     const trackedBy = Date.now() + 300_000;
     let tracked = 0;
+    let told = Date.now();
     while (service && (tracked = await service.metric(METRIC.tracked)) < agentCount) {
       if (Date.now() > trackedBy) throw new Error(`the service tracks ${tracked} of ${agentCount} agents after 300 s`);
+      if (Date.now() - told > 10_000) {
+        console.log(`  … the service tracks ${tracked} agents`);
+        told = Date.now();
+      }
       await sleep(500);
     }
     console.log(`setup: the service tracks ${tracked} agents (${((Date.now() - t0) / 1000).toFixed(1)} s after the first status)`);
@@ -332,7 +364,12 @@ export async function run(args: string[]): Promise<void> {
     let processed = 0;
     const deadline = Date.now() + 600_000;
     // From the first heartbeat counted to the last: the group join and start-up are not in the time.
+    let progressAt = Date.now();
     while ((processed = await service.metric(METRIC.received)) < backlog) {
+      if (Date.now() - progressAt > 10_000) {
+        console.log(`  … ${processed} heartbeats processed`);
+        progressAt = Date.now();
+      }
       if (first === 0 && processed > 0) {
         first = performance.now();
         firstCount = processed;
@@ -357,13 +394,18 @@ export async function run(args: string[]): Promise<void> {
     let stopAt = Number.POSITIVE_INFINITY;
     const phaseStart = Date.now();
     const warmUntil = phaseStart + warmSeconds * 1000;
-    const endAt = () => stopAt + ttlMs + 5_000;
+    // Until every stopped agent was declared missed (at most a minute past the miss window), the others heartbeating all along.
+    const detectedAll = () => [...stopped].every((id) => commands.missed.has(id));
+    const endAt = () => (stopAt !== Number.POSITIVE_INFINITY && detectedAll() ? Math.max(Date.now() - 1, stopAt + ttlMs + 5_000) : stopAt + ttlMs + 60_000);
     let behind = 0;
     console.log(`detection: ${agentCount} agents heartbeat every ${intervalMs} ms (miss window ${ttlMs} ms); ${stopped.size} stop after ${warmSeconds} s`);
     for (let tick = 0; Date.now() < endAt(); tick++) {
       const due = phaseStart + tick * tickMs;
       if (Date.now() - due > intervalMs / 2) behind++;
-      if (stopAt === Number.POSITIVE_INFINITY && Date.now() >= warmUntil) stopAt = Date.now();
+      if (stopAt === Number.POSITIVE_INFINITY && Date.now() >= warmUntil) {
+        stopAt = Date.now();
+        console.log(`  ${stopped.size} agents stop; the service's consumer lag: ${await service.metric(METRIC.lag)} records`);
+      }
       const batch: number[] = [];
       for (let k = 0; k < perTick; k++, cursor = (cursor + 1) % agentCount) {
         const id = ids[cursor] ?? '';
@@ -384,6 +426,8 @@ export async function run(args: string[]): Promise<void> {
     if (behind > 0) console.log(`  the bench's producer fell behind its schedule by more than half an interval ${behind} times (its load, not the service's)`);
     // The service's deadline of each stopped agent: its last heartbeat as the service stored it (receivedAt) + the miss window.
     const redis = new Redis(config.REDIS_URL);
+    // A script running past Redis's busy threshold answers BUSY: ioredis retries; say it instead of crashing.
+    redis.on('error', (error: Error) => console.log(`  redis: ${error.message}`));
     const keyPrefix = heartbeatKeyPrefix(prefix);
     const delays: number[] = [];
     let undetected = 0;
@@ -401,8 +445,10 @@ export async function run(args: string[]): Promise<void> {
     delays.sort((a, b) => a - b);
     const falseLapses = [...commands.missed.keys()].filter((id) => !stopped.has(id)).length;
     const duplicates = [...commands.missed.values()].filter((list) => list.length > 1).length;
-    console.log(`  ${delays.length} of ${stopped.size} stopped agents detected (${undetected} not within the miss window + 5 s); ${duplicates} agents with more than one HEARTBEAT_MISSED`);
+    console.log(`  ${delays.length} of ${stopped.size} stopped agents detected (${undetected} not within the miss window + 60 s); ${duplicates} agents with more than one HEARTBEAT_MISSED; consumer lag at the end: ${await service.metric(METRIC.lag)} records`);
     console.log(`  detection delay (deadline → HEARTBEAT_MISSED produced): p50 = ${percentile(delays, 50).toFixed(0)} ms, p99 = ${percentile(delays, 99).toFixed(0)} ms, max = ${(delays.at(-1) ?? NaN).toFixed(0)} ms`);
+    const own = histogramBucket(await service.metrics(), METRIC.detection, 0.99);
+    console.log(`  the service's own histogram (${own.count} lapses): p99 ≤ ${own.le * 1000} ms`);
     console.log(`detection p99 = ${percentile(delays, 99).toFixed(0)} ms`);
     console.log(`false lapses = ${falseLapses}`);
     const ratio = serviceRate / raw;
@@ -430,6 +476,7 @@ async function cleanup(kafka: Kafka, databaseUrl: string, redisUrl: string, pref
   await deleteAcls(admin, aclPlan({ prefix })).catch(() => undefined);
   await admin.disconnect();
   const redis = new Redis(redisUrl);
+  redis.on('error', (error: Error) => console.log(`  redis: ${error.message}`));
   try {
     // The service's keys under this run's prefix (SCAN: never KEYS on a shared Redis).
     const keys: string[] = [];
