@@ -152,6 +152,38 @@ VAULT_NAMESPACE: {{ . | quote }}
 {{- end }}
 {{- end -}}
 
+{{/* The archive's settings: the archiver's ConfigMap and the hook Job's `s3 init` (keys only by reference). */}}
+{{- define "agent-manager.archiveConfig" -}}
+{{- $a := .Values.archive -}}
+{{- if not $a.bucket }}{{ fail "archive.bucket is required while services.archiver.enabled (or archive.initBucket): ARCHIVE_BUCKET, the audit archive's S3 bucket (made by `agent-manager s3 init`); or set services.archiver.enabled=false" }}{{ end -}}
+{{- if not $a.s3.region }}{{ fail "archive.s3.region is required while services.archiver.enabled (or archive.initBucket): S3_REGION, e.g. eu-west-1" }}{{ end -}}
+{{- $files := $a.credentials.files | default dict -}}
+{{- if and $files (not (and (hasKey $files "S3_ACCESS_KEY_ID") (hasKey $files "S3_SECRET_ACCESS_KEY"))) }}{{ fail "archive.credentials.files names S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY together or neither (neither: the AWS SDK's default chain, e.g. IRSA with archive.credentials.roleArn)" }}{{ end -}}
+ARCHIVE_BUCKET: {{ $a.bucket | quote }}
+{{- with $a.prefix }}
+ARCHIVE_PREFIX: {{ . | quote }}
+{{- end }}
+ARCHIVE_RETENTION_DAYS: {{ $a.retentionDays | toString | quote }}
+S3_REGION: {{ $a.s3.region | quote }}
+{{- with $a.s3.endpoint }}
+S3_ENDPOINT: {{ . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $a.s3.forcePathStyle) }}
+S3_FORCE_PATH_STYLE: {{ $a.s3.forcePathStyle | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Annotations of a ServiceAccount that reaches S3 (IRSA, workload identity). */}}
+{{- define "agent-manager.s3ServiceAccountAnnotations" -}}
+{{- $c := .Values.archive.credentials -}}
+{{- with $c.roleArn }}
+eks.amazonaws.com/role-arn: {{ . | quote }}
+{{- end }}
+{{- with $c.serviceAccountAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Where a component's secret files are: (dict "root" $ "component" "ingest"). */}}
 {{- define "agent-manager.secretDir" -}}
 {{- if eq .root.Values.secrets.source "vaultAgent" -}}/vault/secrets{{- else -}}{{ .root.Values.secrets.mountPath }}{{- end -}}
@@ -167,6 +199,11 @@ VAULT_NAMESPACE: {{ . | quote }}
 {{- end }}
 {{- if and .kafka (eq $v.kafka.securityProtocol "ssl") }}
 {{- range $name, $file := $v.secrets.kafkaTlsFiles }}
+{{ $name }}_FILE: {{ printf "%s/%s" $dir $file | quote }}
+{{- end }}
+{{- end }}
+{{- if .s3 }}
+{{- range $name, $file := $v.archive.credentials.files }}
 {{ $name }}_FILE: {{ printf "%s/%s" $dir $file | quote }}
 {{- end }}
 {{- end }}
@@ -192,6 +229,14 @@ VAULT_NAMESPACE: {{ . | quote }}
           name: {{ $v.secrets.existingSecret.kafkaTlsName | replace "{service}" .component }}
           items:
             {{- range $name, $file := $v.secrets.kafkaTlsFiles }}
+            - {key: {{ $file | quote }}, path: {{ $file | quote }}}
+            {{- end }}
+      {{- end }}
+      {{- if and .s3 $v.archive.credentials.files }}
+      - secret:
+          name: {{ default $v.secrets.existingSecret.name $v.archive.credentials.existingSecret }}
+          items:
+            {{- range $name, $file := $v.archive.credentials.files }}
             - {key: {{ $file | quote }}, path: {{ $file | quote }}}
             {{- end }}
       {{- end }}
@@ -230,9 +275,10 @@ vault.hashicorp.com/role: {{ $v.secrets.vaultAgent.role | replace "{service}" .c
 {{- /* The Pod mounts no API token: the agent logs in with a projected token of Vault's audience. */}}
 vault.hashicorp.com/agent-service-account-token-volume-name: vault-token
 {{- $kafkaFiles := values $v.secrets.kafkaTlsFiles }}
+{{- $s3Files := values ($v.archive.credentials.files | default dict) }}
 {{- range $file, $secret := $v.secrets.vaultAgent.secrets }}
-{{- /* The migration Job needs no Kafka certificate (and has no principal to issue one for). */}}
-{{- if or $.kafka (not (has $file $kafkaFiles)) }}
+{{- /* The migration Job needs no Kafka certificate (and has no principal to issue one for); only S3's users get its keys. */}}
+{{- if and (or $.kafka (not (has $file $kafkaFiles))) (or $.s3 (not (has $file $s3Files))) }}
 vault.hashicorp.com/agent-inject-secret-{{ $file }}: {{ $secret.path | replace "{service}" $.component | quote }}
 {{- with $secret.template }}
 vault.hashicorp.com/agent-inject-template-{{ $file }}: {{ . | replace "{service}" $.component | quote }}

@@ -1,7 +1,7 @@
 /**
  * charts/agent-manager against the local stack's real kube-apiserver (`stack up --with kube`):
  * `helm lint --strict`, install / upgrade / rollback of the default, production-like and KEDA-off
- * value sets (the API server validates every object, the KEDA and Prometheus-operator CRDs their
+ * value sets (four services, the archiver with its S3 settings) (the API server validates every object, the KEDA and Prometheus-operator CRDs their
  * custom resources), values.schema.json refusing wrong types at install, and the provisioner's RBAC
  * as the API server decides it (SubjectAccessReview).
  *
@@ -262,6 +262,10 @@ describe('helm lint and render', () => {
       ['--set', 'services.ingest.topics=agent-requests', "at '/services/ingest/topics': got string, want array"],
       ['--set', 'services.ingest.api.port=99999', "at '/services/ingest/api/port'"],
       ['--set', 'kafka.topicPrefix=a b', "at '/kafka/topicPrefix'"],
+      ['--set', 'archive.bucket=Audit_Archive', "at '/archive/bucket': 'Audit_Archive' does not match pattern"],
+      ['--set', 'archive.prefix=/audit/', "at '/archive/prefix'"],
+      ['--set', 'archive.credentials.files.AWS_SECRET=s3-secret', "invalid propertyName 'AWS_SECRET'"],
+      ['--set', 'archive.retentionDays=0', "at '/archive/retentionDays'"],
       // A misspelt setting is refused too, not silently ignored.
       ['--set', 'kafka.broker=kafka:9093', "additional properties 'broker' not allowed"],
     ] as const) {
@@ -275,10 +279,15 @@ describe('helm lint and render', () => {
   test('misconfigurations the schema cannot see are refused by the templates', async () => {
     const cases: Array<[string[], string]> = [
       [['--set', 'defaults.autoscaling.maxReplicas=13'], 'is above kafka.partitions (12)'],
-      [['--set', 'kafka.partitions=4'], 'services.heartbeat.autoscaling.maxReplicas (12) is above kafka.partitions (4)'],
+      [['--set', 'kafka.partitions=4'], 'services.archiver.autoscaling.maxReplicas (12) is above kafka.partitions (4)'],
       [['--set', 'shutdown.terminationGracePeriodSeconds=20'], 'must be above preStopSleepSeconds + the drain'],
       [['--set', 'env.DATABASE_URL=postgres://u:p@db/x'], 'env.DATABASE_URL is a secret'],
       [['--set', 'services.provisioner.env.S3_SECRET_ACCESS_KEY=abc'], 'services.provisioner.env.S3_SECRET_ACCESS_KEY is a secret'],
+      [['--set', 'services.archiver.env.S3_ACCESS_KEY_ID=AKIA0000'], 'services.archiver.env.S3_ACCESS_KEY_ID is a secret'],
+      // The archiver cannot run without its bucket and region; one S3 key file without the other is half a credential.
+      [['--set', 'archive.bucket='], 'archive.bucket is required while services.archiver.enabled'],
+      [['--set', 'archive.s3.region='], 'archive.s3.region is required'],
+      [['--set', 'archive.credentials.files.S3_ACCESS_KEY_ID=s3-id'], 'archive.credentials.files names S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY together or neither'],
     ];
     for (const [args, message] of cases) {
       const run = await helm(['template', 'am', CHART, ...KUBE_VERSION, ...args]);
@@ -286,6 +295,8 @@ describe('helm lint and render', () => {
     }
     // A vault: reference is a reference, not a secret.
     await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--set', 'env.DATABASE_URL=vault:kv/agent-manager#database-url']);
+    // Without the archiver no bucket is needed.
+    await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--set', 'services.archiver.enabled=false', '--set', 'archive.bucket=']);
   });
 
   test('the default render: restricted Pods, probes, grace above the drain, no secret in any value', async () => {
@@ -293,7 +304,7 @@ describe('helm lint and render', () => {
     expect(out).toContain('args: ["run", "ingest"]');
     expect(out).toContain('args: ["run", "provisioner"]');
     expect(out).toContain('args: ["run", "heartbeat"]');
-    expect(out).not.toContain('args: ["run", "archiver"]');
+    expect(out).toContain('args: ["run", "archiver"]');
     expect(out).toMatch(/terminationGracePeriodSeconds: 38\n/); // 3 s preStop + 25 s drain + 10 s margin
     expect(out).toContain('path: /livez');
     expect(out).toContain('path: /readyz');
@@ -302,10 +313,63 @@ describe('helm lint and render', () => {
     expect(out).not.toMatch(/kind: Secret\n/);
     // Autoscaled (KEDA by default): the Deployments leave replicas to the HPA KEDA makes.
     expect(out).not.toMatch(/^ {2}replicas:/m);
-    expect(out.match(/^ {2}minReplicaCount: 2$/gm)).toHaveLength(3);
+    expect(out.match(/^ {2}minReplicaCount: 2$/gm)).toHaveLength(4);
     const fixed = await helmOk(['template', 'am', CHART, ...KUBE_VERSION, '--set', 'keda.enabled=false', '--set', 'hpa.enabled=false']);
-    expect(fixed.match(/^ {2}replicas: 2$/gm)).toHaveLength(3);
+    expect(fixed.match(/^ {2}replicas: 2$/gm)).toHaveLength(4);
     expect(fixed).not.toContain('kind: HorizontalPodAutoscaler');
+  });
+
+  test("the archiver's S3 settings and keys reach the archiver only (and the hook Job's s3-init with initBucket)", async () => {
+    type Doc = { kind: string; metadata: { name: string; annotations?: Record<string, string> }; data?: Record<string, string>; spec?: Record<string, unknown> };
+    // The Kubernetes client's own YAML reader (a dependency already); ESM, so imported here.
+    const { loadAllYaml } = await import('@kubernetes/client-node');
+    const render = async (args: string[]) => (loadAllYaml(await helmOk(['template', 'am', CHART, ...KUBE_VERSION, ...args])) as Array<Doc | null>).filter((d): d is Doc => d !== null);
+    const byName = (docs: Doc[], kind: string, name: string) => docs.find((d) => d.kind === kind && d.metadata.name === name);
+    const podSpec = (doc: Doc | undefined) => (doc?.spec as { template: { metadata: { annotations?: Record<string, string> }; spec: { containers: Array<{ name: string; args: string[]; env?: Array<{ name: string; value: string }> }>; volumes: Array<{ name: string; projected?: { sources: Array<{ secret?: { name: string; items: Array<{ key: string }> } }> } }> } } }).template;
+
+    // Defaults: the AWS SDK's default chain, no key files anywhere.
+    const plain = await render([]);
+    expect(byName(plain, 'ConfigMap', 'am-agent-manager-archiver')?.data).toMatchObject({ ARCHIVE_BUCKET: 'agent-manager-audit', ARCHIVE_RETENTION_DAYS: '2555', S3_REGION: 'us-east-1' });
+    expect(byName(plain, 'ConfigMap', 'am-agent-manager-archiver')?.data).not.toHaveProperty('ARCHIVE_PREFIX'); // the service's default: <TOPIC_PREFIX>audit-events
+    expect(JSON.stringify(plain)).not.toContain('S3_ACCESS_KEY_ID');
+    expect(podSpec(byName(plain, 'Job', 'am-agent-manager-migrate')).spec.containers.map((c) => c.name)).toEqual(['migrate']);
+
+    // Keys from a Secret: the archiver's Pods only; IRSA and initBucket: the hook Job's s3-init too.
+    const keyed = await render([
+      '--set', 'archive.credentials.files.S3_ACCESS_KEY_ID=s3-id', '--set', 'archive.credentials.files.S3_SECRET_ACCESS_KEY=s3-secret', '--set', 'archive.credentials.existingSecret=am-s3',
+      '--set', 'archive.credentials.roleArn=arn:aws:iam::123456789012:role/archiver', '--set', 'archive.initBucket=true', '--set', 'archive.s3.endpoint=https://minio.storage.svc:9000', '--set', 'archive.s3.forcePathStyle=true', '--set', 'archive.prefix=audit',
+    ]);
+    expect(byName(keyed, 'ConfigMap', 'am-agent-manager-archiver')?.data).toMatchObject({
+      S3_ACCESS_KEY_ID_FILE: '/var/run/secrets/agent-manager/s3-id',
+      S3_SECRET_ACCESS_KEY_FILE: '/var/run/secrets/agent-manager/s3-secret',
+      S3_ENDPOINT: 'https://minio.storage.svc:9000',
+      S3_FORCE_PATH_STYLE: 'true',
+      ARCHIVE_PREFIX: 'audit',
+    });
+    for (const service of ['ingest', 'provisioner', 'heartbeat']) {
+      expect([service, byName(keyed, 'ConfigMap', `am-agent-manager-${service}`)?.data?.S3_ACCESS_KEY_ID_FILE]).toEqual([service, undefined]);
+      expect([service, JSON.stringify(byName(keyed, 'Deployment', `am-agent-manager-${service}`))]).not.toEqual([service, expect.stringContaining('am-s3')]);
+      expect(byName(keyed, 'ServiceAccount', `am-agent-manager-${service}`)?.metadata.annotations).toBeUndefined();
+    }
+    const sources = podSpec(byName(keyed, 'Deployment', 'am-agent-manager-archiver')).spec.volumes.find((v) => v.name === 'secrets')?.projected?.sources ?? [];
+    expect(sources.map((s) => s.secret?.name)).toEqual(['agent-manager', 'agent-manager-kafka-archiver', 'am-s3']);
+    expect(byName(keyed, 'ServiceAccount', 'am-agent-manager-archiver')?.metadata.annotations).toEqual({ 'eks.amazonaws.com/role-arn': 'arn:aws:iam::123456789012:role/archiver' });
+    expect(byName(keyed, 'ServiceAccount', 'am-agent-manager-migrate')?.metadata.annotations).toMatchObject({ 'eks.amazonaws.com/role-arn': 'arn:aws:iam::123456789012:role/archiver' });
+    const job = podSpec(byName(keyed, 'Job', 'am-agent-manager-migrate')).spec.containers;
+    expect(job.map((c) => [c.name, c.args])).toEqual([['migrate', ['migrate']], ['s3-init', ['s3', 'init']]]);
+    const envOf = (c: (typeof job)[number] | undefined) => Object.fromEntries((c?.env ?? []).map((e) => [e.name, e.value]));
+    expect(envOf(job[0])).not.toHaveProperty('S3_ACCESS_KEY_ID_FILE');
+    expect(envOf(job[1])).toMatchObject({ ARCHIVE_BUCKET: 'agent-manager-audit', ARCHIVE_RETENTION_DAYS: '2555', S3_ACCESS_KEY_ID_FILE: '/var/run/secrets/agent-manager/s3-id' });
+    const migratePolicy = byName(keyed, 'NetworkPolicy', 'am-agent-manager-migrate')?.spec as { egress: Array<{ ports: Array<{ port: number }> }> };
+    expect(migratePolicy.egress.flatMap((e) => e.ports.map((p) => p.port))).toContain(443);
+
+    // The Vault Agent injector: the S3 files are injected into the archiver's Pods only.
+    const vault = await render(['-f', join(CHART, 'ci', 'values-keda-off.yaml')]);
+    for (const service of ['ingest', 'provisioner', 'heartbeat', 'archiver']) {
+      const annotations = podSpec(byName(vault, 'Deployment', `am-agent-manager-${service}`)).metadata.annotations ?? {};
+      expect([service, 'vault.hashicorp.com/agent-inject-secret-s3-secret-access-key' in annotations]).toEqual([service, service === 'archiver']);
+    }
+    expect(Object.keys(podSpec(byName(vault, 'Job', 'am-agent-manager-migrate')).metadata.annotations ?? {}).filter((a) => a.includes('s3-'))).toEqual([]);
   });
 
   test('the alerts and the dashboard use only metrics the services export', async () => {
@@ -343,7 +407,7 @@ describe('install, upgrade and rollback into the real API server', () => {
       // The namespaces warn on anything below the `restricted` Pod Security Standard: nothing did.
       expect(first.run.stderr).not.toContain('PodSecurity');
       const installed = await deployedObjects(kube, w);
-      const components = ['heartbeat', 'ingest', 'provisioner'].map((c) => `${w.fullname}-${c}`);
+      const components = ['archiver', 'heartbeat', 'ingest', 'provisioner'].map((c) => `${w.fullname}-${c}`);
       expect(installed.deployments).toEqual(components);
       if (valueSet === 'keda-off') {
         expect(installed.scaledObjects).toEqual([]);
@@ -363,7 +427,7 @@ describe('install, upgrade and rollback into the real API server', () => {
       const alerts = rules.flatMap((r) => r.spec.groups.flatMap((g) => g.rules));
       // The seed's alerts (key rotation waits for a metric), each expression valid PromQL.
       expect(alerts.map((a) => a.alert)).toEqual(
-        expect.arrayContaining(['AgentManagerProvisioningFailureRate', 'AgentManagerMissedHeartbeats', 'AgentManagerAuditPipelineLag', 'AgentManagerConsumerLag', 'AgentManagerDLQGrowth']),
+        expect.arrayContaining(['AgentManagerProvisioningFailureRate', 'AgentManagerMissedHeartbeats', 'AgentManagerAuditPipelineLag', 'AgentManagerAuditArchiverLag', 'AgentManagerAuditArchiveDayNotClosing', 'AgentManagerConsumerLag', 'AgentManagerDLQGrowth']),
       );
       expect(alerts.map((a) => ({ alert: a.alert, errors: promqlErrors(a.expr) })).filter((a) => a.errors.length > 0)).toEqual([]);
       expect(namesOf(await apiOk(kube, 'GET', `/apis/rbac.authorization.k8s.io/v1/namespaces/${w.agentsNamespace}/roles${sel}`))).toEqual([`${w.fullname}-provisioner`]);
@@ -378,6 +442,11 @@ describe('install, upgrade and rollback into the real API server', () => {
       expect(deployment.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
       expect(deployment.spec.template.spec.containers[0]?.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
       expect(await configValue(kube, w, 'LOG_LEVEL')).toBe('info');
+      // The archiver's own settings, and (production: archive.initBucket) the hook Job's s3-init container.
+      const archiverConfig = (await apiOk(kube, 'GET', `/api/v1/namespaces/${ns}/configmaps/${w.fullname}-archiver`)) as { data?: Record<string, string> };
+      expect(archiverConfig.data?.ARCHIVE_BUCKET).toMatch(/^[a-z0-9.-]+$/);
+      const hookJob = (await apiOk(kube, 'GET', `/apis/batch/v1/namespaces/${ns}/jobs/${w.fullname}-migrate`)) as { spec: { template: { spec: { containers: Array<{ name: string }> } } } };
+      expect(hookJob.spec.template.spec.containers.map((c) => c.name)).toEqual(valueSet === 'production' || valueSet.startsWith('shard') ? ['migrate', 's3-init'] : ['migrate']);
 
       // Upgrade: a new hook Job (the previous one replaced) migrates before the Deployments change.
       const second = await withHook(kube, w, seen, ['upgrade', w.release, CHART, ...w.args, '--set', 'logLevel=debug', '--timeout', '150s']);
