@@ -6,6 +6,8 @@ import { toolCacheDir } from './install.ts';
 import { commandExists, httpOk, isAlive, portInUse, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
 import { permanentError } from '../../lib/errors.ts';
+import { initArchiveBucket } from '../../lib/archive/bucket.ts';
+import { createS3Client } from '../../lib/archive/s3.ts';
 
 /**
  * The stack's S3: MinIO, built from source with the Go toolchain (the module proxy is reachable where
@@ -143,46 +145,58 @@ export function s3Component(): StackComponent {
       await buildMinio(ctx, files(ctx).installLog);
     },
     async start(ctx) {
-      const f = files(ctx);
-      if (await healthy()) return 'reused';
-      // MinIO already starting (a concurrent `stack up`): wait for it rather than start a second one.
-      if (await httpOk(`${endpoint}/minio/health/live`)) {
-        await waitUntil(name, healthy, { timeoutMs: 60_000, logFile: f.log });
-        return 'reused';
-      }
-      // A checkout whose stack still runs moto (the S3 server before MinIO) from this pid file.
-      const pid = readPid(f.pid);
-      if (pid !== undefined && isAlive(pid) && (await portInUse(host, port))) {
-        ctx.progress(`s3: stopping the stack's previous S3 server (pid ${pid}) to start MinIO in its place`);
-        await stopProcessGroup(f.pid, 'SIGTERM', STOP_GRACE_MS);
-      }
-      if (await portInUse(host, port)) {
-        throw permanentError('STACK_PORT_IN_USE', `s3: port ${port} is taken by a server that is not this stack's MinIO; stop it and run \`stack up\` again`);
-      }
-      mkdirSync(f.data, { recursive: true });
-      ctx.progress(`s3: starting MinIO on ${endpoint} (data in ${f.data})`);
-      const started = spawnDetached({
-        command: stackMinioBinary(ctx.env),
-        args: ['server', f.data, '--address', `${host}:${port}`, '--console-address', `${host}:${consolePort}`, '--quiet'],
-        cwd: f.dir,
-        logFile: f.log,
-        pidFile: f.pid,
-        env: {
-          ...ctx.env,
-          // Development credentials of the local stack only (dev/): deployed services get theirs from secrets.
-          MINIO_ROOT_USER: accessKeyId,
-          MINIO_ROOT_PASSWORD: secretAccessKey,
-          MINIO_REGION: region,
-          MINIO_BROWSER: 'off',
-          MINIO_UPDATE: 'off',
-        },
+      const outcome = await startServer(ctx);
+      // The archive bucket the fleet's archiver writes to (what `agent-manager s3 init` does in a
+      // deployment): `run all` and the archiver work on a fresh clone without a manual step.
+      const result = await initArchiveBucket(createS3Client({ S3_ENDPOINT: endpoint, S3_REGION: region, S3_ACCESS_KEY_ID: accessKeyId, S3_SECRET_ACCESS_KEY: secretAccessKey, S3_FORCE_PATH_STYLE: true, S3_REQUEST_TIMEOUT_MS: 30_000 }), {
+        bucket: LOCAL_STACK.s3.archiveBucket,
+        retention: { mode: 'COMPLIANCE', days: LOCAL_STACK.s3.archiveRetentionDays },
       });
-      await waitUntil(name, healthy, { timeoutMs: 60_000, logFile: f.log, pid: started });
-      return 'started';
+      if (result.outcome !== 'unchanged') ctx.progress(`s3: archive bucket ${result.bucket} ${result.outcome} (versioning, Object Lock, COMPLIANCE ${LOCAL_STACK.s3.archiveRetentionDays} day)`);
+      return outcome;
     },
     stop: (ctx) => stopProcessGroup(files(ctx).pid, 'SIGTERM', STOP_GRACE_MS),
     status(ctx) {
       return processStatus(this, files(ctx).pid, healthy);
     },
   };
+
+  async function startServer(ctx: StackContext): Promise<'started' | 'reused'> {
+    const f = files(ctx);
+    if (await healthy()) return 'reused';
+    // MinIO already starting (a concurrent `stack up`): wait for it rather than start a second one.
+    if (await httpOk(`${endpoint}/minio/health/live`)) {
+      await waitUntil(name, healthy, { timeoutMs: 60_000, logFile: f.log });
+      return 'reused';
+    }
+    // A checkout whose stack still runs moto (the S3 server before MinIO) from this pid file.
+    const pid = readPid(f.pid);
+    if (pid !== undefined && isAlive(pid) && (await portInUse(host, port))) {
+      ctx.progress(`s3: stopping the stack's previous S3 server (pid ${pid}) to start MinIO in its place`);
+      await stopProcessGroup(f.pid, 'SIGTERM', STOP_GRACE_MS);
+    }
+    if (await portInUse(host, port)) {
+      throw permanentError('STACK_PORT_IN_USE', `s3: port ${port} is taken by a server that is not this stack's MinIO; stop it and run \`stack up\` again`);
+    }
+    mkdirSync(f.data, { recursive: true });
+    ctx.progress(`s3: starting MinIO on ${endpoint} (data in ${f.data})`);
+    const started = spawnDetached({
+      command: stackMinioBinary(ctx.env),
+      args: ['server', f.data, '--address', `${host}:${port}`, '--console-address', `${host}:${consolePort}`, '--quiet'],
+      cwd: f.dir,
+      logFile: f.log,
+      pidFile: f.pid,
+      env: {
+        ...ctx.env,
+        // Development credentials of the local stack only (dev/): deployed services get theirs from secrets.
+        MINIO_ROOT_USER: accessKeyId,
+        MINIO_ROOT_PASSWORD: secretAccessKey,
+        MINIO_REGION: region,
+        MINIO_BROWSER: 'off',
+        MINIO_UPDATE: 'off',
+      },
+    });
+    await waitUntil(name, healthy, { timeoutMs: 60_000, logFile: f.log, pid: started });
+    return 'started';
+  }
 }
