@@ -24,6 +24,7 @@ import { request } from 'node:https';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, permanentError, retryableError } from '../../lib/errors.ts';
+import { findGo, goBuildEnv } from './go.ts';
 import { toolCacheDir } from './install.ts';
 import { createCertificateAuthority, issueCertificate, loadCertificateAuthority } from './pki.ts';
 import { commandExists, httpOk, isAlive, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
@@ -64,7 +65,6 @@ export const KUBE_CRD_SOURCES = [
   },
 ] as const;
 
-const GO_CANDIDATES = ['/usr/local/go/bin/go', 'go'];
 const BUILD_TIMEOUT_MS = 60 * 60_000;
 const FIELD_MANAGER = 'agent-manager-stack';
 
@@ -135,23 +135,7 @@ export function kubeStackFiles(stackDir: string): KubeStackFiles {
 
 // ---- building the Go tools -----------------------------------------------------------------
 
-async function findGo(what: string, binary: string): Promise<string> {
-  for (const candidate of GO_CANDIDATES) {
-    if (candidate.startsWith('/') ? existsSync(candidate) : await commandExists(candidate)) return candidate;
-  }
-  throw permanentError('STACK_NEEDS_GO', `kube: building ${what} needs the Go toolchain (at ${GO_CANDIDATES[0]} or on the PATH); install Go or put the binary at ${binary}`);
-}
 
-/** Go's environment for the builds: static pure-Go binaries; caches under .stack/go when there is no HOME. */
-function goEnv(ctx: StackContext): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...ctx.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod', GOTOOLCHAIN: 'local' };
-  if (!ctx.env.HOME && !ctx.env.GOCACHE && !ctx.env.XDG_CACHE_HOME) env.GOCACHE = join(ctx.stackDir, 'go', 'cache');
-  if (!ctx.env.HOME && !ctx.env.GOPATH) {
-    env.GOPATH = join(ctx.stackDir, 'go', 'path');
-    env.GOFLAGS = '-mod=mod -modcacherw';
-  }
-  return env;
-}
 
 interface GoTool {
   readonly tool: string;
@@ -171,7 +155,7 @@ type GoRunner = (step: string, args: readonly string[], cwd: string, env?: NodeJ
 async function ensureGoTool(ctx: StackContext, spec: GoTool): Promise<void> {
   if (existsSync(spec.binary)) return;
   const f = kubeStackFiles(ctx.stackDir);
-  const go = await findGo(`${spec.tool} ${spec.version}`, spec.binary);
+  const go = await findGo('kube', `${spec.tool} ${spec.version}`, spec.binary);
   const cacheDir = join(spec.binary, '..');
   mkdirSync(cacheDir, { recursive: true });
   // One build at a time per tool (another checkout's `stack up` may be building it): wait for theirs.
@@ -202,7 +186,7 @@ async function ensureGoTool(ctx: StackContext, spec: GoTool): Promise<void> {
 async function buildGoTool(ctx: StackContext, spec: GoTool, go: string, f: KubeStackFiles, cacheDir: string): Promise<void> {
   if (existsSync(spec.binary)) return;
   const work = mkdtempSync(join(cacheDir, '..', `.build-${spec.tool}-`));
-  const env = goEnv(ctx);
+  const env = goBuildEnv(ctx);
   const nice = await commandExists('nice');
   const runGo: GoRunner = async (step, args, cwd, extraEnv) => {
     // Niced: the build leaves CPU to the servers starting beside it.
@@ -412,12 +396,12 @@ async function applyCrds(ctx: StackContext, f: KubeStackFiles): Promise<number> 
   config.loadFromFile(f.kubeconfig);
   const objects = k8s.KubernetesObjectApi.makeApiClient(config);
   const extensions = config.makeApiClient(k8s.ApiextensionsV1Api);
-  const go = await findGo('the CRDs', 'the module cache');
+  const go = await findGo('kube', 'the CRDs', 'the module cache');
   const names: string[] = [];
   for (const source of KUBE_CRD_SOURCES) {
     const { stdout } = await run(`kube: go mod download ${source.module}@${source.version}`, go, ['mod', 'download', '-json', `${source.module}@${source.version}`], {
       cwd: f.dir,
-      env: { ...goEnv(ctx), GOFLAGS: '' },
+      env: { ...goBuildEnv(ctx), GOFLAGS: '' },
       logFile: f.installLog,
       timeoutMs: 10 * 60_000,
     });

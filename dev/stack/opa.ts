@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LOCAL_STACK } from './endpoints.ts';
+import { findGo, goBuildEnv } from './go.ts';
 import { toolCacheDir } from './install.ts';
 import { commandExists, httpOk, processStatus, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
@@ -23,7 +24,6 @@ export const OPA_DATA_FILE = 'policies/local-policy.json';
 
 const { host, port } = LOCAL_STACK.opa;
 const base = `http://${host}:${port}`;
-const GO_CANDIDATES = ['/usr/local/go/bin/go', 'go'];
 const BUILD_TIMEOUT_MS = 45 * 60_000;
 
 /** The stack's OPA binary (present once `stack up` has built it), cached outside the checkout by version. */
@@ -31,15 +31,6 @@ export function stackOpaBinary(env: NodeJS.ProcessEnv = process.env): string {
   return join(toolCacheDir(env, 'opa', OPA_VERSION), 'opa');
 }
 
-async function findGo(ctx: StackContext): Promise<string> {
-  for (const candidate of GO_CANDIDATES) {
-    if (candidate.startsWith('/') ? existsSync(candidate) : await commandExists(candidate)) return candidate;
-  }
-  throw permanentError(
-    'STACK_NEEDS_GO',
-    `opa: building OPA ${OPA_VERSION} needs the Go toolchain (go 1.24 or newer at ${GO_CANDIDATES[0]} or on the PATH); install Go or put an opa ${OPA_VERSION} binary at ${stackOpaBinary(ctx.env)}`,
-  );
-}
 
 /** The version an opa binary reports (`Version: 1.22.3`), or undefined when it does not run. */
 async function opaVersion(binary: string): Promise<string | undefined> {
@@ -52,20 +43,6 @@ async function opaVersion(binary: string): Promise<string | undefined> {
   }
 }
 
-/**
- * The build's environment: the caller's, plus a static pure-Go build into `.stack/bin`. Go keeps its
- * module and build caches under $HOME; without a HOME (a bare CI environment) they go to `.stack/go`.
- */
-function goBuildEnv(ctx: StackContext, binDir: string): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...ctx.env, GOBIN: binDir, CGO_ENABLED: '0', GOFLAGS: '-mod=mod', GOTOOLCHAIN: 'local' };
-  if (!ctx.env.HOME && !ctx.env.GOCACHE && !ctx.env.XDG_CACHE_HOME) env.GOCACHE = join(ctx.stackDir, 'go', 'cache');
-  if (!ctx.env.HOME && !ctx.env.GOPATH) {
-    env.GOPATH = join(ctx.stackDir, 'go', 'path');
-    // Writable module cache, so that deleting .stack/ needs no chmod.
-    env.GOFLAGS = '-mod=mod -modcacherw';
-  }
-  return env;
-}
 
 /**
  * True when the server at the stack's address answers `/health` AND has the provisioning policy
@@ -117,7 +94,7 @@ export function opaComponent(): StackComponent {
       const installed = await opaVersion(f.bin);
       if (installed === OPA_VERSION) return;
       if (installed !== undefined) ctx.progress(`opa: ${f.bin} is version ${installed}, not ${OPA_VERSION}; rebuilding`);
-      const go = await findGo(ctx);
+      const go = await findGo('opa', `OPA ${OPA_VERSION}`, stackOpaBinary(ctx.env));
       mkdirSync(f.binDir, { recursive: true });
       mkdirSync(f.dir, { recursive: true });
       ctx.progress(

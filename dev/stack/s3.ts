@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LOCAL_STACK } from './endpoints.ts';
+import { findGo, goBuildEnv } from './go.ts';
 import { toolCacheDir } from './install.ts';
 import { commandExists, httpOk, isAlive, portInUse, processStatus, readPid, run, spawnDetached, stopProcessGroup, waitUntil } from './process.ts';
 import type { StackComponent, StackContext } from './types.ts';
@@ -19,7 +20,6 @@ import { createS3Client } from '../../lib/archive/s3.ts';
  */
 export const MINIO_VERSION = 'v0.0.0-20260212201848-7aac2a2c5b7c';
 const MINIO_MODULE = 'github.com/minio/minio';
-const GO_CANDIDATES = ['/usr/local/go/bin/go', 'go'];
 const BUILD_TIMEOUT_MS = 45 * 60_000;
 /** MinIO finishes in-flight requests and flushes before it exits: several seconds on SIGTERM. */
 const STOP_GRACE_MS = 30_000;
@@ -32,15 +32,6 @@ export function stackMinioBinary(env: NodeJS.ProcessEnv = process.env): string {
   return join(toolCacheDir(env, 'minio', MINIO_VERSION), 'minio');
 }
 
-async function findGo(ctx: StackContext): Promise<string> {
-  for (const candidate of GO_CANDIDATES) {
-    if (candidate.startsWith('/') ? existsSync(candidate) : await commandExists(candidate)) return candidate;
-  }
-  throw permanentError(
-    'STACK_NEEDS_GO',
-    `s3: building MinIO needs the Go toolchain (go 1.24 or newer at ${GO_CANDIDATES[0]} or on the PATH); install Go or put a minio binary at ${stackMinioBinary(ctx.env)}`,
-  );
-}
 
 /** True when the binary runs (a `go install` build reports no release version, so only that it runs is checked). */
 async function runs(binary: string): Promise<boolean> {
@@ -53,16 +44,6 @@ async function runs(binary: string): Promise<boolean> {
   }
 }
 
-/** A static pure-Go build into `binDir`; without a HOME (bare CI) Go's caches go to `.stack/go`. */
-function goBuildEnv(ctx: StackContext, binDir: string): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...ctx.env, GOBIN: binDir, CGO_ENABLED: '0', GOFLAGS: '-mod=mod', GOTOOLCHAIN: 'local' };
-  if (!ctx.env.HOME && !ctx.env.GOCACHE && !ctx.env.XDG_CACHE_HOME) env.GOCACHE = join(ctx.stackDir, 'go', 'cache');
-  if (!ctx.env.HOME && !ctx.env.GOPATH) {
-    env.GOPATH = join(ctx.stackDir, 'go', 'path');
-    env.GOFLAGS = '-mod=mod -modcacherw';
-  }
-  return env;
-}
 
 /**
  * Builds MinIO into a private temporary folder beside the cache folder, then renames it into place:
@@ -72,7 +53,7 @@ function goBuildEnv(ctx: StackContext, binDir: string): NodeJS.ProcessEnv {
 async function buildMinio(ctx: StackContext, installLog: string): Promise<void> {
   const bin = stackMinioBinary(ctx.env);
   const finalDir = dirname(bin);
-  const go = await findGo(ctx);
+  const go = await findGo('s3', 'MinIO', stackMinioBinary(ctx.env));
   const tempDir = join(dirname(finalDir), `.minio-${MINIO_VERSION}.build-${process.pid}-${randomBytes(4).toString('hex')}`);
   mkdirSync(tempDir, { recursive: true });
   ctx.progress(
