@@ -19,6 +19,11 @@
  *   `GET /v1/agents/:id` adds the agent's last heartbeat (`lastHeartbeat`, from the heartbeat
  *   service's Redis; null when none is recorded); when Redis cannot be read the agent is still
  *   answered, with `lastHeartbeat: null` and `lastHeartbeatError` saying why.
+ * - `GET /v1/audit?agentId=&requestId=&action=&actor=&from=&to=&limit=&cursor=`: the audit index
+ *   (lib/archive/index-store.ts `queryAuditIndex`, as `agent-manager audit query`), for identities
+ *   with an `auditRead` role (others: 403), every division. `from` inclusive, `to` exclusive (ISO
+ *   8601; a bare day is its midnight UTC); ordered by (time, eventId), keyset-paginated with
+ *   `nextCursor`.
  * - Errors are `{ error: { code, message } }`: 400 invalid, 403 not allowed, 404 unknown,
  *   409 conflicting with an earlier request, 413 body too large, 429 over the identity's rate
  *   (with Retry-After), 503 when a dependency is down (retry later).
@@ -37,7 +42,8 @@ import { AGENT_ACTIONS, AGENT_STATES, type AgentRequest } from '../../lib/contra
 import { errorCode, errorMessage, isAppError, permanentError, retryableError, type AppError } from '../../lib/errors.ts';
 import type { LastHeartbeat } from '../../lib/heartbeat/last-heartbeat.ts';
 import type { Logger } from '../../lib/logger.ts';
-import { ANY, isKnownIdentity, mayRead, readableDivisions } from './authz.ts';
+import { AUDIT_QUERY_MAX_LIMIT, decodeCursor as decodeAuditCursor, queryAuditIndex, type AuditIndexRow, type AuditQuery } from '../../lib/archive/index-store.ts';
+import { ANY, isKnownIdentity, mayRead, mayReadAudit, readableDivisions } from './authz.ts';
 import { isUuid } from './idempotency.ts';
 import { countDecision, processRequest, type ProcessDeps, type RejectionCode, type RequestOutcome, type RequestRow } from './process-request.ts';
 import { parseAgentRequestRecord } from './validation.ts';
@@ -233,6 +239,72 @@ export function parseListQuery(query: unknown): ListQuery {
   return { state: parsed.data.state, division: parsed.data.division, cursor, limit: parsed.data.limit };
 }
 
+export const DEFAULT_AUDIT_PAGE_SIZE = 100;
+
+const UUID_TEXT = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** ISO 8601 with at least a day; a bare day is its midnight UTC (as `audit query --from`). */
+const auditTime = z
+  .string()
+  .transform((text, ctx) => {
+    const time = new Date(/^\d{4}-\d{2}-\d{2}$/.test(text) ? `${text}T00:00:00.000Z` : text);
+    if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(time.getTime())) {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(text)} is not a time (ISO 8601, e.g. 2026-12-01 or 2026-12-01T10:00:00Z)` });
+      return z.NEVER;
+    }
+    return time;
+  });
+
+const auditQuerySchema = z.strictObject({
+  agentId: z.string().regex(UUID_TEXT, { error: 'must be a uuid' }).optional(),
+  requestId: z.string().regex(UUID_TEXT, { error: 'must be a uuid' }).optional(),
+  action: z.string().min(1).max(128).optional(),
+  actor: z.string().min(1).max(256).optional(),
+  from: auditTime.optional(),
+  to: auditTime.optional(),
+  cursor: z.string().max(512).optional(),
+  limit: z.coerce
+    .number()
+    .int({ error: 'must be a whole number' })
+    .min(1, { error: 'must be at least 1' })
+    .max(AUDIT_QUERY_MAX_LIMIT, { error: `must be at most ${AUDIT_QUERY_MAX_LIMIT}` })
+    .default(DEFAULT_AUDIT_PAGE_SIZE),
+});
+
+/** The index query a `GET /v1/audit` query string asks for; throws a 400 `apiError` when it cannot be one. */
+export function parseAuditQuery(query: unknown): AuditQuery {
+  const parsed = auditQuerySchema.safeParse(query ?? {});
+  if (!parsed.success) throw apiError(400, 'INVALID_QUERY', `invalid query: ${issuesOf(parsed.error).join('; ')}`);
+  const { cursor, from, to, ...rest } = parsed.data;
+  if (from !== undefined && to !== undefined && from.getTime() >= to.getTime()) {
+    throw apiError(400, 'INVALID_QUERY', `invalid query: from (${from.toISOString()}) must be before to (${to.toISOString()})`);
+  }
+  const defined = Object.fromEntries(Object.entries({ ...rest, from, to }).filter(([, value]) => value !== undefined)) as AuditQuery;
+  if (cursor === undefined || cursor === '') return defined;
+  try {
+    decodeAuditCursor(cursor);
+  } catch {
+    throw apiError(400, 'INVALID_CURSOR', 'cursor is not one this API returned (use nextCursor of the previous page as it is)');
+  }
+  return { ...defined, cursor };
+}
+
+export function auditEventJson(row: AuditIndexRow) {
+  return {
+    eventId: row.eventId,
+    time: row.time.toISOString(),
+    action: row.action,
+    actor: row.actor,
+    agentId: row.agentId,
+    requestId: row.requestId,
+    traceId: row.traceId,
+    partition: row.partition,
+    offset: row.offset,
+    payloadHash: row.payloadHash,
+    objectKey: row.objectKey,
+  };
+}
+
 // -------------------------------------------------------------------------------------------------
 // Rows as JSON
 
@@ -405,6 +477,14 @@ export function buildApi(options: ApiOptions): IngestApi {
     if (divisions !== ANY && divisions.length === 0) return sendError(reply, apiError(403, 'UNAUTHORIZED', `identity ${JSON.stringify(identity)} may not read agents or requests`));
   };
 
+  /** For `GET /v1/audit`: the identity must have an audit-reading role. */
+  const requireAuditReader = async (request: FastifyRequest, reply: FastifyReply) => {
+    const identity = identityOf(request);
+    if (!mayReadAudit(deps.authz, identity)) {
+      return sendError(reply, apiError(403, 'UNAUTHORIZED', `identity ${JSON.stringify(identity)} may not read the audit trail (it needs a role with auditRead)`));
+    }
+  };
+
   app.setErrorHandler(async (error: unknown, request, reply) => {
     if (isAppError(error) && httpStatusOf(error) !== undefined) return sendError(reply, error);
     const status = (error as { statusCode?: unknown }).statusCode;
@@ -467,6 +547,13 @@ export function buildApi(options: ApiOptions): IngestApi {
       const last = page.at(-1);
       const nextCursor = rows.length > query.limit && last ? encodeCursor({ createdAt: last.cursor_time, id: last.id }) : null;
       return reply.send({ items: page.map(agentJson), nextCursor });
+    });
+
+    routes.get('/v1/audit', { preHandler: requireAuditReader }, async (request, reply) => {
+      const query = parseAuditQuery(request.query);
+      // A failing Postgres is AUDIT_INDEX_FAILED (retryable): the error handler answers 503.
+      const page = await queryAuditIndex(deps.pool, query);
+      return reply.send({ items: page.events.map(auditEventJson), nextCursor: page.nextCursor });
     });
 
     routes.get('/v1/requests/:id', { preHandler: requireReader }, async (request, reply) => {

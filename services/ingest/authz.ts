@@ -6,7 +6,8 @@
  *
  * An identity may perform action A in division D when ONE of its roles allows both A and D (roles
  * are not mixed: a role allowing INSTANTIATE in `research` and another allowing DESTROY everywhere
- * do not allow INSTANTIATE everywhere). `*` in `actions` or `divisions` means all.
+ * do not allow INSTANTIATE everywhere). `*` in `actions` or `divisions` means all. `auditRead` is
+ * not scoped by division: the audit trail is read whole, by few.
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
@@ -23,6 +24,8 @@ const roleSchema = z.strictObject({
   divisions: z.array(z.string().min(1)).min(1, { error: 'must list at least one division (or "*")' }),
   /** May read agents and requests of those divisions through the API. Default false. */
   read: z.boolean().default(false),
+  /** May read the audit index (`GET /v1/audit`), every division's events. Default false. */
+  auditRead: z.boolean().default(false),
 });
 
 const identitySchema = z.strictObject({
@@ -123,4 +126,9 @@ export function readableDivisions(config: IdentitiesConfig, identity: string): t
 export function mayRead(config: IdentitiesConfig, identity: string, division: string): boolean {
   const divisions = readableDivisions(config, identity);
   return divisions === ANY || divisions.includes(division);
+}
+
+/** Whether `identity` may read the audit index (one of its roles has `auditRead`). */
+export function mayReadAudit(config: IdentitiesConfig, identity: string): boolean {
+  return rolesOf(config, identity).some(([, role]) => role.auditRead);
 }
