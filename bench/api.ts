@@ -1,5 +1,5 @@
 // The ingest HTTPS API's read path over mutual TLS at a fixed request rate: GET /v1/agents/:id on
-// seeded agents and a list page, each against the real buildApi on a migrated Postgres schema. A
+// seeded agents, a list page and GET /v1/audit pages (seeded audit_index rows, 50 per agent), each against the real buildApi on a migrated Postgres schema. A
 // bare Fastify with the same HTTPS+mTLS options, in the same process, serves a trivial route under
 // the same load as the baseline, so the figures can be compared across noisy runs.
 //
@@ -177,6 +177,14 @@ export async function run(args: string[]): Promise<void> {
         [agentCount, JSON.stringify({ template: 'echo', image: null, command: [], environment: [], resources: { cpuMillicores: 100, memoryMiB: 64, gpuCount: 0, gpuType: null } })],
       )
     ).rows.map((r) => r.id);
+    // 50 audit events per agent, a second apart, across 4 partitions (as the archiver's insert writes them).
+    await pool.query(
+      `INSERT INTO audit_index (event_id, event_time, action, actor, agent_id, request_id, trace_id, kafka_partition, kafka_offset, payload_hash)
+       SELECT gen_random_uuid(), now() - (a.n * 50 + e) * interval '1 second', (ARRAY['REQUEST_ACCEPTED','AGENT_STATE_CHANGED'])[1 + e % 2], 'kernel', a.id, NULL, NULL, (a.n * 50 + e) % 4, a.n * 50 + e, repeat('ab', 32)
+       FROM unnest($1::uuid[]) WITH ORDINALITY AS a(id, n), generate_series(0, 49) AS e`,
+      [ids],
+    );
+    await pool.query('ANALYZE audit_index');
     await api.listen({ port: 0, host: '127.0.0.1' });
     await bare.listen({ port: 0, host: '127.0.0.1' });
     const apiPort = (api.server.address() as AddressInfo).port;
@@ -185,20 +193,24 @@ export async function run(args: string[]): Promise<void> {
     // Every agent once per pass, in uuid order (random against the table's insertion order), and list pages with each filter.
     const idPaths = ids.sort().map((id) => `/v1/agents/${id}`);
     const listPaths = ['/v1/agents?limit=50', '/v1/agents?division=research&limit=50', '/v1/agents?state=RUNNING&limit=50'];
+    // An agent's trail (a page of 50), and a 50-event window of the whole trail (the newest hour).
+    const since = new Date(Date.now() - 3_600_000).toISOString();
+    const auditPaths = [...idPaths.map((path) => `/v1/audit?agentId=${path.slice('/v1/agents/'.length)}&limit=50`), `/v1/audit?from=${since}&limit=50`, '/v1/audit?action=AGENT_STATE_CHANGED&limit=50'];
     const targets = [
       { name: 'GET /v1/agents/:id', port: apiPort, paths: idPaths },
       { name: 'GET /v1/agents?…&limit=50', port: apiPort, paths: listPaths },
+      { name: 'GET /v1/audit?…&limit=50', port: apiPort, paths: auditPaths },
       { name: 'baseline GET /ping (bare Fastify, mTLS)', port: barePort, paths: ['/ping'] },
     ];
-    console.log(`setup: ${agentCount} agents seeded, ${connections} keep-alive mTLS connections (CN=kernel), Postgres pool ${connections}, per-identity rate limit raised to ${rateLimitMax}/min for the bench, ${seconds} s per endpoint after a 2 s warm-up`);
+    console.log(`setup: ${agentCount} agents and ${agentCount * 50} audit events seeded, ${connections} keep-alive mTLS connections (CN=kernel), Postgres pool ${connections}, per-identity rate limit raised to ${rateLimitMax}/min for the bench, ${seconds} s per endpoint after a 2 s warm-up`);
     const figures = new Map<string, Figures>();
     for (const target of targets) {
       const f = await load({ port: target.port, tls: clientTls, rate, seconds, warmupSeconds: 2, connections, paths: target.paths });
       figures.set(target.name, f);
       console.log(`api: ${target.name} at ${rate}/s: p50 ${fmt(f.p50)} ms, p95 ${fmt(f.p95)} ms, p99 ${fmt(f.p99)} ms, achieved ${f.rate.toFixed(0)}/s (${f.requests} requests, ${f.errors} errors); server event loop ${(f.busy * 100).toFixed(0)}% busy`);
     }
-    const baseline = figures.get(targets[2]?.name ?? '');
-    for (const target of targets.slice(0, 2)) {
+    const baseline = figures.get(targets.at(-1)?.name ?? '');
+    for (const target of targets.slice(0, -1)) {
       const f = figures.get(target.name);
       if (!f || !baseline) continue;
       const met = f.p95 < GOAL_P95_MS && f.errors === 0;
