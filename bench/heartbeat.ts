@@ -377,7 +377,8 @@ export async function run(args: string[]): Promise<void> {
       if (Date.now() > deadline) throw new Error(`the service processed ${processed} of ${backlog} heartbeats in 600 s`);
       await sleep(100);
     }
-    const serviceRate = ((backlog - firstCount) / (performance.now() - first)) * 1000;
+    const elapsedMs = performance.now() - first;
+    const serviceRate = ((backlog - firstCount) / elapsedMs) * 1000;
     console.log(`  heartbeat service (decode + deadlines in Redis): ${Math.round(serviceRate)} heartbeats/s`);
     await measureRaw();
     const raw = raws.reduce((a, b) => a + b, 0) / raws.length;
