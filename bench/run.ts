@@ -5,6 +5,7 @@ const benches: Record<string, () => Promise<{ run: (args: string[]) => Promise<v
   provisioning: () => import('./provisioning.ts'),
   api: () => import('./api.ts'),
   heartbeat: () => import('./heartbeat.ts'),
+  archiver: () => import('./archiver.ts'),
 };
 
 const [name, ...args] = process.argv.slice(2);
