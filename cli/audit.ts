@@ -1,16 +1,22 @@
+import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { Command, CommanderError } from 'commander';
+import { pino } from 'pino';
 import { findAuditEvent, queryAuditIndex, type AuditPage, type AuditQuery, AUDIT_QUERY_MAX_LIMIT } from '../lib/archive/index-store.ts';
 import { isArchiveDay } from '../lib/archive/layout.ts';
 import { openArchiveFile } from '../lib/archive/reader.ts';
 import { createS3Client, s3Failure } from '../lib/archive/s3.ts';
-import { databaseConfigShape, loadConfig } from '../lib/config.ts';
+import { commonConfigShape, databaseConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
 import { createPool } from '../lib/db/pool.ts';
 import { isAppError, permanentError } from '../lib/errors.ts';
 import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
 import { reindexArchive } from '../services/archiver/reindex.ts';
-import { serviceConfigShape } from '../lib/service/context.ts';
+import { replayArchive } from '../services/archiver/replay.ts';
+import { kafkajsTopicAdmin } from '../lib/dlq/kafkajs-admin.ts';
+import { createKafkajsAdmin, createKafkajsClient } from '../lib/kafka/kafkajs.ts';
+import { createLogger } from '../lib/logger.ts';
+import { serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
 
 /** What `audit query` reads: the archiver's index in Postgres. */
@@ -19,6 +25,20 @@ const auditConfigShape = { ...databaseConfigShape, DATABASE_SCHEMA: serviceConfi
 /** What `audit show` and `audit reindex` also read: the archive in S3. */
 const archiveReadConfigShape = {
   ...auditConfigShape,
+  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
+  S3_REGION: archiverConfigShape.S3_REGION,
+  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
+  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
+  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
+  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
+  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
+  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+};
+
+/** What `audit replay` reads: the archive in S3 and a Kafka cluster to produce into (no database). */
+const replayConfigShape = {
+  ...commonConfigShape,
+  TOPIC_PREFIX: serviceConfigShape.TOPIC_PREFIX,
   S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
   S3_REGION: archiverConfigShape.S3_REGION,
   S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
@@ -92,7 +112,7 @@ export function formatAuditPage(page: AuditPage): string[] {
 export function registerAuditCommands(program: Command, setExitCode: (code: number) => void): void {
   const audit = program
     .command('audit')
-    .summary('query the audit index, show an archived event, rebuild the index from S3')
+    .summary('query the audit index, show an archived event, rebuild the index from S3, replay the archive into Kafka')
     .description("The audit archiver's index in Postgres (DATABASE_URL, DATABASE_SCHEMA) and its archive in S3 (S3_*, ARCHIVE_BUCKET, ARCHIVE_PREFIX).")
     .exitOverride((error) => {
       throw error.exitCode === 0 ? error : new CommanderError(2, error.code, error.message);
@@ -217,6 +237,58 @@ export function registerAuditCommands(program: Command, setExitCode: (code: numb
       } finally {
         s3.destroy();
         await pool.end();
+      }
+    });
+
+  audit
+    .command('replay')
+    .requiredOption('--from <day>', 'first day (YYYY-MM-DD)')
+    .requiredOption('--to <day>', 'last day (YYYY-MM-DD), inclusive')
+    .option('--brokers <list>', 'the rebuild cluster (host:port,…; default KAFKA_BROKERS), reached with the same KAFKA_SSL_* settings')
+    .option('--topic <topic>', 'the topic to produce into (default: the audit topic of TOPIC_PREFIX); it must exist')
+    .option('--quiet', 'print only the per-day lines and the summary')
+    .description(
+      'Produces the archived events of the days back into a topic, in archive order (day, partition, offset), each with its original key, headers and value bytes, ' +
+        'into its original partition when the target has it. Idempotent per event id: the target is read first and events already there are skipped.',
+    )
+    .action(async (options: { from: string; to: string; brokers?: string; topic?: string; quiet?: boolean }, command: Command) => {
+      for (const [name, day] of [['--from', options.from], ['--to', options.to]] as const) {
+        if (!isArchiveDay(day)) return command.error(`error: ${name} '${day}' is not a day (YYYY-MM-DD)`, { exitCode: 2, code: 'agent-manager.usage' });
+      }
+      if (options.from > options.to) return command.error(`error: --from ${options.from} is after --to ${options.to}`, { exitCode: 2, code: 'agent-manager.usage' });
+      const env = withDefaultArchivePrefix(await resolvedServiceEnv());
+      const config = loadConfig(replayConfigShape, options.brokers !== undefined ? { ...env, KAFKA_BROKERS: options.brokers } : env);
+      const topic = options.topic ?? topicNames(config.TOPIC_PREFIX)['audit-events'];
+      const clientId = `${config.KAFKA_CLIENT_ID}-audit-replay`;
+      const tls = kafkaTlsOf(config);
+      const logger = createLogger('audit-replay', config.LOG_LEVEL, pino.destination({ dest: 2, sync: true }));
+      const kafka = createKafkajsClient({ clientId, brokers: config.KAFKA_BROKERS, tls, logger });
+      const admin = kafkajsTopicAdmin(() => createKafkajsAdmin({ clientId, brokers: config.KAFKA_BROKERS, tls }));
+      const s3 = createS3Client(config);
+      try {
+        const summary = await replayArchive({
+          s3,
+          bucket: config.ARCHIVE_BUCKET,
+          prefix: config.ARCHIVE_PREFIX,
+          from: options.from,
+          to: options.to,
+          kafka,
+          admin,
+          topic,
+          groupId: `${config.TOPIC_PREFIX}${clientId}-${randomUUID().slice(0, 8)}`,
+          progress: (event) => {
+            if (event.kind === 'target') console.log(`${event.topic}: ${event.partitions} partitions, ${event.existing} events already there`);
+            else if (event.kind === 'day') console.log(`${event.day}: ${event.files} files, ${event.records} events: ${event.produced} produced, ${event.skipped} already there`);
+            else if (options.quiet !== true) console.log(`${event.key}  ${event.records} events, ${event.produced} produced, ${event.skipped} already there`);
+          },
+        });
+        console.log(
+          `replayed ${summary.days} days, ${summary.files} files, ${summary.records} events into ${summary.topic}: ${summary.produced} produced, ${summary.skipped} already there` +
+            (summary.repartitioned > 0 ? ` (${summary.repartitioned} by key: the target has fewer partitions than the archive)` : ''),
+        );
+        setExitCode(0);
+      } finally {
+        s3.destroy();
       }
     });
 }

@@ -1,11 +1,11 @@
 import type { ConnectionOptions } from 'node:tls';
-import kafkajs, { AssignerProtocol, Kafka, logLevel, Partitioners, type Admin, type Consumer, type IHeaders, type KafkaMessage, type PartitionAssigner, type Producer } from 'kafkajs';
+import kafkajs, { AssignerProtocol, Kafka, logLevel, Partitioners, type Admin, type Consumer, type IHeaders, type KafkaMessage, type Message, type PartitionAssigner, type Producer } from 'kafkajs';
 
 // This module is the only one in lib/, services/ and cli/ that imports kafkajs: the admin-side types
 // and enums other modules need (topics, ACLs, offsets) come from here.
 export type { Admin as KafkaAdmin, AclEntry, ITopicConfig } from 'kafkajs';
 export const { AclOperationTypes, AclPermissionTypes, AclResourceTypes, ResourcePatternTypes, ConfigResourceTypes } = kafkajs;
-import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, OffsetReader, ProducerClient, RecordBatch, RecordHeader } from './types.ts';
+import type { ConsumerClient, ConsumerOptions, Headers, KafkaClient, KafkaRecord, OffsetReader, OutgoingRecord, ProducerClient, RecordBatch, RecordHeader } from './types.ts';
 import type { KafkaTls } from '../config.ts';
 import type { Logger } from '../logger.ts';
 
@@ -217,6 +217,18 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
   };
 }
 
+/** An outgoing record as kafkajs sends it: a repeated header key becomes an array (kafkajs writes one header per value, grouped by key). */
+function toMessage(r: OutgoingRecord): Message {
+  let headers: IHeaders | undefined = r.headers;
+  if (r.headerList !== undefined) {
+    const list: Record<string, (Buffer | null)[]> = {};
+    for (const h of r.headerList) (list[h.key] ??= []).push(h.value);
+    // kafkajs writes a null header value as an absent one (varint -1), as Kafka allows.
+    headers = Object.fromEntries(Object.entries(list).map(([k, v]) => [k, v.length === 1 ? v[0] : v])) as IHeaders;
+  }
+  return { key: r.key, value: r.value, ...(headers !== undefined ? { headers } : {}), ...(r.partition !== undefined ? { partition: r.partition } : {}) };
+}
+
 function kafkajsConsumer(kafka: Kafka, options: ConsumerOptions): ConsumerClient {
   /**
    * Partitions this client sought and kafkajs may not have applied yet. `isStale()` costs a
@@ -324,13 +336,13 @@ function kafkajsProducer(kafka: Kafka): ProducerClient {
       await producer.send({
         topic,
         acks: -1,
-        messages: records.map((r) => ({ key: r.key, value: r.value, headers: r.headers })),
+        messages: records.map(toMessage),
       });
     },
     async sendMany(batches) {
       await producer.sendBatch({
         acks: -1,
-        topicMessages: batches.map((b) => ({ topic: b.topic, messages: b.records.map((r) => ({ key: r.key, value: r.value, headers: r.headers })) })),
+        topicMessages: batches.map((b) => ({ topic: b.topic, messages: b.records.map(toMessage) })),
       });
     },
     disconnect: () => producer.disconnect(),

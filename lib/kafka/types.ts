@@ -104,6 +104,10 @@ export interface OutgoingRecord {
   readonly key: string | Buffer | null;
   readonly value: Buffer | null;
   readonly headers?: Headers;
+  /** Headers as bytes, in order (a key may repeat, a value may be absent); when given, `headers` is ignored. */
+  readonly headerList?: readonly RecordHeader[];
+  /** An explicit partition (a replay keeps each record's partition); default: by key. */
+  readonly partition?: number;
 }
 
 export interface ProducerClient {
