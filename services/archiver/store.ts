@@ -4,8 +4,8 @@
  */
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { closePartitionDay, lastClosedDay, recordArchiveFile, type Queryable } from '../../lib/archive/index-store.ts';
-import { highestArchivedFile, nextDay } from '../../lib/archive/layout.ts';
-import { putArchiveObject, type ArchivedObject } from '../../lib/archive/objects.ts';
+import { formatArchiveKey, highestArchivedFile, nextDay, type ArchiveFileName } from '../../lib/archive/layout.ts';
+import { putArchiveObject, sha256Base64, type ArchivedObject } from '../../lib/archive/objects.ts';
 import { readArchiveRecords } from '../../lib/archive/reader.ts';
 import { s3Failure } from '../../lib/archive/s3.ts';
 import { errorCode, errorMessage, permanentError, retryableError, unavailableError } from '../../lib/errors.ts';
@@ -90,9 +90,46 @@ async function putOnce(s3: S3Client, bucket: string, key: string, body: Buffer):
   }
 }
 
+/**
+ * A crash between a file's upload and its audit_files row leaves the file in S3 only; resuming after
+ * it never writes it again, so it is recorded here, from the object itself. Files of a partition are
+ * written one at a time, so only its highest one can be in that state.
+ */
+async function recordIfMissing(s3: S3Client, bucket: string, db: Queryable, file: ArchiveFileName): Promise<void> {
+  const key = formatArchiveKey(file);
+  let known: boolean;
+  try {
+    known = ((await db.query('SELECT 1 FROM audit_files WHERE object_key = $1', [key])).rowCount ?? 0) > 0;
+  } catch (error) {
+    throw retryableError('AUDIT_INDEX_FAILED', `audit index: looking up archive file ${key}: ${errorMessage(error)}`, error);
+  }
+  if (known) return;
+  let object;
+  let body: Uint8Array;
+  try {
+    object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
+    body = await (object.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray();
+  } catch (error) {
+    throw s3Failure(`GetObject s3://${bucket}/${key}`, error, { bucket, key });
+  }
+  const { records } = await readArchiveRecords(body, { name: key });
+  await recordArchiveFile(db, {
+    objectKey: key,
+    day: file.day,
+    partition: file.partition,
+    firstOffset: file.firstOffset,
+    lastOffset: file.lastOffset,
+    recordCount: records.length,
+    bytes: body.length,
+    sha256: object.ChecksumSHA256 ?? sha256Base64(body),
+    versionId: object.VersionId,
+  });
+}
+
 /** Where a partition resumes: after the highest archived file in S3 (the source of truth), with its closed days from Postgres. */
 export async function resumePoint(s3: S3Client, bucket: string, prefix: string, db: Queryable, partition: number): Promise<ResumePoint> {
   const file = await highestArchivedFile(s3, bucket, prefix, partition);
+  if (file !== undefined) await recordIfMissing(s3, bucket, db, file);
   const closed = await lastClosedDay(db, partition);
   return { nextOffset: file === undefined ? 0 : file.lastOffset + 1, lastFileDay: file?.day, openDay: closed === undefined ? undefined : nextDay(closed) };
 }

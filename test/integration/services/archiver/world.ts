@@ -51,6 +51,8 @@ export interface ArchiverWorld {
   /** Produces `count` audit events (key = event id), returns their ids. */
   produceEvents(count: number, options?: ProduceOptions): Promise<string[]>;
   archived(): Promise<ArchivedEvent[]>;
+  /** Per partition, the first offset past its highest file in S3 (names only, no read). */
+  archivedEnds(): Promise<Map<number, number>>;
   committed(): Promise<Map<number, bigint>>;
   logEnds(): Promise<Map<number, bigint>>;
   dlqCount(): Promise<number>;
@@ -203,6 +205,14 @@ export async function createArchiverWorld(name: string, options: ArchiverWorldOp
         }
       }
       return out;
+    },
+
+    async archivedEnds() {
+      const ends = new Map<number, number>();
+      for (const day of await listArchiveDays(s3, bucket, topic)) {
+        for (const name of await listDayFiles(s3, bucket, topic, day)) ends.set(name.partition, Math.max(ends.get(name.partition) ?? 0, name.lastOffset + 1));
+      }
+      return ends;
     },
 
     committed() {
