@@ -217,14 +217,16 @@ export function createKafkajsClient(options: KafkajsOptions): KafkaClient {
   };
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** An outgoing record as kafkajs sends it: a repeated header key becomes an array (kafkajs writes one header per value, grouped by key). */
 function toMessage(r: OutgoingRecord): Message {
   let headers: IHeaders | undefined = r.headers;
   if (r.headerList !== undefined) {
-    const list: Record<string, (Buffer | null)[]> = {};
-    for (const h of r.headerList) (list[h.key] ??= []).push(h.value);
-    // kafkajs writes a null header value as an absent one (varint -1), as Kafka allows.
-    headers = Object.fromEntries(Object.entries(list).map(([k, v]) => [k, v.length === 1 ? v[0] : v])) as IHeaders;
+    const list: Record<string, Buffer[]> = {};
+    // kafkajs cannot write a header without a value (Kafka allows one): it goes as empty bytes.
+    for (const h of r.headerList) (list[h.key] ??= []).push(h.value ?? EMPTY);
+    headers = list;
   }
   return { key: r.key, value: r.value, ...(headers !== undefined ? { headers } : {}), ...(r.partition !== undefined ? { partition: r.partition } : {}) };
 }
