@@ -176,7 +176,7 @@ export async function replayArchive(options: ReplayArchiveOptions): Promise<Repl
     if (isAppError(error) && error.code === 'DLQ_UNKNOWN_TOPIC') {
       throw permanentError('AUDIT_REPLAY_UNKNOWN_TOPIC', `the target topic ${topic} does not exist: create it first (e.g. \`agent-manager topics create\` with the rebuild's TOPIC_PREFIX), or name another with --topic`, error, { topic });
     }
-    throw error;
+    throw isAppError(error) ? error : retryableError('AUDIT_REPLAY_KAFKA_UNAVAILABLE', `cannot read the partitions of the target topic ${topic}: ${errorMessage(error)} (are the brokers, --brokers or KAFKA_BROKERS, reachable with these KAFKA_SSL_* credentials?)`, error, { topic });
   }
   const partitionCount = partitions.length;
   const target = await readTargetIds(options, partitions);
