@@ -58,6 +58,11 @@ export class PartitionDays {
     return closed;
   }
 
+  /** Opens `day` on a partition that has none yet (no record, nothing closed); no-op otherwise. */
+  adopt(day: string): void {
+    this.day ??= day;
+  }
+
   /** The days closed by the clock on an idle, caught-up partition: each one whose end plus the grace is past. */
   tick(now: number, caughtUp: boolean): string[] {
     if (!caughtUp || this.day === undefined) return [];

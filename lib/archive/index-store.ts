@@ -278,6 +278,22 @@ export async function closePartitionDay(db: Queryable, day: string, partition: n
 }
 
 /** The last day closed on a partition (`YYYY-MM-DD`), or undefined when none has. */
+/**
+ * The archive's earliest day not closed on every partition: the day after the last closed day (all
+ * partitions close days in order, so closed days are contiguous), else the earliest day of any
+ * file; undefined while nothing is archived. A partition that never had a record opens this day.
+ */
+export async function earliestOpenDay(db: Queryable): Promise<string | undefined> {
+  try {
+    const { rows } = await db.query<{ day: string | null }>(
+      `SELECT to_char(COALESCE((SELECT max(day) + 1 FROM audit_days), (SELECT min(day) FROM audit_files)), 'YYYY-MM-DD') AS day`,
+    );
+    return rows[0]?.day ?? undefined;
+  } catch (error) {
+    throw failed('reading the earliest open day', error);
+  }
+}
+
 export async function lastClosedDay(db: Queryable, partition: number): Promise<string | undefined> {
   try {
     const { rows } = await db.query<{ day: string | null }>(`SELECT to_char(max(day), 'YYYY-MM-DD') AS day FROM audit_partition_days WHERE kafka_partition = $1`, [partition]);

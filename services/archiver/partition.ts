@@ -36,6 +36,8 @@ export interface PartitionArchiverDeps {
   recordFile(file: ArchiveFileRow): Promise<void>;
   /** The day closed on this partition (audit_partition_days, then audit_days when every partition has). */
   closeDay(day: string, partition: number): Promise<void>;
+  /** The archive's earliest day not closed on every partition (undefined: nothing archived yet). */
+  earliestOpenDay(): Promise<string | undefined>;
   /** Told of each file once it is durable and recorded (metrics, logs, tests). */
   fileWritten?(file: WrittenFile): void;
 }
@@ -153,6 +155,18 @@ export class PartitionArchiver {
   /** The clock's part: the last file of an idle, caught-up partition, and days that end while it is idle. */
   async tick(now: number, caughtUp: boolean): Promise<void> {
     await this.#drain();
+    // A partition that never had a record has no day to close, and would keep every day from
+    // closing on all partitions: once caught up, and once anything is archived, it opens the
+    // archive's earliest open day and closes days by the clock from there like any idle partition.
+    // (Known gap: a partition still working through an older backlog day that no file records yet
+    // is not seen; that day then never closes on this partition.)
+    if (caughtUp && this.#days.openDay === undefined) {
+      const open = await this.#deps.earliestOpenDay();
+      if (open !== undefined) {
+        this.#days.adopt(open);
+        this.#rotation.advanceDay(open);
+      }
+    }
     for (const cut of this.#rotation.tick(now, caughtUp)) this.#pending.push({ kind: 'file', cut });
     const closing = this.#days.tick(now, caughtUp);
     if (closing.length > 0) {

@@ -3,7 +3,7 @@
  * writer schemas, and the index tables in Postgres; and where a partition resumes.
  */
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { closePartitionDay, lastClosedDay, recordArchiveFile, type Queryable } from '../../lib/archive/index-store.ts';
+import { closePartitionDay, earliestOpenDay, lastClosedDay, recordArchiveFile, type Queryable } from '../../lib/archive/index-store.ts';
 import { formatArchiveKey, highestArchivedFile, nextDay, type ArchiveFileName } from '../../lib/archive/layout.ts';
 import { putArchiveObject, sha256Base64, type ArchivedObject } from '../../lib/archive/objects.ts';
 import { readArchiveRecords } from '../../lib/archive/reader.ts';
@@ -57,6 +57,7 @@ export function archiveStore(options: ArchiveStoreOptions, writerSchema: (schema
     async closeDay(day, partition) {
       await closePartitionDay(db, day, partition, options.partitionCount);
     },
+    earliestOpenDay: () => earliestOpenDay(db),
   };
 }
 

@@ -53,3 +53,39 @@ describe('archiver: an idle partition closes its day by the clock', () => {
     expect(day.rows[0]?.file_count).toBe(new Set(events.filter((e) => e.day === yesterday).map((e) => e.file)).size);
   });
 });
+
+describe('archiver: a partition that never had a record closes the day too', () => {
+  let w: ArchiverWorld;
+
+  beforeAll(async () => {
+    w = await createArchiverWorld('archiver-empty', { createTime: true, env: { ARCHIVE_DAY_GRACE_MS: '1000' } });
+  });
+
+  afterAll(async () => {
+    await w?.teardown();
+  });
+
+  it('closes yesterday on every partition, the empty one with no records', async () => {
+    const today = utcDay(Date.now());
+    const yesterday = utcDay(dayStart(today) - 1);
+    const noonYesterday = dayStart(yesterday) + 12 * 3_600_000;
+    // Partition 3 gets nothing, ever.
+    for (let partition = 0; partition < 3; partition++) await w.produceEvents(3, { partition, timestamp: (i) => noonYesterday + i });
+
+    w.startArchiver();
+    const schema = w.world.schema;
+    await waitFor(async () => (await w.db.query(`SELECT 1 FROM ${schema}.audit_days WHERE day = $1::date`, [yesterday])).rowCount === 1, 90_000, 'yesterday closed on all partitions');
+    const partitionDays = await w.db.query<{ kafka_partition: number; record_count: string }>(
+      `SELECT kafka_partition, record_count FROM ${schema}.audit_partition_days WHERE day = $1::date ORDER BY kafka_partition`,
+      [yesterday],
+    );
+    expect(partitionDays.rows.map((r) => [r.kafka_partition, Number(r.record_count)])).toEqual([
+      [0, 3],
+      [1, 3],
+      [2, 3],
+      [3, 0],
+    ]);
+    const day = await w.db.query<{ partition_count: number; record_count: string }>(`SELECT partition_count, record_count FROM ${schema}.audit_days WHERE day = $1::date`, [yesterday]);
+    expect(day.rows[0]).toEqual(expect.objectContaining({ partition_count: 4, record_count: '9' }));
+  });
+});

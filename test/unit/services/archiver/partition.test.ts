@@ -20,7 +20,7 @@ function record(offset: number, timestamp: number, schemaId = 3): ArchiverRecord
 }
 
 /** In-memory stand-ins for S3 and Postgres: objects by key, files and closed days as recorded. */
-function memoryDeps(failPuts = 0): PartitionArchiverDeps & { objects: Map<string, Buffer>; files: ArchiveFileRow[]; days: string[] } {
+function memoryDeps(failPuts = 0, earliestOpenDay?: string): PartitionArchiverDeps & { objects: Map<string, Buffer>; files: ArchiveFileRow[]; days: string[] } {
   let failures = failPuts;
   const objects = new Map<string, Buffer>();
   const files: ArchiveFileRow[] = [];
@@ -45,6 +45,7 @@ function memoryDeps(failPuts = 0): PartitionArchiverDeps & { objects: Map<string
       days.push(day);
       return Promise.resolve();
     },
+    earliestOpenDay: () => Promise.resolve(earliestOpenDay),
   };
 }
 
@@ -52,6 +53,23 @@ const options = { topic: 'audit-events', partition: 5, prefix: 'audit-events', l
 const fresh = { nextOffset: 0, lastFileDay: undefined, openDay: undefined };
 
 describe('PartitionArchiver', () => {
+  it('opens the archive\'s earliest open day on a partition that never had a record, once caught up and once anything is archived, and closes days by the clock from there', async () => {
+    const deps = memoryDeps(0, '2026-11-29');
+    const archiver = new PartitionArchiver(options, deps, fresh);
+    const afterGrace = Date.parse('2026-11-30T00:00:00Z') + options.dayGraceMs;
+    await archiver.tick(afterGrace, false);
+    expect(archiver.openDay).toBeUndefined();
+    await archiver.tick(afterGrace, true);
+    expect(deps.days).toEqual(['2026-11-29']);
+    expect(archiver.openDay).toBe('2026-11-30');
+    // Nothing archived anywhere yet: no day to open, nothing closes.
+    const empty = memoryDeps();
+    const idle = new PartitionArchiver(options, empty, fresh);
+    await idle.tick(afterGrace, true);
+    expect(idle.openDay).toBeUndefined();
+    expect(empty.days).toEqual([]);
+  });
+
   it('holds the commit point at the first record not in a durable file', async () => {
     const deps = memoryDeps();
     const archiver = new PartitionArchiver(options, deps, fresh);
