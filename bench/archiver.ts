@@ -23,8 +23,9 @@ import { aclPlan, deleteAcls } from '../lib/contracts/acls.ts';
 import { latestVersion } from '../lib/contracts/registry.ts';
 import { avroTypeOptions, TOPICS } from '../lib/contracts/schemas.ts';
 import type { AuditEvent } from '../lib/contracts/types.ts';
-import { createAvroCodec, NOT_CACHED, type AvroCodec } from '../lib/kafka/avro.ts';
+import { createAvroCodec } from '../lib/kafka/avro.ts';
 import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
+import { rawDecodeRate } from './raw-decode.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
@@ -160,31 +161,6 @@ async function produceBacklog(producer: Producer, encode: (value: unknown) => Bu
   await Promise.all(inFlight);
 }
 
-/** Raw kafkajs batch consumption of `count` records that only decodes each; records/s from the first decoded record. */
-async function rawDecode(kafka: Kafka, codec: AvroCodec, topic: string, count: number): Promise<number> {
-  const consumer = kafka.consumer({ groupId: `${topic}-raw-${randomUUID().slice(0, 8)}` });
-  await consumer.connect();
-  await consumer.subscribe({ topic, fromBeginning: true });
-  let seen = 0;
-  let started = 0;
-  const done = new Promise<number>((resolve) => {
-    void consumer.run({
-      autoCommit: false,
-      partitionsConsumedConcurrently: 4,
-      eachBatch: async ({ batch }) => {
-        for (const message of batch.messages) {
-          if (message.value && codec.decodeCached?.(message.value) === NOT_CACHED) await codec.decode(message.value);
-          if (started === 0) started = performance.now();
-          if (++seen === count) resolve(performance.now() - started);
-        }
-      },
-    });
-  });
-  const ms = await done;
-  await consumer.disconnect();
-  return (count / ms) * 1000;
-}
-
 export async function run(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -245,7 +221,7 @@ export async function run(args: string[]): Promise<void> {
     await produceBacklog(producer, encode, topic, agents, backlog);
     console.log(`throughput: ${backlog} audit events produced in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     const freshCodec = () => createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
-    const rawBefore = await rawDecode(kafka, freshCodec(), topic, backlog);
+    const rawBefore = await rawDecodeRate(kafka, freshCodec(), topic, backlog);
     console.log(`  raw kafkajs (batch consumption, decode only): ${Math.round(rawBefore)} events/s`);
     service = await ArchiverProcess.start(env, values['cpu-prof']);
     // From the first event indexed to the last archived: the group join and start-up are not in the time.
@@ -276,7 +252,7 @@ export async function run(args: string[]): Promise<void> {
       `  ${inserts} index INSERTs (${Math.round(backlog / inserts)} events each), ${((1000 * indexSeconds) / inserts).toFixed(0)} ms each, ${((100 * indexSeconds) / elapsed).toFixed(0)}% of the run summed over partitions; ` +
         `${uploads} uploads, ${((1000 * uploadSeconds) / Math.max(1, uploads)).toFixed(0)} ms each`,
     );
-    const rawAfter = await rawDecode(kafka, freshCodec(), topic, backlog);
+    const rawAfter = await rawDecodeRate(kafka, freshCodec(), topic, backlog);
     console.log(`  raw kafkajs again: ${Math.round(rawAfter)} events/s`);
     const raw = (rawBefore + rawAfter) / 2;
     console.log(`archived events/s = ${Math.round(archiverRate)}`);

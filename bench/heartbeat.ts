@@ -21,8 +21,9 @@ import { latestVersion } from '../lib/contracts/registry.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import type { AgentCommand, AgentHeartbeat, AgentStatus } from '../lib/contracts/types.ts';
 import { heartbeatKeyPrefix } from '../lib/heartbeat/last-heartbeat.ts';
-import { createAvroCodec, NOT_CACHED, type AvroCodec } from '../lib/kafka/avro.ts';
+import { createAvroCodec, type AvroCodec } from '../lib/kafka/avro.ts';
 import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
+import { rawDecodeRate } from './raw-decode.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { loadServiceConfig, topicNames, type TopicNames } from '../lib/service/context.ts';
@@ -191,32 +192,6 @@ async function produceAll<T extends { agentId: string }>(producer: Producer, enc
   await Promise.all(inFlight);
 }
 
-/** Raw kafkajs batch consumption of `count` records that only decodes each (the runtime's synchronous decode); records/s. */
-async function rawDecode(kafka: Kafka, codec: AvroCodec, topic: string, count: number): Promise<number> {
-  const consumer = kafka.consumer({ groupId: `${topic}-raw-${randomUUID().slice(0, 8)}` });
-  await consumer.connect();
-  await consumer.subscribe({ topic, fromBeginning: true });
-  let seen = 0;
-  let started = 0;
-  const done = new Promise<number>((resolve) => {
-    void consumer.run({
-      autoCommit: false,
-      partitionsConsumedConcurrently: 4,
-      eachBatch: async ({ batch }) => {
-        for (const message of batch.messages) {
-          if (message.value && codec.decodeCached?.(message.value) === NOT_CACHED) await codec.decode(message.value);
-          // The clock starts at the first decoded record: neither side pays the group join in its time.
-          if (started === 0) started = performance.now();
-          if (++seen === count) resolve(performance.now() - started);
-        }
-      },
-    });
-  });
-  const ms = await done;
-  await consumer.disconnect();
-  return (count / ms) * 1000;
-}
-
 /** Milliseconds of garbage collection from now until the returned function is called. */
 function gcTime(): () => number {
   let total = 0;
@@ -349,7 +324,7 @@ export async function run(args: string[]): Promise<void> {
     const raws: number[] = [];
     const measureRaw = async () => {
       const gc = gcTime();
-      const rate = await rawDecode(kafka, createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() }), topics['agent-heartbeats'], backlog);
+      const rate = await rawDecodeRate(kafka, createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() }), topics['agent-heartbeats'], backlog);
       console.log(`  raw kafkajs eachBatch + decode: ${Math.round(rate)} records/s (gc ${gc()} ms)`);
       raws.push(rate);
     };

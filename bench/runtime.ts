@@ -7,7 +7,8 @@ import { Kafka, logLevel } from 'kafkajs';
 import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
 import { createTopicsAndWait } from '../lib/contracts/topics.ts';
 import { localStackEnv } from '../dev/stack/endpoints.ts';
-import { createAvroCodec, NOT_CACHED, type AvroCodec } from '../lib/kafka/avro.ts';
+import { createAvroCodec, type AvroCodec } from '../lib/kafka/avro.ts';
+import { rawDecodeRate } from './raw-decode.ts';
 import { createKafkajsClient, kafkajsSsl } from '../lib/kafka/kafkajs.ts';
 import { kafkaConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
 import { createLogger } from '../lib/logger.ts';
@@ -56,33 +57,6 @@ async function produce(kafka: Kafka, registry: SchemaRegistry, topic: string, co
   }
   await producer.disconnect();
   console.log(`\rproduced ${count} records in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-}
-
-// Each measurement has its own codec (an empty schema cache) and starts its clock when the first
-// record has been decoded, so neither pays the schema fetch in its time and both pay the same.
-async function raw(kafka: Kafka, codec: AvroCodec, topic: string, count: number): Promise<number> {
-  const consumer = kafka.consumer({ groupId: `${topic}-raw-${uniqueSuffix()}` });
-  await consumer.connect();
-  await consumer.subscribe({ topic, fromBeginning: true });
-  let seen = 0;
-  let started = 0;
-  const done = new Promise<number>((resolve) => {
-    void consumer.run({
-      autoCommit: false,
-      partitionsConsumedConcurrently: 4,
-      eachBatch: async ({ batch }) => {
-        for (const message of batch.messages) {
-          // The same decode as the runtime's: synchronous once the schema is cached.
-          if (message.value && codec.decodeCached?.(message.value) === NOT_CACHED) await codec.decode(message.value);
-          if (started === 0) started = performance.now();
-          if (++seen === count) resolve(performance.now() - started);
-        }
-      },
-    });
-  });
-  const ms = await done;
-  await consumer.disconnect();
-  return (count / ms) * 1000;
 }
 
 async function runtime(codec: AvroCodec, topic: string, count: number): Promise<number> {
@@ -196,7 +170,7 @@ export async function run(args: string[]): Promise<void> {
     const measure = async (side: 'raw' | 'runtime', records: number, quiet = false): Promise<number | undefined> => {
       if (values.only !== undefined && values.only !== side) return undefined;
       const gc = gcTime();
-      const rate = side === 'raw' ? await raw(kafka, newCodec(), topic, records) : await runtime(newCodec(), topic, records);
+      const rate = side === 'raw' ? await rawDecodeRate(kafka, newCodec(), topic, records) : await runtime(newCodec(), topic, records);
       const gcMs = gc();
       if (!quiet) console.log(`  ${side === 'raw' ? 'raw kafkajs eachBatch + decode' : 'runtime, no-op handler       '}: ${Math.round(rate)} records/s (gc ${gcMs} ms)`);
       return rate;
