@@ -80,7 +80,17 @@ describe('an outage delays work, never dead-letters it', () => {
 
   beforeAll(async () => {
     const port = await freePort();
-    world = await createFleetWorld('outage', { PROVISIONER_DRIVER: 'simulated', HTTP_PORT: String(port), HTTP_HOST: '127.0.0.1', LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '60000' });
+    // `run all` includes the heartbeat service, and the simulated driver's agents never heartbeat:
+    // a miss window longer than the test keeps them RUNNING (heartbeat outages are tested in
+    // test/outage/heartbeat-redis-restart.test.ts and test/integration/services/heartbeat/).
+    world = await createFleetWorld('outage', {
+      PROVISIONER_DRIVER: 'simulated',
+      HEARTBEAT_MIN_TTL_MS: String(60 * 60_000),
+      HTTP_PORT: String(port),
+      HTTP_HOST: '127.0.0.1',
+      LOG_LEVEL: 'warn',
+      SHUTDOWN_GRACE_MS: '60000',
+    });
     fleet = spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', 'all'], { env: { ...process.env, ...world.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     const keep = (chunk: Buffer) => {
       fleetLog = (fleetLog + chunk.toString()).slice(-200_000);
