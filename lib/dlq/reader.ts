@@ -1,4 +1,5 @@
-import { permanentError, retryableError } from '../errors.ts';
+import { permanentError } from '../errors.ts';
+import { readTopicToEnd } from '../kafka/read-to-end.ts';
 import type { KafkaClient } from '../kafka/types.ts';
 import { parseDlqRecord, type DlqRecord, type RecordRef } from './records.ts';
 
@@ -58,47 +59,12 @@ export async function readDlq(options: ReadDlqOptions, onRecord: (record: DlqRec
   if (remaining.size === 0) return { partitions, read: 0 };
 
   let read = 0;
-  const idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
-  const consumer = kafka.consumer({ groupId });
-  let timer: NodeJS.Timeout | undefined;
-  await consumer.connect();
   try {
-    await consumer.subscribe([topic], true);
-    await new Promise<void>((resolve, reject) => {
-      const idle = () => {
-        clearTimeout(timer);
-        timer = setTimeout(() => {
-          const left = [...remaining.keys()].join(', ');
-          reject(retryableError('DLQ_READ_TIMEOUT', `reading ${topic} made no progress for ${idleTimeoutMs} ms (partitions ${left} not read to their end); is Kafka reachable and may this client join consumer group ${groupId}?`));
-        }, idleTimeoutMs);
-      };
-      idle();
-      consumer
-        .run({
-          concurrency: 1,
-          onBatch: async (batch) => {
-            idle();
-            const last = batch.offsetAt(batch.size - 1);
-            const end = remaining.get(batch.partition);
-            if (end === undefined) return last;
-            for (let i = 0; i < batch.size; i++) {
-              if (BigInt(batch.offsetAt(i)) >= end) break;
-              await onRecord(parseDlqRecord(batch.recordAt(i)));
-              read++;
-            }
-            if (BigInt(last) + 1n >= end) {
-              remaining.delete(batch.partition);
-              consumer.pause(topic, [batch.partition]);
-              if (remaining.size === 0) resolve();
-            }
-            return last;
-          },
-        })
-        .catch(reject);
+    await readTopicToEnd({ kafka, topic, groupId, ends: remaining, ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }), timeoutCode: 'DLQ_READ_TIMEOUT', what: `reading ${topic}` }, async (record) => {
+      await onRecord(parseDlqRecord(record));
+      read++;
     });
   } finally {
-    clearTimeout(timer);
-    await consumer.disconnect();
     await admin.deleteGroup(groupId).catch(() => undefined);
   }
   return { partitions, read };

@@ -20,6 +20,7 @@ import { s3Failure } from '../../lib/archive/s3.ts';
 import { avroType } from '../../lib/contracts/schemas.ts';
 import type { PartitionRange, TopicAdmin } from '../../lib/dlq/reader.ts';
 import { errorMessage, isAppError, permanentError, retryableError } from '../../lib/errors.ts';
+import { readTopicToEnd } from '../../lib/kafka/read-to-end.ts';
 import type { KafkaClient, OutgoingRecord } from '../../lib/kafka/types.ts';
 
 /** The header every outbox record carries with its event id. */
@@ -94,53 +95,21 @@ async function readTargetIds(options: ReplayArchiveOptions, partitions: readonly
   if (remaining.size === 0) return { ids, pending };
 
   const { kafka, topic, groupId } = options;
-  const idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
-  const consumer = kafka.consumer({ groupId });
-  let timer: NodeJS.Timeout | undefined;
-  await consumer.connect();
   try {
-    await consumer.subscribe([topic], true);
-    await new Promise<void>((resolve, reject) => {
-      const idle = () => {
-        clearTimeout(timer);
-        timer = setTimeout(() => {
-          reject(retryableError('AUDIT_REPLAY_READ_TIMEOUT', `reading the event ids already in ${topic} made no progress for ${idleTimeoutMs} ms (partitions ${[...remaining.keys()].join(', ')} not read to their end); is Kafka reachable and may this client join consumer group ${groupId}?`));
-        }, idleTimeoutMs);
-      };
-      idle();
-      consumer
-        .run({
-          concurrency: 1,
-          onBatch: async (batch) => {
-            idle();
-            const last = batch.offsetAt(batch.size - 1);
-            const end = remaining.get(batch.partition);
-            if (end === undefined) return last;
-            for (let i = 0; i < batch.size; i++) {
-              if (BigInt(batch.offsetAt(i)) >= end) break;
-              const record = batch.recordAt(i);
-              const header = record.headerList?.find((h) => h.key === EVENT_ID_HEADER)?.value ?? (record.headers[EVENT_ID_HEADER] !== undefined ? Buffer.from(record.headers[EVENT_ID_HEADER]) : null);
-              if (header !== null) ids.add(header.toString('utf8').toLowerCase());
-              else if (record.value !== null && record.value.length > FRAME_BYTES && record.value[0] === 0) {
-                const schemaId = record.value.readUInt32BE(1);
-                const list = pending.get(schemaId) ?? [];
-                list.push(record.value);
-                pending.set(schemaId, list);
-              }
-            }
-            if (BigInt(last) + 1n >= end) {
-              remaining.delete(batch.partition);
-              consumer.pause(topic, [batch.partition]);
-              if (remaining.size === 0) resolve();
-            }
-            return last;
-          },
-        })
-        .catch(reject);
-    });
+    await readTopicToEnd(
+      { kafka, topic, groupId, ends: remaining, ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }), timeoutCode: 'AUDIT_REPLAY_READ_TIMEOUT', what: `reading the event ids already in ${topic}` },
+      (record) => {
+        const header = record.headerList?.find((h) => h.key === EVENT_ID_HEADER)?.value ?? (record.headers[EVENT_ID_HEADER] !== undefined ? Buffer.from(record.headers[EVENT_ID_HEADER]) : null);
+        if (header !== null) ids.add(header.toString('utf8').toLowerCase());
+        else if (record.value !== null && record.value.length > FRAME_BYTES && record.value[0] === 0) {
+          const schemaId = record.value.readUInt32BE(1);
+          const list = pending.get(schemaId) ?? [];
+          list.push(record.value);
+          pending.set(schemaId, list);
+        }
+      },
+    );
   } finally {
-    clearTimeout(timer);
-    await consumer.disconnect();
     await options.admin.deleteGroup(groupId).catch(() => undefined);
   }
   return { ids, pending };
