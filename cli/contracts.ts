@@ -6,6 +6,7 @@ import { loadServiceEnv } from '../lib/secrets.ts';
 import { registerSchemas } from '../lib/contracts/registry.ts';
 import { defaultSchemasDir } from '../lib/contracts/schemas.ts';
 import { createTopics, topicSettingsFromEnv } from '../lib/contracts/topics.ts';
+import { serviceConfigShape } from '../lib/service/context.ts';
 import { permanentError } from '../lib/errors.ts';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -52,7 +53,7 @@ export function registerContractCommands(program: Command, root: string, setExit
   topics
     .command('create')
     .description(
-      'Create every topic and its .dlq that does not exist yet (KAFKA_BROKERS), with partitions, replication factor, ' +
+      'Create every topic and its .dlq that does not exist yet (KAFKA_BROKERS; names prefixed with TOPIC_PREFIX), with partitions, replication factor, ' +
         'min.insync.replicas and retention from TOPIC_PARTITIONS, TOPIC_REPLICATION_FACTOR, TOPIC_MIN_INSYNC_REPLICAS, TOPIC_RETENTION_DAYS, ' +
         'AUDIT_RETENTION_DAYS and DLQ_RETENTION_DAYS. Existing topics are left alone and reported, with any difference from the configuration. ' +
         'Then applies the ACLs of every role (kernel, ingest, provisioner, heartbeat, archiver, agent: principals User:<role> unless KAFKA_ACL_PRINCIPALS says ' +
@@ -64,17 +65,19 @@ export function registerContractCommands(program: Command, root: string, setExit
       const principals = principalsFromEnv(env);
       if (env.KAFKA_BROKERS === undefined || env.KAFKA_BROKERS.trim() === '') requiredEnv('KAFKA_BROKERS', 'a comma-separated list of host:port');
       const kafka = loadConfig(kafkaConfigShape, env);
+      // The fleet's topic names (and its groups' ACLs) carry TOPIC_PREFIX, as the services read them.
+      const { TOPIC_PREFIX: prefix } = loadConfig({ TOPIC_PREFIX: serviceConfigShape.TOPIC_PREFIX }, env);
       const admin = createKafkajsAdmin({ clientId: 'agent-manager-topics', brokers: kafka.KAFKA_BROKERS, tls: kafkaTlsOf(kafka) });
       await admin.connect();
       try {
-        const results = await createTopics(admin, settings);
+        const results = await createTopics(admin, settings, { prefix });
         const width = Math.max(...results.map((r) => r.topic.length));
         for (const r of results) {
           const config = `partitions=${r.partitions} rf=${r.replicationFactor} min.insync.replicas=${r.config['min.insync.replicas']} retention=${days(Number(r.config['retention.ms']))}`;
           const drift = r.drift.length > 0 ? `  differs: ${r.drift.join(', ')}` : '';
           console.log(`${r.topic.padEnd(width)}  ${r.status.padEnd(7)}  ${config}${drift}`);
         }
-        const plan = aclPlan({ principals });
+        const plan = aclPlan({ principals, prefix });
         const acls = await applyAcls(admin, plan);
         if (acls.status === 'unsupported') {
           console.log('acls: NOT applied: the cluster has no authorizer, so every client may do everything');
