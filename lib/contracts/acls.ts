@@ -127,11 +127,14 @@ const aclKey = (e: { resourceType: number; resourceName: string; resourcePattern
 /**
  * Waits until the broker's authorizer lists every entry. CreateAcls returns once the controller has
  * committed them; the broker applies the metadata a moment later, and a client started in between
- * (a service right after the bootstrap) would be refused.
+ * (a service right after the bootstrap) would be refused. Entries still missing after a while are
+ * created again (idempotent): on a loaded broker a CreateAcls was once seen to leave none of them
+ * visible for 15 s.
  */
-async function untilAuthorizerHas(admin: Admin, entries: readonly AclEntry[], timeoutMs = 15_000): Promise<void> {
-  const wanted = new Set(entries.map(aclKey));
-  const deadline = Date.now() + timeoutMs;
+async function untilAuthorizerHas(admin: Admin, entries: readonly AclEntry[], timeoutMs = 60_000, recreateEveryMs = 5_000): Promise<void> {
+  const wanted = new Map(entries.map((entry) => [aclKey(entry), entry]));
+  const started = Date.now();
+  let lastCreate = started;
   for (;;) {
     const { resources } = await admin.describeAcls({
       resourceType: AclResourceTypes.ANY,
@@ -140,9 +143,14 @@ async function untilAuthorizerHas(admin: Admin, entries: readonly AclEntry[], ti
       permissionType: AclPermissionTypes.ANY,
     });
     const present = new Set(resources.flatMap((r) => r.acls.map((a) => aclKey({ ...r, ...a }))));
-    const missing = [...wanted].filter((key) => !present.has(key)).length;
-    if (missing === 0) return;
-    if (Date.now() > deadline) throw retryableError('ACL_NOT_VISIBLE', `${missing} of ${wanted.size} ACLs created but not yet enforced by the broker after ${timeoutMs} ms`);
+    const missing = [...wanted].filter(([key]) => !present.has(key)).map(([, entry]) => entry);
+    if (missing.length === 0) return;
+    const now = Date.now();
+    if (now - started > timeoutMs) throw retryableError('ACL_NOT_VISIBLE', `${missing.length} of ${wanted.size} ACLs created but not yet enforced by the broker after ${timeoutMs} ms`);
+    if (now - lastCreate >= recreateEveryMs) {
+      await admin.createAcls({ acl: missing });
+      lastCreate = now;
+    }
     await sleep(100);
   }
 }
