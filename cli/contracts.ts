@@ -42,7 +42,9 @@ export function registerContractCommands(program: Command, root: string, setExit
     )
     .action(async () => {
       const registryUrl = requiredEnv('SCHEMA_REGISTRY_URL', 'the Schema Registry URL');
-      const results = await registerSchemas({ registryUrl, schemasDir: defaultSchemasDir(root) });
+      // Subjects follow the topics' names, TOPIC_PREFIX included, as the services' codec looks them up.
+      const { TOPIC_PREFIX: subjectPrefix } = loadConfig({ TOPIC_PREFIX: serviceConfigShape.TOPIC_PREFIX }, process.env);
+      const results = await registerSchemas({ registryUrl, schemasDir: defaultSchemasDir(root), subjectPrefix });
       const width = Math.max(...results.map((r) => r.subject.length));
       for (const r of results) console.log(`${r.subject.padEnd(width)}  ${r.status.padEnd(10)}  id ${r.id}`);
       setExitCode(0);
