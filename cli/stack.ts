@@ -51,7 +51,7 @@ export function registerStackCommands(program: Command, root: string, setExitCod
   stack
     .command('up')
     .description('Install what is missing and start every component (reuses what already runs).')
-    .option('--with <components>', 'also start optional components, comma-separated: kube (etcd + kube-apiserver, no kubelet), containers (podman with a Docker-compatible socket); see dev/stack/index.ts')
+    .option('--with <components>', 'also start optional components, comma-separated: kube (etcd + kube-apiserver, no kubelet), containers (podman with a Docker-compatible socket), prometheus (scrapes .stack/prometheus/targets/*.json; PROMETHEUS_URL); see dev/stack/index.ts')
     .action(async (options: { with?: string }) => {
       const optional = (options.with ?? '').split(',').map((name) => name.trim()).filter((name) => name !== '');
       setExitCode((await runStackUp(root, optional)) ? 0 : 1);

@@ -6,6 +6,7 @@ import { kafkaComponent } from './kafka.ts';
 import { kubeComponent } from './kube.ts';
 import { opaComponent } from './opa.ts';
 import { postgresComponent } from './postgres.ts';
+import { prometheusComponent } from './prometheus.ts';
 import { redisComponent } from './redis.ts';
 import { s3Component } from './s3.ts';
 import { schemaRegistryComponent } from './schema-registry.ts';
@@ -22,6 +23,7 @@ export { LOCAL_STACK, localStackEnv } from './endpoints.ts';
 export const OPTIONAL_COMPONENTS: Readonly<Record<string, () => StackComponent>> = {
   kube: kubeComponent,
   containers: containersComponent,
+  prometheus: prometheusComponent,
 };
 
 /** The names `--with` accepts. */
