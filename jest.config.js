@@ -13,9 +13,9 @@ export default {
     ],
     '^.+\\.m?js$': ['@swc/jest', { jsc: { target: 'es2023' }, module: { type: 'commonjs' } }],
   },
-  // @kubernetes/client-node and the ESM-only packages it loads are compiled to CommonJS too: Jest
+  // @kubernetes/client-node and the ESM-only packages it loads (and canonicalize, ESM-only) are compiled to CommonJS too: Jest
   // cannot load ES modules from a CommonJS test without --experimental-vm-modules.
-  transformIgnorePatterns: ['/node_modules/(?!(@kubernetes/client-node|openid-client|oauth4webapi|jose|socks-proxy-agent|agent-base)/)'],
+  transformIgnorePatterns: ['/node_modules/(?!(@kubernetes/client-node|openid-client|oauth4webapi|jose|socks-proxy-agent|agent-base|canonicalize)/)'],
   // Integration tests share one local stack; two workers keep the 2-core machines responsive.
   maxWorkers: 2,
   testTimeout: 120_000,
