@@ -5,7 +5,8 @@
  * - Files (`<NAME>_FILE`): a secret-bearing variable may be given as the path of a file holding it
  *   (a Kubernetes Secret volume, a Docker secret): `DATABASE_URL_FILE=/run/secrets/database-url`.
  * - Vault: any variable's value may be a reference `vault:<mount>/<path>#<key>`, read from Vault's
- *   KV v2 engine at `GET <VAULT_ADDR>/v1/<mount>/data/<path>` with `VAULT_TOKEN` (or `VAULT_TOKEN_FILE`).
+ *   KV v2 engine at `GET <VAULT_ADDR>/v1/<mount>/data/<path>` with `VAULT_TOKEN` (or `VAULT_TOKEN_FILE`),
+ *   through node-vault (lib/vault.ts).
  *
  * A service loads its configuration with `loadConfig(shape, await loadServiceEnv(process.env))`.
  */
@@ -13,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import type { Env } from './config.ts';
 import type { Logger } from './logger.ts';
 import { errorMessage, isAppError, permanentError, retryableError, type AppError } from './errors.ts';
+import { createVaultApi, vaultError, vaultFailureOf, type VaultConnectionOptions } from './vault.ts';
 
 /**
  * Variables that carry a secret (or a URL with credentials in it): the ones `<NAME>_FILE` applies
@@ -111,17 +113,7 @@ export function parseVaultReference(value: string): VaultReference | undefined {
 
 export const isVaultReference = (value: string | undefined): value is string => value !== undefined && value.trimStart().startsWith('vault:');
 
-export interface VaultClientOptions {
-  /** `VAULT_ADDR`, e.g. `https://vault.internal:8200`. */
-  readonly address: string;
-  readonly token: string;
-  /** Enterprise namespace (`X-Vault-Namespace`). */
-  readonly namespace?: string;
-  /** Per request. Default 5 s. */
-  readonly timeoutMs?: number;
-  /** Test seam; default the global fetch. */
-  readonly fetch?: typeof fetch;
-}
+export type VaultClientOptions = VaultConnectionOptions;
 
 export interface VaultClient {
   /** Every key of the latest version of a KV v2 secret. */
@@ -133,63 +125,29 @@ export interface VaultClient {
 const encodePath = (path: string) => path.split('/').map(encodeURIComponent).join('/');
 const where = (mount: string, path: string) => `${mount}/${path}`;
 
-/** Vault's own error strings ("permission denied", …): they name no secret value. */
-async function vaultErrors(response: Response): Promise<string> {
-  try {
-    const body = (await response.json()) as { errors?: unknown };
-    const errors = Array.isArray(body.errors) ? body.errors.filter((e): e is string => typeof e === 'string') : [];
-    return errors.length > 0 ? `: ${errors.join('; ').slice(0, 300)}` : '';
-  } catch {
-    return '';
-  }
-}
-
-/** A reader of Vault's KV v2 engine over fetch, with typed errors (403 and 4xx permanent; 5xx, 429 and timeouts retryable). */
+/** A reader of Vault's KV v2 engine through node-vault (lib/vault.ts), with typed errors (403 and 4xx permanent; 5xx, 429 and timeouts retryable). */
 export function createVaultClient(options: VaultClientOptions): VaultClient {
-  let base: URL;
-  try {
-    base = new URL(options.address.endsWith('/') ? options.address : `${options.address}/`);
-  } catch (error) {
-    throw permanentError('CONFIG_INVALID', 'invalid configuration:\n  VAULT_ADDR: expected a URL', error);
-  }
-  if (!options.token) throw permanentError('CONFIG_INVALID', 'invalid configuration:\n  VAULT_TOKEN: required to read vault: references (or set VAULT_TOKEN_FILE)');
-  const doFetch = options.fetch ?? fetch;
-  const timeoutMs = options.timeoutMs ?? 5_000;
+  if (options.token === '') throw permanentError('CONFIG_INVALID', 'invalid configuration:\n  VAULT_TOKEN: required to read vault: references (or set VAULT_TOKEN_FILE)');
+  const api = createVaultApi(options);
 
   async function readSecret(mount: string, path: string): Promise<Readonly<Record<string, string>>> {
-    const url = new URL(`v1/${encodeURIComponent(mount)}/data/${encodePath(path)}`, base);
-    const headers: Record<string, string> = { 'X-Vault-Token': options.token, Accept: 'application/json' };
-    if (options.namespace) headers['X-Vault-Namespace'] = options.namespace;
-    let response: Response;
-    try {
-      // Redirects are refused: following one would send the token to wherever it points.
-      response = await doFetch(url, { method: 'GET', headers, signal: AbortSignal.timeout(timeoutMs), redirect: 'error' });
-    } catch (error) {
-      const name = (error as { name?: string }).name;
-      if (name === 'TimeoutError' || name === 'AbortError') {
-        throw retryableError('VAULT_TIMEOUT', `Vault did not answer within ${timeoutMs} ms reading ${where(mount, path)}`, undefined, { mount, path });
-      }
-      // The cause is kept out of the message: it can quote the request (with its token header).
-      throw retryableError('VAULT_UNAVAILABLE', `Vault at ${base.origin} is unreachable reading ${where(mount, path)} (${(error as { cause?: { code?: string } }).cause?.code ?? 'network error'})`, undefined, { mount, path });
-    }
-    if (!response.ok) {
-      const detail = await vaultErrors(response);
-      const status = response.status;
-      if (status === 403) throw permanentError('VAULT_FORBIDDEN', `Vault refused to read ${where(mount, path)} (403: the token lacks a read policy for it, or expired)${detail}`, undefined, { mount, path, status });
-      if (status === 404) throw permanentError('VAULT_SECRET_NOT_FOUND', `no KV v2 secret at ${where(mount, path)} in Vault (404)${detail}`, undefined, { mount, path, status });
-      if (status === 429 || status >= 500) throw retryableError('VAULT_UNAVAILABLE', `Vault answered ${status} reading ${where(mount, path)}${detail}`, undefined, { mount, path, status });
-      throw permanentError('VAULT_REQUEST_FAILED', `Vault answered ${status} reading ${where(mount, path)}${detail}`, undefined, { mount, path, status });
-    }
+    const context = { mount, path };
     let body: unknown;
     try {
-      body = await response.json();
-    } catch {
-      throw retryableError('VAULT_BAD_RESPONSE', `Vault's answer for ${where(mount, path)} is not JSON`, undefined, { mount, path });
+      body = await api.read(`${encodeURIComponent(mount)}/data/${encodePath(path)}`);
+    } catch (error) {
+      const failure = vaultFailureOf(error);
+      if (failure.kind === 'status' && failure.status === 403) throw permanentError('VAULT_FORBIDDEN', `Vault refused to read ${where(mount, path)} (403: the token lacks a read policy for it, or expired)${failure.errors}`, undefined, { ...context, status: 403 });
+      if (failure.kind === 'status' && failure.status === 404) throw permanentError('VAULT_SECRET_NOT_FOUND', `no KV v2 secret at ${where(mount, path)} in Vault (404)${failure.errors}`, undefined, { ...context, status: 404 });
+      throw vaultError(api, error, `reading ${where(mount, path)}`, context);
     }
-    const data = (body as { data?: { data?: unknown } } | null)?.data?.data;
+    if (typeof body !== 'object' || body === null) {
+      throw retryableError('VAULT_BAD_RESPONSE', `Vault's answer for ${where(mount, path)} is not JSON`, undefined, context);
+    }
+    const data = (body as { data?: { data?: unknown } | null }).data?.data;
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
       // A KV v1 mount answers `data` without the inner `data`; a deleted version answers `data: null`.
-      throw permanentError('VAULT_BAD_RESPONSE', `Vault's answer for ${where(mount, path)} is not a KV v2 secret (is ${mount} a KV v2 mount, and the latest version not deleted?)`, undefined, { mount, path });
+      throw permanentError('VAULT_BAD_RESPONSE', `Vault's answer for ${where(mount, path)} is not a KV v2 secret (is ${mount} a KV v2 mount, and the latest version not deleted?)`, undefined, context);
     }
     const values: Record<string, string> = {};
     for (const [key, value] of Object.entries(data as Record<string, unknown>)) {
