@@ -4,6 +4,7 @@ import { registerAgentCommands } from './agents.ts';
 import { registerAuditCommands } from './audit.ts';
 import { registerContractCommands } from './contracts.ts';
 import { registerDlqCommands } from './dlq.ts';
+import { registerReleaseCommands } from './release.ts';
 import { registerS3Commands } from './s3.ts';
 import { registerStackCommands } from './stack.ts';
 import { registerServiceCommands } from './services.ts';
@@ -23,6 +24,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
   registerS3Commands(program, setExitCode);
   registerAgentCommands(program, setExitCode);
   registerAuditCommands(program, setExitCode);
+  registerReleaseCommands(program, root, setExitCode);
 
   program
     .command('demo')
