@@ -1,7 +1,12 @@
 import type { AgentCommand } from '../../lib/contracts/types.ts';
-import { permanentError } from '../../lib/errors.ts';
+import { errorCode, errorMessage, isRetryable, permanentError, unavailableDependency, unavailableError } from '../../lib/errors.ts';
+import type { Headers, ProducerClient } from '../../lib/kafka/types.ts';
+import type { Metrics } from '../../lib/metrics.ts';
+import type { BatchContext, DecodedBatch, DecodedRecord } from '../../lib/runtime/batch-worker.ts';
+import { deadLetterRecord, dlqTopicOf } from '../../lib/runtime/dlq.ts';
 import type { MessageContext } from '../../lib/runtime/worker.ts';
-import type { LifecycleApplier } from './apply.ts';
+import { childTrace, parseTraceparent } from '../../lib/tracing.ts';
+import type { BatchInput, LifecycleApplier } from './apply.ts';
 import type { LifecycleInput } from './lifecycle.ts';
 
 export interface CommandHandlerDeps {
@@ -43,4 +48,75 @@ export async function handleCommand(command: AgentCommand, ctx: MessageContext<C
   const outcomes = await ctx.deps.applier.apply(command.agentId, commandInput(command), { actor: command.issuedBy, command, trace: ctx.trace });
   const first = outcomes[0]?.result;
   if (first && !first.ok) ctx.log.info({ agentId: command.agentId, command: command.command, code: first.rejection.code, reason: first.rejection.reason }, 'command rejected');
+}
+
+export interface CommandBatchDeps {
+  readonly applier: LifecycleApplier;
+  /** Dead letters of single commands (the rest of their batch is applied). */
+  readonly producer: ProducerClient;
+  readonly service: string;
+  /** The runtime's attempts per batch: on the last one, a command still failing is dead-lettered alone. */
+  readonly maxAttempts: number;
+  readonly metrics: Pick<Metrics, 'recordsDeadLettered'>;
+}
+
+function headersOf(record: DecodedRecord<AgentCommand>): Headers {
+  const headers: Record<string, string> = {};
+  for (const header of record.raw?.headers ?? []) if (header.value !== null) headers[header.key] = header.value.toString();
+  return headers;
+}
+
+function batchInput(record: DecodedRecord<AgentCommand>): BatchInput {
+  const command = record.value;
+  const trace = childTrace(parseTraceparent(record.raw?.headers.find((h) => h.key === 'traceparent')?.value?.toString()));
+  return { agentId: command.agentId, input: commandInput(command), origin: { actor: command.issuedBy, command, trace } };
+}
+
+/**
+ * `agent-commands` handler in batch mode: the commands of one Kafka batch applied together
+ * (`LifecycleApplier.applyBatch`), each with the result it would have alone. A command that fails
+ * does not take its batch down: a retryable failure retries the batch (the commands applied are
+ * duplicates then), a permanent one (or one still failing on the last attempt) is dead-lettered
+ * alone and the later commands for its agent are applied after it.
+ */
+export async function handleCommandBatch(batch: DecodedBatch<AgentCommand>, ctx: BatchContext<CommandBatchDeps>): Promise<void> {
+  const { deps, log } = ctx;
+  let records = batch.records;
+  while (records.length > 0) {
+    const results = await deps.applier.applyBatch(records.map(batchInput));
+    const failed: { record: DecodedRecord<AgentCommand>; error: unknown }[] = [];
+    const skipped: DecodedRecord<AgentCommand>[] = [];
+    results.forEach((result, index) => {
+      const record = records[index] as DecodedRecord<AgentCommand>;
+      if (!result.ok) {
+        if (result.skipped === true) skipped.push(record);
+        else failed.push({ record, error: result.error });
+        return;
+      }
+      const first = result.outcomes[0]?.result;
+      if (first && !first.ok) log.info({ agentId: record.value.agentId, command: record.value.command, code: first.rejection.code, reason: first.rejection.reason }, 'command rejected');
+    });
+    if (failed.length === 0) return;
+    const retry = failed.find(({ error }) => unavailableDependency(error) !== undefined || (isRetryable(error) && batch.attempt < deps.maxAttempts));
+    if (retry) throw retry.error;
+    const failedAt = new Date();
+    try {
+      await deps.producer.send(
+        dlqTopicOf(batch.topic),
+        failed.map(({ record, error }) =>
+          deadLetterRecord(
+            { topic: batch.topic, partition: batch.partition, offset: record.offset, key: record.raw?.key ?? null, value: record.raw?.value ?? null, headers: headersOf(record), timestamp: record.timestamp },
+            { code: errorCode(error), message: errorMessage(error), attempts: batch.attempt, service: deps.service, failedAt },
+          ),
+        ),
+      );
+    } catch (error) {
+      throw unavailableError('kafka', 'DLQ_SEND_FAILED', `dead-lettering ${failed.length} commands failed: ${errorMessage(error)}`, error);
+    }
+    for (const { record, error } of failed) {
+      deps.metrics.recordsDeadLettered.inc({ topic: batch.topic, code: errorCode(error) });
+      log.warn({ topic: batch.topic, partition: batch.partition, offset: record.offset, agentId: record.value.agentId, code: errorCode(error), err: errorMessage(error) }, 'command dead-lettered');
+    }
+    records = skipped;
+  }
 }

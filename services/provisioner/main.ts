@@ -8,12 +8,12 @@ import { createKubernetesLease } from '../../lib/leader/kubernetes-lease.ts';
 import { createPostgresLease } from '../../lib/leader/postgres-lease.ts';
 import { recordTerm } from '../../lib/leader/fence.ts';
 import type { LeaderElector } from '../../lib/leader/types.ts';
-import { createWorker } from '../../lib/runtime/worker.ts';
+import { createBatchWorker } from '../../lib/runtime/batch-worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
 import { createLifecycleApplier, type LifecycleApplier } from './apply.ts';
 import { createDriver, defaultInstance, INSTANCE_PATTERN } from './drivers/index.ts';
 import type { AllocatorDriver } from './drivers/types.ts';
-import { handleCommand, validateAgentCommand } from './handler.ts';
+import { handleCommandBatch, validateAgentCommand, type CommandBatchDeps } from './handler.ts';
 import type { RetryPolicy } from './lifecycle.ts';
 import { createPolicyDecider, loadLocalPolicyFile } from './policy-client.ts';
 import { createReconciler } from './reconciler.ts';
@@ -148,16 +148,19 @@ export async function startProvisioner(ctx: ServiceContext, config: ProvisionerC
   });
   late.applier = built;
 
-  const worker = createWorker<AgentCommand, { applier: LifecycleApplier }>(
+  // A Kafka batch of commands is applied in one transaction (per round; see applyBatch).
+  const worker = createBatchWorker<AgentCommand, CommandBatchDeps>(
     {
       service: ctx.service,
-      topic: ctx.topics['agent-commands'],
+      topics: [ctx.topics['agent-commands']],
       groupId: options.groupId ?? `${prefix}agent-manager-provisioner`,
-      handler: handleCommand,
-      validate: validateAgentCommand,
-      deps: { applier: built },
+      handler: handleCommandBatch,
+      validate: (value) => validateAgentCommand(value),
+      deps: { applier: built, producer: ctx.producer, service: ctx.service, maxAttempts: ctx.workerRetry.maxAttempts, metrics: ctx.metrics },
       concurrency: config.PROVISIONER_CONCURRENCY,
       retry: ctx.workerRetry,
+      // The raw headers carry each command's traceparent; the raw bytes are what a dead letter keeps.
+      rawRecords: true,
     },
     { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger, metrics: ctx.metrics },
   );

@@ -173,3 +173,84 @@ export async function knownAgentIds(pool: Pool, ids: readonly string[]): Promise
   const { rows } = await pool.query<{ id: string }>(`SELECT id FROM agents WHERE id = ANY($1::uuid[]) AND state <> 'DESTROYED'`, [ids]);
   return new Set(rows.map((r) => r.id));
 }
+
+/** Locks the agents' rows (in id order, so two batches never deadlock) until the transaction ends. */
+export async function lockAgents(client: PoolClient, agentIds: readonly string[]): Promise<Map<string, AgentRecord>> {
+  if (agentIds.length === 0) return new Map();
+  const { rows } = await client.query<AgentRow>(`SELECT ${COLUMNS} FROM agents WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE`, [agentIds]);
+  return new Map(rows.map((row) => [row.id, toRecord(row)]));
+}
+
+/** Records commands as applied in one statement; returns the ids not applied before. */
+export async function markCommandsApplied(client: PoolClient, commands: readonly { commandId: string; agentId: string }[]): Promise<Set<string>> {
+  if (commands.length === 0) return new Set();
+  const { rows } = await client.query<{ command_id: string }>(
+    `INSERT INTO applied_commands (command_id, agent_id) SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING RETURNING command_id`,
+    [commands.map((c) => c.commandId), commands.map((c) => c.agentId)],
+  );
+  return new Set(rows.map((r) => r.command_id));
+}
+
+/** Takes back commands marked in this transaction whose application was put off (a later round of the batch). */
+export async function unmarkCommands(client: PoolClient, commandIds: readonly string[]): Promise<void> {
+  if (commandIds.length > 0) await client.query('DELETE FROM applied_commands WHERE command_id = ANY($1::uuid[])', [commandIds]);
+}
+
+/** New agents' rows in one statement. */
+export async function insertAgents(client: PoolClient, agents: readonly NewAgent[]): Promise<void> {
+  if (agents.length === 0) return;
+  await client.query(
+    `INSERT INTO agents (id, state, reason, spec, lifecycle, division, region, labels, version, last_request_id, last_command_id)
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[], $7::text[], $8::jsonb[], $9::bigint[], $10::uuid[], $11::uuid[])`,
+    [
+      agents.map((a) => a.id),
+      agents.map((a) => a.snapshot.state),
+      agents.map((a) => a.snapshot.reason),
+      agents.map((a) => JSON.stringify(a.spec)),
+      agents.map((a) => JSON.stringify(lifecycleColumn(a.snapshot))),
+      agents.map((a) => a.division),
+      agents.map((a) => a.region),
+      agents.map((a) => JSON.stringify(a.labels)),
+      agents.map((a) => a.version),
+      agents.map((a) => a.requestId),
+      agents.map((a) => a.commandId),
+    ],
+  );
+}
+
+export interface AgentUpdate {
+  readonly agentId: string;
+  readonly expectedVersion: number;
+  readonly newVersion: number;
+  readonly snapshot: AgentSnapshot;
+  readonly requestId: string | null;
+  readonly commandId: string | null;
+}
+
+/** Version-checked updates in one statement, each agent's own check kept: one lost race fails them all (retryable). */
+export async function updateAgents(client: PoolClient, updates: readonly AgentUpdate[]): Promise<void> {
+  if (updates.length === 0) return;
+  const { rows } = await client.query<{ id: string }>(
+    `UPDATE agents AS a SET state = u.state, reason = u.reason, lifecycle = u.lifecycle, version = u.new_version, updated_at = now(),
+       last_request_id = COALESCE(u.request_id, a.last_request_id), last_command_id = COALESCE(u.command_id, a.last_command_id)
+     FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[], $8::uuid[])
+       AS u(id, expected, new_version, state, reason, lifecycle, request_id, command_id)
+     WHERE a.id = u.id AND a.version = u.expected
+     RETURNING a.id`,
+    [
+      updates.map((u) => u.agentId),
+      updates.map((u) => u.expectedVersion),
+      updates.map((u) => u.newVersion),
+      updates.map((u) => u.snapshot.state),
+      updates.map((u) => u.snapshot.reason),
+      updates.map((u) => JSON.stringify(lifecycleColumn(u.snapshot))),
+      updates.map((u) => u.requestId),
+      updates.map((u) => u.commandId),
+    ],
+  );
+  if (rows.length !== updates.length) {
+    const updated = new Set(rows.map((r) => r.id));
+    const lost = updates.filter((u) => !updated.has(u.agentId)).map((u) => u.agentId);
+    throw retryableError('VERSION_CONFLICT', `agents ${lost.join(', ')} changed concurrently`);
+  }
+}
