@@ -94,6 +94,19 @@ export function createMetrics(service: string, options: { defaultMetrics?: boole
     archiverOpenDays: new Gauge({ name: 'agent_manager_archiver_open_days', help: 'Archive days still open on owned partitions', registers }),
     /** Records read but not in a durable archive file yet, per partition (the archive's lag behind the consumer). */
     archiverBufferedRecords: new Gauge({ name: 'agent_manager_archiver_buffered_records', help: 'Records read but not archived yet', labelNames: ['partition'], registers }),
+    /** Signatures made (lib/signing), by result (ok, failed). */
+    signingOperations: new Counter({ name: 'agent_manager_signing_operations_total', help: 'Signing operations', labelNames: ['result'], registers }),
+    /** One signature (local, or a Vault Transit round trip), seconds. */
+    signingSeconds: new Histogram({
+      name: 'agent_manager_signing_duration_seconds',
+      help: 'Signing latency',
+      buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+      registers,
+    }),
+    /** Scheduled or requested signing key rotations that failed. */
+    keyRotationFailures: new Counter({ name: 'agent_manager_key_rotation_failures_total', help: 'Signing key rotations that failed', registers }),
+    /** Creation time of the signing key's latest version (its last successful rotation), Unix seconds. */
+    signingKeyLastRotation: new Gauge({ name: 'agent_manager_signing_key_last_rotation_timestamp_seconds', help: 'When the signing key was last rotated', registers }),
     /** 1 while safe mode is on, as this process last read it. */
     safeMode: new Gauge({ name: 'agent_manager_safe_mode', help: 'Safe mode (1 = on)', registers }),
   };
