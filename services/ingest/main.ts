@@ -20,14 +20,15 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { configFields, loadConfig, type Env } from '../../lib/config.ts';
 import type { AgentRequest } from '../../lib/contracts/types.ts';
-import { errorMessage, permanentError } from '../../lib/errors.ts';
-import { createWorker, type Worker } from '../../lib/runtime/worker.ts';
+import { errorCode, errorMessage, permanentError } from '../../lib/errors.ts';
+import { createBatchWorker, type BatchWorker } from '../../lib/runtime/batch-worker.ts';
+import { deadLetterRecord, dlqTopicOf } from '../../lib/runtime/dlq.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
 import { heartbeatKeyPrefix, readLastHeartbeat } from '../../lib/heartbeat/last-heartbeat.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { buildApi, DEFAULT_API_LIMITS, type ApiLimits, type ApiTls, type IngestApi, type LastHeartbeatReader } from './api.ts';
 import { loadIdentitiesConfig } from './authz.ts';
-import { createIngestHandler, validateAgentRequestRecord, type IngestDeps } from './handler.ts';
+import { createIngestBatchHandler, validateAgentRequestRecord, type FailedRequest, type IngestDeps } from './handler.ts';
 
 /** How long the API waits for Redis for an agent's last heartbeat, by default. */
 export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 500;
@@ -88,7 +89,7 @@ export interface IngestOptions {
 }
 
 export interface RunningIngest {
-  readonly worker: Worker;
+  readonly worker: BatchWorker;
   /** Where the API listens (the real port when 0 was asked for); undefined without the API. */
   readonly apiAddress: { readonly host: string; readonly port: number } | undefined;
   /** Stops the API and the worker (also registered with the context's shutdown; idempotent). */
@@ -163,18 +164,41 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
   // Everything read from files fails here, before anything starts.
   const authz = loadIdentitiesConfig(options.identitiesFile);
   const tls = options.api ? readApiTls(options.api) : undefined;
-  const deps: IngestDeps = { pool, codec: ctx.codec, topics: ctx.topics, authz, rules: { knownTemplates: options.knownTemplates ?? DEFAULT_KNOWN_TEMPLATES }, metrics: ctx.metrics };
+  const deadLetter = async (topic: string, failed: readonly FailedRequest[]): Promise<void> => {
+    const failedAt = new Date();
+    const records = failed.map(({ record, error, attempts }) => deadLetterRecord(record, { code: errorCode(error), message: errorMessage(error), attempts, service: ctx.service, failedAt }));
+    await ctx.producer.send(dlqTopicOf(topic), records);
+    for (const { record, error, attempts } of failed) {
+      const code = errorCode(error);
+      ctx.metrics.recordsFailed.inc({ topic, code });
+      ctx.metrics.recordsDeadLettered.inc({ topic, code });
+      logger.warn({ topic, partition: record.partition, offset: record.offset, code, attempts, err: errorMessage(error) }, 'record dead-lettered');
+    }
+  };
+  const deps: IngestDeps = {
+    pool,
+    codec: ctx.codec,
+    topics: ctx.topics,
+    authz,
+    rules: { knownTemplates: options.knownTemplates ?? DEFAULT_KNOWN_TEMPLATES },
+    metrics: ctx.metrics,
+    maxAttempts: ctx.workerRetry.maxAttempts,
+    deadLetter,
+  };
 
-  const worker = createWorker<AgentRequest, IngestDeps>(
+  // A partition's batch is decided in one transaction (see handler.ts); raw records for the
+  // traceparent header and the DLQ copies.
+  const worker = createBatchWorker<AgentRequest, IngestDeps>(
     {
       service: ctx.service,
-      topic: ctx.topics['agent-requests'],
+      topics: [ctx.topics['agent-requests']],
       groupId: options.groupId ?? `${ctx.config.TOPIC_PREFIX}agent-manager-ingest`,
-      handler: createIngestHandler(),
+      handler: createIngestBatchHandler(),
       validate: validateAgentRequestRecord,
       deps,
       concurrency: options.concurrency ?? 4,
       retry: ctx.workerRetry,
+      rawRecords: true,
     },
     { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger, metrics: ctx.metrics },
   );
@@ -203,7 +227,7 @@ export async function startIngest(ctx: ServiceContext, options: IngestOptions): 
     await stopWorker().catch(() => undefined);
     throw error;
   }
-  logger.info({ topic: worker.topic, api: apiAddress ?? 'off', identities: options.identitiesFile }, 'ingest running');
+  logger.info({ topic: ctx.topics['agent-requests'], api: apiAddress ?? 'off', identities: options.identitiesFile }, 'ingest running');
   return {
     worker,
     apiAddress,

@@ -145,7 +145,7 @@ function outcomeFromRow(row: RequestRow, replayed: boolean): RequestOutcome {
 }
 
 /** Postgres errors: bad data and constraint violations (except a unique race) fail the same way again. */
-function classifyDatabaseError(error: unknown): unknown {
+export function classifyDatabaseError(error: unknown): unknown {
   if (isAppError(error)) return error;
   const sqlState = (error as { code?: unknown }).code;
   if (typeof sqlState === 'string' && /^2[23]/.test(sqlState) && sqlState !== '23505') {
@@ -154,29 +154,93 @@ function classifyDatabaseError(error: unknown): unknown {
   return retryableError('DATABASE_UNAVAILABLE', `Postgres failed while processing the request: ${errorMessage(error)}`, error, typeof sqlState === 'string' ? { sqlState } : undefined);
 }
 
+/** The agent's row, else its accepted INSTANTIATE the provisioner has not materialized yet (PENDING at version 0, as its status said). */
+const AGENT_VIEW = `
+SELECT state, version::int8 AS version, division, true AS materialized FROM agents WHERE id = $1
+UNION ALL
+(SELECT 'PENDING', 0::int8, division, false FROM requests
+ WHERE agent_id = $1 AND action = 'INSTANTIATE' AND outcome = 'ACCEPTED' AND NOT EXISTS (SELECT FROM agents WHERE id = $1) LIMIT 1)`;
+
+interface AgentViewRow {
+  state: AgentState;
+  version: string | number;
+  division: string;
+  materialized: boolean;
+}
+
+const viewOf = (row: AgentViewRow | null | undefined): AgentView | null => (row ? { state: row.state, version: Number(row.version), division: row.division } : null);
+
 async function agentView(client: PoolClient, agentId: string): Promise<AgentView | null> {
-  const agents = await client.query<{ state: AgentState; version: string; division: string }>('SELECT state, version, division FROM agents WHERE id = $1', [agentId]);
-  const agent = agents.rows[0];
-  if (agent) return { state: agent.state, version: Number(agent.version), division: agent.division };
-  // Accepted, not yet created by the provisioner: PENDING at version 0, as its status said.
-  const pending = await client.query<{ division: string }>(
-    "SELECT division FROM requests WHERE agent_id = $1 AND action = 'INSTANTIATE' AND outcome = 'ACCEPTED' LIMIT 1",
-    [agentId],
-  );
-  const request = pending.rows[0];
-  return request ? { state: 'PENDING', version: 0, division: request.division } : null;
+  return viewOf((await client.query<AgentViewRow>(AGENT_VIEW, [agentId])).rows[0]);
+}
+
+/**
+ * The common cases in ONE statement, under the key's lock: the stored request under the key, a
+ * request already using the requestId, the subject agent's view, and the new request row, inserted
+ * only when neither request exists and `$14` (what the decision made in memory assumed) holds:
+ * `none` (a rejection decided from the request alone), `no-agent` (an INSTANTIATE whose agent row
+ * must not exist) or `in-division` (an action on an agent that must exist in the request's division).
+ * Its snapshot predates the lock, so a request committed while it waited can be missed: nothing is
+ * inserted then (ON CONFLICT), and the caller decides again with fresh statements.
+ */
+const FIRST_LOOK = `
+WITH locked AS (SELECT pg_advisory_xact_lock($1::int, hashtext($2::text))),
+seen AS (
+  SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, outcome, reason, command_id
+  FROM requests WHERE requested_by = $3::text AND idempotency_key = $4::text AND EXISTS (SELECT FROM locked)
+),
+same_id AS (SELECT idempotency_key, requested_by FROM requests WHERE request_id = $5::uuid),
+agent AS (SELECT state, version::int8 AS version, division, true AS materialized FROM agents WHERE id = $6::uuid),
+view AS (
+  SELECT * FROM agent
+  UNION ALL
+  (SELECT 'PENDING', 0::int8, division, false FROM requests
+   WHERE agent_id = $6::uuid AND action = 'INSTANTIATE' AND outcome = 'ACCEPTED' AND NOT EXISTS (SELECT FROM agent) LIMIT 1)
+),
+inserted AS (
+  INSERT INTO requests (request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id)
+  SELECT $5::uuid, $4::text, $7::text, $8::text, $9::uuid, $10::text, $3::text, $11::text, $12::text, $13::uuid
+  WHERE NOT EXISTS (SELECT FROM seen) AND NOT EXISTS (SELECT FROM same_id)
+    AND CASE $14::text
+      WHEN 'none' THEN true
+      WHEN 'no-agent' THEN NOT EXISTS (SELECT FROM agent)
+      ELSE EXISTS (SELECT FROM view WHERE division = $10::text)
+    END
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+)
+SELECT EXISTS (SELECT FROM inserted) AS inserted,
+  (SELECT row_to_json(seen) FROM seen) AS seen,
+  (SELECT row_to_json(same_id) FROM same_id) AS same_id,
+  (SELECT row_to_json(view) FROM view LIMIT 1) AS view`;
+
+interface FirstLook {
+  inserted: boolean;
+  seen: RequestRow | null;
+  same_id: { idempotency_key: string; requested_by: string } | null;
+  view: AgentViewRow | null;
 }
 
 type Decision =
   | { readonly outcome: 'ACCEPTED'; readonly status: Pick<AgentStatus, 'state' | 'previousState' | 'version'> }
   | { readonly outcome: 'REJECTED'; readonly code: RejectionCode; readonly explanation: string };
 
+/** What can be decided from the request alone (validation, the identity's rights on the request's division), before any read. */
+type Plan = { readonly outcome: 'ACCEPTED'; readonly requires: 'no-agent' | 'in-division' } | { readonly outcome: 'REJECTED'; readonly code: RejectionCode; readonly explanation: string };
+
+function plan(request: AgentRequest, identity: string, deps: ProcessDeps): Plan {
+  const validation = validateRequest(request, deps.rules);
+  if (!validation.ok) return { outcome: 'REJECTED', code: validation.code, explanation: validation.reason };
+  const allowed = authorizeAction(deps.authz, identity, request.action, [request.division]);
+  if (!allowed.allowed) return { outcome: 'REJECTED', code: allowed.code, explanation: allowed.reason };
+  // Acting on an agent of the request's division needs no other right than the one just checked.
+  return { outcome: 'ACCEPTED', requires: request.action === 'INSTANTIATE' ? 'no-agent' : 'in-division' };
+}
+
 async function decide(client: PoolClient, request: AgentRequest, identity: string, subject: string, deps: ProcessDeps): Promise<Decision> {
   const reject = (code: RejectionCode, explanation: string): Decision => ({ outcome: 'REJECTED', code, explanation });
-  const validation = validateRequest(request, deps.rules);
-  if (!validation.ok) return reject(validation.code, validation.reason);
-  const allowed = authorizeAction(deps.authz, identity, request.action, [request.division]);
-  if (!allowed.allowed) return reject(allowed.code, allowed.reason);
+  const planned = plan(request, identity, deps);
+  if (planned.outcome === 'REJECTED') return planned;
 
   if (request.action === 'INSTANTIATE') {
     const existing = await client.query('SELECT 1 FROM agents WHERE id = $1', [subject]);
@@ -185,6 +249,12 @@ async function decide(client: PoolClient, request: AgentRequest, identity: strin
   }
 
   const agent = await agentView(client, subject);
+  return decideOnAgent(request, identity, subject, agent, deps);
+}
+
+/** The decision on an action on an existing agent, the request itself being valid and allowed in its division. */
+function decideOnAgent(request: AgentRequest, identity: string, subject: string, agent: AgentView | null, deps: ProcessDeps): Decision {
+  const reject = (code: RejectionCode, explanation: string): Decision => ({ outcome: 'REJECTED', code, explanation });
   if (!agent) return reject('UNKNOWN_AGENT', `no agent ${subject}`);
   // Acting on an existing agent needs the right on the agent's own division as well.
   const onAgent = authorizeAction(deps.authz, identity, request.action, [agent.division]);
@@ -199,19 +269,28 @@ async function decide(client: PoolClient, request: AgentRequest, identity: strin
 /**
  * Whether `identity` may still make a request it made before: the same checks as a new request's
  * (the action in the request's division and, for an existing agent, in the agent's division).
+ * `agentOf` reads an agent's view (the subject's is known already).
  */
-async function authorizeRepeat(client: PoolClient, request: AgentRequest, identity: string, original: RequestRow, deps: ProcessDeps): Promise<AuthzDecision> {
+async function authorizeRepeat(request: AgentRequest, identity: string, original: RequestRow, deps: ProcessDeps, agentOf: (id: string) => Promise<AgentView | null>): Promise<AuthzDecision> {
   const onRequest = authorizeAction(deps.authz, identity, request.action, [request.division]);
   if (!onRequest.allowed || request.action === 'INSTANTIATE' || original.agent_id === null) return onRequest;
-  const agent = await agentView(client, original.agent_id);
+  const agent = await agentOf(original.agent_id);
   return agent ? authorizeAction(deps.authz, identity, request.action, [agent.division]) : onRequest;
 }
 
+/** A decision and the events that publish it; the caller writes the events through the outbox in the same transaction. */
+export interface DecidedRequest {
+  readonly outcome: RequestOutcome;
+  readonly events: readonly OutboxEvent[];
+}
+
 /**
- * Decides `request` on behalf of `identity` (its `requestedBy`, authenticated by the caller) and
- * records it; see the module comment.
+ * Decides `request` on behalf of `identity` (its `requestedBy`, authenticated by the caller) inside
+ * the caller's transaction (`client` in BEGIN) and stores the request row; see the module comment.
+ * The events are returned, not written: the caller enqueues them (one outbox statement for many
+ * requests). Usually one statement (FIRST_LOOK); rarer cases read and write with a few more.
  */
-export async function processRequest(request: AgentRequest, identity: string, deps: ProcessDeps, options: ProcessOptions): Promise<RequestOutcome> {
+export async function decideRequest(client: PoolClient, request: AgentRequest, identity: string, deps: ProcessDeps, options: ProcessOptions): Promise<DecidedRequest> {
   if (identity !== request.requestedBy) {
     throw permanentError('IDENTITY_MISMATCH', `request ${request.requestId} says requestedBy ${JSON.stringify(request.requestedBy)} but is decided for ${JSON.stringify(identity)}`);
   }
@@ -238,94 +317,149 @@ export async function processRequest(request: AgentRequest, identity: string, de
     requestedBy: request.requestedBy,
     payloadHash,
   };
+  const base = { requestId: request.requestId, idempotencyKey: request.idempotencyKey, agentId: storedAgentId, replayed: false };
 
   /** A rejection's status (the agent's current state when ingest knows the agent, else REJECTED) and audit. */
-  async function rejectionEvents(client: PoolClient, code: RejectionCode, reason: string, extra: Record<string, unknown>, time: Date): Promise<OutboxEvent[]> {
-    const agent = await agentView(client, subject);
+  const rejectionEvents = (agent: AgentView | null, code: RejectionCode, reason: string, extra: Record<string, unknown>, time: Date): OutboxEvent[] => {
     const status = agent ? { state: agent.state, previousState: agent.state, version: agent.version } : { state: 'REJECTED' as const, previousState: null, version: 0 };
     return [statusEvent(status, reason, null, time), auditEvent('request.rejected', { ...auditBase, ...extra, outcome: 'REJECTED', code, reason }, time)];
-  }
-
-  async function rejectUnstored(client: PoolClient, code: RejectionCode, explanation: string, extra: Record<string, unknown> = {}): Promise<RequestOutcome> {
+  };
+  const rejectUnstored = (agent: AgentView | null, code: RejectionCode, explanation: string, extra: Record<string, unknown> = {}): DecidedRequest => {
     const reason = formatReason(code, explanation);
-    await enqueueEvents(client, deps.codec, await rejectionEvents(client, code, reason, { ...extra, stored: false }, now()));
-    return { outcome: 'REJECTED', requestId: request.requestId, idempotencyKey: request.idempotencyKey, agentId: storedAgentId, commandId: null, code, reason, replayed: false, stored: false };
-  }
-
-  try {
-    return await withTransaction(deps.pool, async (client) => {
-      if (!isUsableIdempotencyKey(request.idempotencyKey)) {
-        const validation = validateRequest(request, deps.rules);
-        return rejectUnstored(client, 'VALIDATION_FAILED', validation.ok ? 'idempotencyKey is not usable' : validation.reason);
-      }
-      await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [IDEMPOTENCY_LOCK_CLASS, JSON.stringify([identity, request.idempotencyKey])]);
-      const seen = await client.query<RequestRow>(
-        'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, outcome, reason, command_id FROM requests WHERE requested_by = $1 AND idempotency_key = $2',
-        [identity, request.idempotencyKey],
-      );
-      const original = seen.rows[0];
-      if (original) {
-        // Neither the stored outcome nor the conflict (which names the stored request) goes to an
-        // identity that may no longer make this request.
-        const allowed = await authorizeRepeat(client, request, identity, original, deps);
-        if (!allowed.allowed) return rejectUnstored(client, allowed.code, allowed.reason, { repeatOf: original.request_id });
-        if (original.payload_hash === payloadHash) return outcomeFromRow(original, true);
-        return rejectUnstored(
-          client,
-          'IDEMPOTENCY_CONFLICT',
-          `idempotency key ${JSON.stringify(request.idempotencyKey)} was already used by request ${original.request_id} with a different payload; use a new key for a different request`,
-          { conflictsWith: original.request_id },
-        );
-      }
-      const sameId = await client.query<{ idempotency_key: string; requested_by: string }>('SELECT idempotency_key, requested_by FROM requests WHERE request_id = $1', [request.requestId]);
-      const taken = sameId.rows[0];
-      if (taken) {
-        // Another identity's key stays its own.
-        const usedWith = taken.requested_by === identity ? `with idempotency key ${JSON.stringify(taken.idempotency_key)}` : 'by another identity';
-        return rejectUnstored(client, 'DUPLICATE_REQUEST_ID', `requestId ${request.requestId} was already used ${usedWith}`);
-      }
-
-      const decision = await decide(client, request, identity, subject, deps);
-      const time = now();
-      const insertRow = (outcome: 'ACCEPTED' | 'REJECTED', reason: string, commandId: string | null) =>
-        client.query(
-          `INSERT INTO requests (request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-          [request.requestId, request.idempotencyKey, payloadHash, request.action, storedAgentId, request.division, request.requestedBy, outcome, reason, commandId],
-        );
-      const base = { requestId: request.requestId, idempotencyKey: request.idempotencyKey, agentId: storedAgentId, replayed: false, stored: true };
-
-      if (decision.outcome === 'REJECTED') {
-        const reason = formatReason(decision.code, decision.explanation);
-        await insertRow('REJECTED', reason, null);
-        await enqueueEvents(client, deps.codec, await rejectionEvents(client, decision.code, reason, { stored: true }, time));
-        return { ...base, outcome: 'REJECTED', commandId: null, code: decision.code, reason };
-      }
-
-      const commandId = randomUUID();
-      await insertRow('ACCEPTED', '', commandId);
-      const instantiate = request.action === 'INSTANTIATE';
-      const command: AgentCommand = {
-        commandId,
-        agentId: subject,
-        command: request.action,
-        requestId: request.requestId,
-        spec: instantiate ? request.spec : null,
-        division: request.division,
-        region: instantiate ? request.region : null,
-        labels: instantiate ? request.labels : {},
-        issuedBy: request.requestedBy,
-        issuedAt: time,
-        reason: null,
-        attempt: 1,
-      };
+    return {
+      outcome: { ...base, outcome: 'REJECTED', commandId: null, code, reason, stored: false },
+      events: rejectionEvents(agent, code, reason, { ...extra, stored: false }, now()),
+    };
+  };
+  const rejectStored = (agent: AgentView | null, code: RejectionCode, explanation: string, time: Date): DecidedRequest => {
+    const reason = formatReason(code, explanation);
+    return { outcome: { ...base, outcome: 'REJECTED', commandId: null, code, reason, stored: true }, events: rejectionEvents(agent, code, reason, { stored: true }, time) };
+  };
+  const accept = (status: Pick<AgentStatus, 'state' | 'previousState' | 'version'>, commandId: string, time: Date): DecidedRequest => {
+    const instantiate = request.action === 'INSTANTIATE';
+    const command: AgentCommand = {
+      commandId,
+      agentId: subject,
+      command: request.action,
+      requestId: request.requestId,
+      spec: instantiate ? request.spec : null,
+      division: request.division,
+      region: instantiate ? request.region : null,
+      labels: instantiate ? request.labels : {},
+      issuedBy: request.requestedBy,
+      issuedAt: time,
+      reason: null,
+      attempt: 1,
+    };
+    return {
+      outcome: { ...base, outcome: 'ACCEPTED', commandId, code: null, reason: '', stored: true },
       // The status first: a consumer of agent-status sees PENDING before anything the command causes.
-      await enqueueEvents(client, deps.codec, [
-        statusEvent(decision.status, ACCEPTED_REASON, commandId, time),
+      events: [
+        statusEvent(status, ACCEPTED_REASON, commandId, time),
         { topic: deps.topics['agent-commands'], key: subject, value: command, eventId: commandId, trace },
         auditEvent('request.accepted', { ...auditBase, outcome: 'ACCEPTED', commandId, region: request.region, labels: request.labels, spec: request.spec }, time),
-      ]);
-      return { ...base, outcome: 'ACCEPTED', commandId, code: null, reason: '' };
+      ],
+    };
+  };
+  /** A request under the key: the stored outcome again, or a conflict (neither goes to an identity that may no longer make this request). */
+  const repeated = async (original: RequestRow, subjectView: AgentView | null): Promise<DecidedRequest> => {
+    const allowed = await authorizeRepeat(request, identity, original, deps, (id) => (id === subject ? Promise.resolve(subjectView) : agentView(client, id)));
+    if (!allowed.allowed) return rejectUnstored(subjectView, allowed.code, allowed.reason, { repeatOf: original.request_id });
+    if (original.payload_hash === payloadHash) return { outcome: outcomeFromRow(original, true), events: [] };
+    return rejectUnstored(
+      subjectView,
+      'IDEMPOTENCY_CONFLICT',
+      `idempotency key ${JSON.stringify(request.idempotencyKey)} was already used by request ${original.request_id} with a different payload; use a new key for a different request`,
+      { conflictsWith: original.request_id },
+    );
+  };
+  /** Another identity's key stays its own. */
+  const duplicateId = (taken: { idempotency_key: string; requested_by: string }, subjectView: AgentView | null): DecidedRequest => {
+    const usedWith = taken.requested_by === identity ? `with idempotency key ${JSON.stringify(taken.idempotency_key)}` : 'by another identity';
+    return rejectUnstored(subjectView, 'DUPLICATE_REQUEST_ID', `requestId ${request.requestId} was already used ${usedWith}`);
+  };
+
+  try {
+    if (!isUsableIdempotencyKey(request.idempotencyKey)) {
+      const validation = validateRequest(request, deps.rules);
+      return rejectUnstored(await agentView(client, subject), 'VALIDATION_FAILED', validation.ok ? 'idempotencyKey is not usable' : validation.reason);
+    }
+    const planned = plan(request, identity, deps);
+    const time = now();
+    const commandId = planned.outcome === 'ACCEPTED' ? randomUUID() : null;
+    const plannedReason = planned.outcome === 'REJECTED' ? formatReason(planned.code, planned.explanation) : '';
+    const first = await client.query<FirstLook>(FIRST_LOOK, [
+      IDEMPOTENCY_LOCK_CLASS,
+      JSON.stringify([identity, request.idempotencyKey]),
+      identity,
+      request.idempotencyKey,
+      request.requestId,
+      subject,
+      payloadHash,
+      request.action,
+      storedAgentId,
+      request.division,
+      planned.outcome,
+      plannedReason,
+      commandId,
+      planned.outcome === 'ACCEPTED' ? planned.requires : 'none',
+    ]);
+    const look = first.rows[0];
+    if (look === undefined) throw retryableError('DATABASE_UNAVAILABLE', 'Postgres answered the request lookup with no row');
+    const subjectView = viewOf(look.view);
+    if (look.inserted) {
+      if (planned.outcome === 'REJECTED') return rejectStored(subjectView, planned.code, planned.explanation, time);
+      const status = planned.requires === 'no-agent' ? { state: 'PENDING' as const, previousState: null, version: 0 } : { state: subjectView?.state ?? 'PENDING', previousState: subjectView?.state ?? 'PENDING', version: subjectView?.version ?? 0 };
+      return accept(status, commandId ?? randomUUID(), time);
+    }
+    if (look.seen) return await repeated(look.seen, subjectView);
+    if (look.same_id) return duplicateId(look.same_id, subjectView);
+    // The agent is not as planned (it exists, is unknown or elsewhere), or a request committed while
+    // this one waited for the lock: decided again with fresh statements (the lock is held).
+    return await decideFresh(time);
+  } catch (error) {
+    throw classifyDatabaseError(error);
+  }
+
+  async function decideFresh(time: Date): Promise<DecidedRequest> {
+    const seen = await client.query<RequestRow>(
+      'SELECT request_id, idempotency_key, payload_hash, action, agent_id, division, outcome, reason, command_id FROM requests WHERE requested_by = $1 AND idempotency_key = $2',
+      [identity, request.idempotencyKey],
+    );
+    const original = seen.rows[0];
+    if (original) return repeated(original, await agentView(client, subject));
+    const sameId = await client.query<{ idempotency_key: string; requested_by: string }>('SELECT idempotency_key, requested_by FROM requests WHERE request_id = $1', [request.requestId]);
+    const taken = sameId.rows[0];
+    if (taken) return duplicateId(taken, await agentView(client, subject));
+
+    const decision = await decide(client, request, identity, subject, deps);
+    const insertRow = (outcome: 'ACCEPTED' | 'REJECTED', reason: string, commandId: string | null) =>
+      client.query(
+        `INSERT INTO requests (request_id, idempotency_key, payload_hash, action, agent_id, division, requested_by, outcome, reason, command_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+        [request.requestId, request.idempotencyKey, payloadHash, request.action, storedAgentId, request.division, request.requestedBy, outcome, reason, commandId],
+      );
+    if (decision.outcome === 'REJECTED') {
+      const reason = formatReason(decision.code, decision.explanation);
+      await insertRow('REJECTED', reason, null);
+      return rejectStored(await agentView(client, subject), decision.code, decision.explanation, time);
+    }
+    const commandId = randomUUID();
+    await insertRow('ACCEPTED', '', commandId);
+    return accept(decision.status, commandId, time);
+  }
+}
+
+/**
+ * Decides `request` on behalf of `identity` and records it with its events, in one transaction of
+ * its own (the API's door; the Kafka worker decides a batch in one transaction, see handler.ts).
+ */
+export async function processRequest(request: AgentRequest, identity: string, deps: ProcessDeps, options: ProcessOptions): Promise<RequestOutcome> {
+  try {
+    return await withTransaction(deps.pool, async (client) => {
+      const decided = await decideRequest(client, request, identity, deps, options);
+      if (decided.events.length > 0) await enqueueEvents(client, deps.codec, decided.events);
+      return decided.outcome;
     });
   } catch (error) {
     throw classifyDatabaseError(error);

@@ -3,12 +3,11 @@ import type { Pool } from '../../../../lib/db/pool.ts';
 import { errorCode, errorMessage, isRetryable } from '../../../../lib/errors.ts';
 import type { AvroCodec } from '../../../../lib/kafka/avro.ts';
 import { createLogger } from '../../../../lib/logger.ts';
-import type { MessageContext } from '../../../../lib/runtime/worker.ts';
+import type { BatchContext } from '../../../../lib/runtime/batch-worker.ts';
 import { topicNames } from '../../../../lib/service/context.ts';
-import { childTrace } from '../../../../lib/tracing.ts';
 import type { AgentRequest } from '../../../../lib/contracts/types.ts';
 import { loadIdentitiesConfig } from '../../../../services/ingest/authz.ts';
-import { createIngestHandler, type IngestDeps } from '../../../../services/ingest/handler.ts';
+import { createIngestBatchHandler, type IngestDeps } from '../../../../services/ingest/handler.ts';
 import { DEFAULT_API_LIMITS } from '../../../../services/ingest/api.ts';
 import { DEFAULT_KNOWN_TEMPLATES, loadIngestOptions } from '../../../../services/ingest/main.ts';
 import { formatReason, reasonCode } from '../../../../services/ingest/process-request.ts';
@@ -88,8 +87,8 @@ describe('stored reasons', () => {
   });
 });
 
-describe('the worker handler when Postgres is down', () => {
-  it('throws a retryable error (the runtime retries the record; it is not a rejection)', async () => {
+describe('the batch handler when Postgres is down', () => {
+  it('throws a retryable error (the runtime retries the batch; it is not a rejection)', async () => {
     const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:15432'), { code: 'ECONNREFUSED' });
     const pool = { connect: () => Promise.reject(refused) } as unknown as Pool;
     const codec: AvroCodec = { decode: () => Promise.reject(new Error('unused')), encode: () => Promise.reject(new Error('unused')) };
@@ -99,6 +98,8 @@ describe('the worker handler when Postgres is down', () => {
       topics: topicNames(''),
       authz: loadIdentitiesConfig(join(process.cwd(), 'config', 'identities.json')),
       rules: { knownTemplates: ['echo'] },
+      maxAttempts: 5,
+      deadLetter: () => Promise.reject(new Error('unused')),
     };
     const request: AgentRequest = {
       requestId: '0b8e9a0e-1111-4222-8333-444455556666',
@@ -112,10 +113,11 @@ describe('the worker handler when Postgres is down', () => {
       requestedBy: 'kernel',
       createdAt: new Date(),
     };
-    const ctx = { deps, trace: childTrace(), log: createLogger('test', 'silent') } as unknown as MessageContext<IngestDeps>;
+    const ctx: BatchContext<IngestDeps> = { deps, log: createLogger('test', 'silent') };
+    const batch = { topic: 'agent-requests', partition: 0, highWatermark: '1', attempt: 1, records: [{ value: request, offset: '0', key: 'k', timestamp: '0' }] };
     let error: unknown;
     try {
-      await createIngestHandler()(request, ctx);
+      await createIngestBatchHandler()(batch, ctx);
     } catch (e) {
       error = e;
     }
