@@ -450,7 +450,10 @@ export function createLifecycleApplier(deps: ApplierDeps): LifecycleApplier {
     // Commands of the inputs put off to the next round are marked then.
     await unmarkCommands(
       client,
-      round.deferred.map((index) => (items[index] as BatchInput).origin.command?.commandId).filter((id): id is string => id !== undefined && fresh.has(id)),
+      round.deferred.flatMap((index) => {
+        const commandId = (items[index] as BatchInput).origin.command?.commandId;
+        return commandId !== undefined && firstOfCommand.get(commandId) === index && fresh.has(commandId) ? [commandId] : [];
+      }),
     );
     return round;
   }
