@@ -6,6 +6,7 @@ const benches: Record<string, () => Promise<{ run: (args: string[]) => Promise<v
   api: () => import('./api.ts'),
   heartbeat: () => import('./heartbeat.ts'),
   archiver: () => import('./archiver.ts'),
+  verify: () => import('./verify.ts'),
 };
 
 const [name, ...args] = process.argv.slice(2);
