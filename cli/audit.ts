@@ -18,6 +18,7 @@ import { createKafkajsAdmin, createKafkajsClient } from '../lib/kafka/kafkajs.ts
 import { createLogger } from '../lib/logger.ts';
 import { serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
+import { registerAuditVerifyCommand } from './audit-verify.ts';
 
 /** What `audit query` reads: the archiver's index in Postgres. */
 const auditConfigShape = { ...databaseConfigShape, DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA };
@@ -291,4 +292,6 @@ export function registerAuditCommands(program: Command, setExitCode: (code: numb
         s3.destroy();
       }
     });
+
+  registerAuditVerifyCommand(audit, setExitCode);
 }
