@@ -4,6 +4,7 @@ import { registerAgentCommands } from './agents.ts';
 import { registerAuditCommands } from './audit.ts';
 import { registerContractCommands } from './contracts.ts';
 import { registerDlqCommands } from './dlq.ts';
+import { registerKeysCommands } from './keys.ts';
 import { registerReleaseCommands } from './release.ts';
 import { registerS3Commands } from './s3.ts';
 import { registerStackCommands } from './stack.ts';
@@ -24,6 +25,7 @@ export function buildCli(root: string, setExitCode: (code: number) => void): Com
   registerS3Commands(program, setExitCode);
   registerAgentCommands(program, setExitCode);
   registerAuditCommands(program, setExitCode);
+  registerKeysCommands(program, setExitCode);
   registerReleaseCommands(program, root, setExitCode);
 
   program
