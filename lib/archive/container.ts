@@ -18,6 +18,7 @@ import { deflateRawSync } from 'node:zlib';
 import avsc from 'avsc';
 import { errorMessage, permanentError } from '../errors.ts';
 import { avroType, type AvroRecordSchema } from '../contracts/schemas.ts';
+import { nextChainBytes, type ChainSpan } from './chain.ts';
 
 export const ARCHIVE_RECORD_NAME = 'io.agentmanager.archive.v1.AuditArchiveRecord';
 
@@ -35,6 +36,9 @@ export const ARCHIVE_METADATA = {
   lastOffset: 'agentmanager.last_offset',
   count: 'agentmanager.count',
   schemaId: 'agentmanager.schema_id',
+  /** The hash chain (./chain.ts) at the file's first and last records, hex (files written since the integrity change). */
+  chainFirst: 'agent-manager.chain.first',
+  chainLast: 'agent-manager.chain.last',
 } as const;
 
 export interface KafkaHeader {
@@ -68,6 +72,17 @@ export interface ArchiveFileInput {
   readonly records: readonly ArchiveRecordInput[];
   readonly codec?: ArchiveCodec;
   readonly blockBytes?: number;
+}
+
+export interface ChainedArchiveFileInput extends ArchiveFileInput {
+  /** The partition's chain value before the file's first record (hex; GENESIS_CHAIN before the first record ever). */
+  readonly chainBefore: string;
+}
+
+export interface ChainedArchiveFile {
+  readonly body: Buffer;
+  /** Chain values of the file's first and last records, also in its header metadata. */
+  readonly chain: ChainSpan;
 }
 
 /** The file's schema: the wrapper around the events' writer schema. */
@@ -131,15 +146,32 @@ function invalid(message: string, context: Record<string, unknown>, cause?: unkn
 /**
  * The bytes of an archive file. Deterministic: the same input gives the same bytes (on the same zlib);
  * throws ARCHIVE_RECORD_INVALID (permanent) for records out of order or an event body that is not
- * exactly one record of the writer schema.
+ * exactly one record of the writer schema. Without a chain: the files written before the integrity change.
  */
 export function encodeArchiveFile(input: ArchiveFileInput): Buffer {
+  return encode(input, undefined).body;
+}
+
+/**
+ * An archive file that carries its hash chain: each record's event `hash` (hex SHA-256, read from the
+ * event as archived) chained after `chainBefore`; the first and last values go into the header
+ * metadata. Still deterministic: the same records after the same chain give the same bytes.
+ */
+export function encodeChainedArchiveFile(input: ChainedArchiveFileInput): ChainedArchiveFile {
+  const { body, chain } = encode(input, input.chainBefore);
+  return { body, chain: chain as ChainSpan };
+}
+
+const HEX_32 = /^[0-9a-f]{64}$/;
+
+function encode(input: ArchiveFileInput, chainBefore: string | undefined): { body: Buffer; chain: ChainSpan | undefined } {
   const { objectKey, records } = input;
   const codec = input.codec ?? 'deflate';
   const blockBytes = input.blockBytes ?? ARCHIVE_BLOCK_BYTES;
   const first = records[0];
   const last = records.at(-1);
   if (first === undefined || last === undefined) invalid(`${objectKey}: an archive file holds at least one record`, { objectKey });
+  if (chainBefore !== undefined && !HEX_32.test(chainBefore)) invalid(`${objectKey}: the chain before the file is not 64 lower-case hex characters`, { objectKey });
 
   const eventType = avroType(input.eventSchema, `${objectKey}: the events' writer schema (id ${input.schemaId})`);
   const schema = archiveFileSchema(input.eventSchema);
@@ -147,17 +179,10 @@ export function encodeArchiveFile(input: ArchiveFileInput): Buffer {
   avroType(schema, `${objectKey}: the archive file schema`);
 
   const sync = syncMarkerOf(objectKey);
-  const meta: Record<string, Buffer> = {
-    'avro.schema': Buffer.from(JSON.stringify(schema), 'utf8'),
-    'avro.codec': Buffer.from(codec, 'utf8'),
-    [ARCHIVE_METADATA.topic]: Buffer.from(input.topic, 'utf8'),
-    [ARCHIVE_METADATA.partition]: Buffer.from(String(input.partition), 'utf8'),
-    [ARCHIVE_METADATA.firstOffset]: Buffer.from(String(first.offset), 'utf8'),
-    [ARCHIVE_METADATA.lastOffset]: Buffer.from(String(last.offset), 'utf8'),
-    [ARCHIVE_METADATA.count]: Buffer.from(String(records.length), 'utf8'),
-    [ARCHIVE_METADATA.schemaId]: Buffer.from(String(input.schemaId), 'utf8'),
-  };
-  const parts: Buffer[] = [HEADER_TYPE.toBuffer({ magic: AVRO_MAGIC, meta, sync })];
+  // The header goes first but is known last (the chain values): its slot is filled after the records.
+  const parts: Buffer[] = [Buffer.alloc(0)];
+  let chain: Buffer | undefined = chainBefore === undefined ? undefined : Buffer.from(chainBefore, 'hex');
+  let firstChain: Buffer | undefined;
 
   let block: Buffer[] = [];
   let blockSize = 0;
@@ -178,14 +203,22 @@ export function encodeArchiveFile(input: ArchiveFileInput): Buffer {
       invalid(`${objectKey}: offset ${record.offset} after ${previous}: records must be in increasing offset order`, { objectKey, offset: record.offset });
     }
     previous = record.offset;
-    let end: number;
+    let decoded: { value: unknown; offset: number };
     try {
-      end = eventType.decode(record.event, 0).offset;
+      decoded = eventType.decode(record.event, 0);
     } catch (error) {
       invalid(`${objectKey}: the event at offset ${record.offset} does not decode with its writer schema: ${errorMessage(error)}`, { objectKey, offset: record.offset }, error);
     }
-    if (end !== record.event.length) {
-      invalid(`${objectKey}: the event at offset ${record.offset} is not one record of its writer schema (${record.event.length} bytes, the record ends at ${end})`, { objectKey, offset: record.offset });
+    if (decoded.offset !== record.event.length) {
+      invalid(`${objectKey}: the event at offset ${record.offset} is not one record of its writer schema (${record.event.length} bytes, the record ends at ${decoded.offset})`, { objectKey, offset: record.offset });
+    }
+    if (chain !== undefined) {
+      const hash = (decoded.value as { hash?: unknown } | null)?.hash;
+      if (typeof hash !== 'string' || !HEX_32.test(hash)) {
+        invalid(`${objectKey}: the event at offset ${record.offset} has no lower-case hex SHA-256 \`hash\` to chain`, { objectKey, offset: record.offset });
+      }
+      chain = nextChainBytes(chain, Buffer.from(hash, 'hex'));
+      firstChain ??= chain;
     }
     let prefix: Buffer;
     try {
@@ -199,5 +232,19 @@ export function encodeArchiveFile(input: ArchiveFileInput): Buffer {
     if (blockSize >= blockBytes) flush();
   }
   flush();
-  return Buffer.concat(parts);
+
+  const span = chain !== undefined && firstChain !== undefined ? { first: firstChain.toString('hex'), last: chain.toString('hex') } : undefined;
+  const meta: Record<string, Buffer> = {
+    'avro.schema': Buffer.from(JSON.stringify(schema), 'utf8'),
+    'avro.codec': Buffer.from(codec, 'utf8'),
+    [ARCHIVE_METADATA.topic]: Buffer.from(input.topic, 'utf8'),
+    [ARCHIVE_METADATA.partition]: Buffer.from(String(input.partition), 'utf8'),
+    [ARCHIVE_METADATA.firstOffset]: Buffer.from(String(first.offset), 'utf8'),
+    [ARCHIVE_METADATA.lastOffset]: Buffer.from(String(last.offset), 'utf8'),
+    [ARCHIVE_METADATA.count]: Buffer.from(String(records.length), 'utf8'),
+    [ARCHIVE_METADATA.schemaId]: Buffer.from(String(input.schemaId), 'utf8'),
+    ...(span !== undefined ? { [ARCHIVE_METADATA.chainFirst]: Buffer.from(span.first, 'utf8'), [ARCHIVE_METADATA.chainLast]: Buffer.from(span.last, 'utf8') } : {}),
+  };
+  parts[0] = HEADER_TYPE.toBuffer({ magic: AVRO_MAGIC, meta, sync });
+  return { body: Buffer.concat(parts), chain: span };
 }

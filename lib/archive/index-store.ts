@@ -83,18 +83,111 @@ export interface ArchiveFileRow {
   /** Base64 SHA-256 of the object. */
   readonly sha256: string;
   readonly versionId: string | undefined;
+  /** The hash chain at the file's first and last records (hex); undefined for files from before the chain. */
+  readonly firstChain?: string | undefined;
+  readonly lastChain?: string | undefined;
 }
 
-/** Records a file that is durable in S3; a file already recorded (a retry after a crash) is left as it is. */
+/**
+ * Records a file that is durable in S3; a file already recorded (a retry after a crash) is left as it
+ * is, except that chain values it lacks are filled in (a reindex restores them from the file headers).
+ */
 export async function recordArchiveFile(db: Queryable, file: ArchiveFileRow): Promise<void> {
   try {
     await db.query(
-      `INSERT INTO audit_files (object_key, day, kafka_partition, first_offset, last_offset, record_count, bytes, sha256, version_id)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (object_key) DO NOTHING`,
-      [file.objectKey, file.day, file.partition, String(file.firstOffset), String(file.lastOffset), file.recordCount, String(file.bytes), file.sha256, file.versionId ?? null],
+      `INSERT INTO audit_files (object_key, day, kafka_partition, first_offset, last_offset, record_count, bytes, sha256, version_id, first_chain, last_chain)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+       ON CONFLICT (object_key) DO UPDATE SET first_chain = EXCLUDED.first_chain, last_chain = EXCLUDED.last_chain
+         WHERE audit_files.first_chain IS NULL AND EXCLUDED.first_chain IS NOT NULL`,
+      [file.objectKey, file.day, file.partition, String(file.firstOffset), String(file.lastOffset), file.recordCount, String(file.bytes), file.sha256, file.versionId ?? null, file.firstChain ?? null, file.lastChain ?? null],
     );
   } catch (error) {
     throw failed(`recording file ${file.objectKey}`, error);
+  }
+}
+
+/** A file's row as the chain and manifest code read it. */
+export interface ArchiveFileChainRow {
+  readonly objectKey: string;
+  readonly day: string;
+  readonly partition: number;
+  readonly firstOffset: number;
+  readonly lastOffset: number;
+  readonly recordCount: number;
+  readonly sha256: string;
+  readonly versionId: string | null;
+  readonly firstChain: string | null;
+  readonly lastChain: string | null;
+}
+
+interface FileChainRecord {
+  object_key: string;
+  day: string;
+  kafka_partition: number;
+  first_offset: string;
+  last_offset: string;
+  record_count: number;
+  sha256: string;
+  version_id: string | null;
+  first_chain: string | null;
+  last_chain: string | null;
+}
+
+const FILE_CHAIN_SELECT = `SELECT object_key, to_char(day, 'YYYY-MM-DD') AS day, kafka_partition, first_offset, last_offset, record_count, sha256, version_id, first_chain, last_chain FROM audit_files`;
+
+function fileChainRowOf(r: FileChainRecord): ArchiveFileChainRow {
+  return {
+    objectKey: r.object_key,
+    day: r.day,
+    partition: r.kafka_partition,
+    firstOffset: Number(r.first_offset),
+    lastOffset: Number(r.last_offset),
+    recordCount: r.record_count,
+    sha256: r.sha256,
+    versionId: r.version_id,
+    firstChain: r.first_chain,
+    lastChain: r.last_chain,
+  };
+}
+
+/** The recorded files of one day, in (partition, offset) order. */
+export async function dayFileRows(db: Queryable, day: string): Promise<ArchiveFileChainRow[]> {
+  try {
+    const { rows } = await db.query<FileChainRecord>(`${FILE_CHAIN_SELECT} WHERE day = $1::date ORDER BY kafka_partition, first_offset`, [day]);
+    return rows.map(fileChainRowOf);
+  } catch (error) {
+    throw failed(`reading the files of ${day}`, error);
+  }
+}
+
+/** The recorded file of a partition with the highest offsets before `day` (whose last chain is the chain before the day), if any. */
+export async function lastFileRowBefore(db: Queryable, partition: number, day: string): Promise<ArchiveFileChainRow | undefined> {
+  try {
+    const { rows } = await db.query<FileChainRecord>(`${FILE_CHAIN_SELECT} WHERE kafka_partition = $1 AND day < $2::date ORDER BY last_offset DESC LIMIT 1`, [partition, day]);
+    const row = rows[0];
+    return row === undefined ? undefined : fileChainRowOf(row);
+  } catch (error) {
+    throw failed(`reading the last file of partition ${partition} before ${day}`, error);
+  }
+}
+
+/** The recorded file under `objectKey`, if any. */
+export async function fileRow(db: Queryable, objectKey: string): Promise<ArchiveFileChainRow | undefined> {
+  try {
+    const { rows } = await db.query<FileChainRecord>(`${FILE_CHAIN_SELECT} WHERE object_key = $1`, [objectKey]);
+    const row = rows[0];
+    return row === undefined ? undefined : fileChainRowOf(row);
+  } catch (error) {
+    throw failed(`reading file ${objectKey}`, error);
+  }
+}
+
+/** Fills in the chain values of files recorded without them (written before the chain). */
+export async function setFileChain(db: Queryable, objectKey: string, firstChain: string, lastChain: string): Promise<void> {
+  try {
+    await db.query('UPDATE audit_files SET first_chain = $2, last_chain = $3 WHERE object_key = $1 AND first_chain IS NULL', [objectKey, firstChain, lastChain]);
+  } catch (error) {
+    throw failed(`recording the chain of file ${objectKey}`, error);
   }
 }
 

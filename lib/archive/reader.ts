@@ -24,6 +24,9 @@ export interface ArchiveFileHeader {
   readonly firstOffset: number | undefined;
   readonly lastOffset: number | undefined;
   readonly count: number | undefined;
+  /** The hash chain at the first and last records (hex), on files written since the integrity change. */
+  readonly firstChain: string | undefined;
+  readonly lastChain: string | undefined;
 }
 
 export interface ArchivedRecord<E = unknown> {
@@ -135,6 +138,11 @@ function numberMeta(meta: Record<string, Buffer>, key: string): number | undefin
   return Number.isSafeInteger(value) ? value : undefined;
 }
 
+function chainMeta(meta: Record<string, Buffer>, key: string): string | undefined {
+  const raw = meta[key]?.toString('utf8');
+  return raw !== undefined && /^[0-9a-f]{64}$/.test(raw) ? raw : undefined;
+}
+
 interface FieldReader {
   readonly name: string;
   readonly type: avsc.Type;
@@ -192,6 +200,8 @@ export async function openArchiveFile<E = unknown>(source: AsyncIterable<Uint8Ar
     firstOffset: numberMeta(meta, ARCHIVE_METADATA.firstOffset),
     lastOffset: numberMeta(meta, ARCHIVE_METADATA.lastOffset),
     count: numberMeta(meta, ARCHIVE_METADATA.count),
+    firstChain: chainMeta(meta, ARCHIVE_METADATA.chainFirst),
+    lastChain: chainMeta(meta, ARCHIVE_METADATA.chainLast),
   };
 
   async function* records(): AsyncGenerator<ArchivedRecord<E>> {

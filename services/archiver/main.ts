@@ -113,7 +113,9 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
     if (owned.archiver) return Promise.resolve(owned.archiver);
     owned.loading ??= (async () => {
       const count = await countPartitions();
-      const resume = await resumePoint(s3, bucket, prefix, db as NonNullable<typeof db>, partition);
+      const resume = await resumePoint(s3, bucket, prefix, db as NonNullable<typeof db>, partition, {
+        chainRecomputed: (info) => log.info(info, 'the partition\'s last file has no hash chain (written before it came in): chain recomputed from its files, their rows filled in'),
+      });
       const archiver = new PartitionArchiver({ topic, partition, prefix, limits, dayGraceMs: config.ARCHIVE_DAY_GRACE_MS }, depsOf(count), resume);
       owned.archiver = archiver;
       log.info({ partition, nextOffset: resume.nextOffset, lastFileDay: resume.lastFileDay, openDay: resume.openDay }, 'partition resumes after its last archived file');

@@ -7,8 +7,13 @@
  *
  * Resuming (after a crash, a rebalance) starts from the archive itself: the records below
  * `resume.nextOffset` (after the highest archived file) are in S3 already and are skipped.
+ *
+ * Each file carries the partition's hash chain (lib/archive/chain.ts) over its records' event hashes,
+ * continuing from the previous file's last value (`resume.chain` after a restart): the chain moves
+ * only when a file is durable, so a retried or re-read file gets the same chain and the same bytes.
  */
-import { encodeArchiveFile, type KafkaHeader } from '../../lib/archive/container.ts';
+import { GENESIS_CHAIN } from '../../lib/archive/chain.ts';
+import { encodeChainedArchiveFile, type KafkaHeader } from '../../lib/archive/container.ts';
 import { PartitionDays } from '../../lib/archive/days.ts';
 import { formatArchiveKey } from '../../lib/archive/layout.ts';
 import type { ArchivedObject } from '../../lib/archive/objects.ts';
@@ -60,6 +65,8 @@ export interface ResumePoint {
   readonly lastFileDay: string | undefined;
   /** The first day not closed on the partition, if known. */
   readonly openDay: string | undefined;
+  /** The hash chain after the highest archived file's last record (GENESIS_CHAIN when none); default GENESIS_CHAIN. */
+  readonly chain?: string;
 }
 
 export interface WrittenFile {
@@ -70,6 +77,8 @@ export interface WrittenFile {
   readonly count: number;
   readonly bytes: number;
   readonly outcome: ArchivedObject['outcome'];
+  readonly firstChain: string;
+  readonly lastChain: string;
 }
 
 const HEADER_BYTES = 5;
@@ -97,11 +106,14 @@ export class PartitionArchiver {
   #pending: ({ kind: 'file'; cut: Cut } | { kind: 'day'; day: string })[] = [];
   /** The next offset this archiver expects: lower ones are archived or buffered already. */
   #next: number;
+  /** The chain after the last durable file's last record. */
+  #chain: string;
 
   constructor(options: PartitionArchiverOptions, deps: PartitionArchiverDeps, resume: ResumePoint) {
     this.#options = options;
     this.#deps = deps;
     this.#next = resume.nextOffset;
+    this.#chain = resume.chain ?? GENESIS_CHAIN;
     const openDay = resume.openDay !== undefined && (resume.lastFileDay === undefined || resume.openDay > resume.lastFileDay) ? resume.openDay : resume.lastFileDay;
     this.#rotation = new FileRotation(options.limits, openDay);
     this.#days = new PartitionDays(options.dayGraceMs, openDay);
@@ -110,6 +122,11 @@ export class PartitionArchiver {
   /** The next offset not archived or buffered. */
   get nextOffset(): number {
     return this.#next;
+  }
+
+  /** The hash chain after the last durable file (what the next file continues). */
+  get chain(): string {
+    return this.#chain;
   }
 
   /** Records read but not in a durable file yet. */
@@ -197,7 +214,8 @@ export class PartitionArchiver {
       throw permanentError('ARCHIVE_BUFFER_INCONSISTENT', `partition ${this.#options.partition}: file ${file.firstOffset}-${file.lastOffset} should hold ${file.count} buffered records, found ${records.length}`);
     }
     const key = formatArchiveKey({ prefix: this.#options.prefix, day: file.day, partition: this.#options.partition, firstOffset: file.firstOffset, lastOffset: file.lastOffset });
-    const body = encodeArchiveFile({
+    const { body, chain } = encodeChainedArchiveFile({
+      chainBefore: this.#chain,
       objectKey: key,
       topic: this.#options.topic,
       partition: this.#options.partition,
@@ -217,9 +235,12 @@ export class PartitionArchiver {
       bytes: body.length,
       sha256: put.checksumSha256,
       versionId: put.versionId,
+      firstChain: chain.first,
+      lastChain: chain.last,
     });
-    // Durable: its records leave the buffer and the commit point moves past them.
+    // Durable: its records leave the buffer, the commit point moves past them, the chain continues after them.
     this.#buffer = this.#buffer.filter((r) => r.offset > file.lastOffset);
-    this.#deps.fileWritten?.({ key, reason: cut.reason, firstOffset: file.firstOffset, lastOffset: file.lastOffset, count: file.count, bytes: body.length, outcome: put.outcome });
+    this.#chain = chain.last;
+    this.#deps.fileWritten?.({ key, reason: cut.reason, firstOffset: file.firstOffset, lastOffset: file.lastOffset, count: file.count, bytes: body.length, outcome: put.outcome, firstChain: chain.first, lastChain: chain.last });
   }
 }

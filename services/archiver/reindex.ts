@@ -84,6 +84,9 @@ export async function reindexArchive(options: ReindexOptions): Promise<ReindexSu
         bytes: object.ContentLength ?? 0,
         sha256: object.ChecksumSHA256 ?? '',
         versionId: object.VersionId,
+        // The chain as the file's header has it (files from before the chain: none, recomputed by the archiver when it needs them).
+        firstChain: file.header.firstChain,
+        lastChain: file.header.lastChain,
       });
       summary.files += 1;
       summary.records += done.records;

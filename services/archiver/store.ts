@@ -3,12 +3,14 @@
  * writer schemas, and the index tables in Postgres; and where a partition resumes.
  */
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { closePartitionDay, earliestOpenDay, lastClosedDay, recordArchiveFile, type Queryable } from '../../lib/archive/index-store.ts';
+import { GENESIS_CHAIN } from '../../lib/archive/chain.ts';
+import { closePartitionDay, earliestOpenDay, fileRow, lastClosedDay, recordArchiveFile, type Queryable } from '../../lib/archive/index-store.ts';
 import { formatArchiveKey, highestArchivedFile, nextDay, type ArchiveFileName } from '../../lib/archive/layout.ts';
 import { putArchiveObject, sha256Base64, type ArchivedObject } from '../../lib/archive/objects.ts';
 import { readArchiveRecords } from '../../lib/archive/reader.ts';
 import { s3Failure } from '../../lib/archive/s3.ts';
 import { errorCode, errorMessage, permanentError, retryableError, unavailableError } from '../../lib/errors.ts';
+import { backfillPartitionChain } from './chains.ts';
 import type { PartitionArchiverDeps, ResumePoint } from './partition.ts';
 
 export interface ArchiveStoreOptions {
@@ -113,7 +115,7 @@ async function recordIfMissing(s3: S3Client, bucket: string, db: Queryable, file
   } catch (error) {
     throw s3Failure(`GetObject s3://${bucket}/${key}`, error, { bucket, key });
   }
-  const { records } = await readArchiveRecords(body, { name: key });
+  const { header, records } = await readArchiveRecords(body, { name: key });
   await recordArchiveFile(db, {
     objectKey: key,
     day: file.day,
@@ -124,13 +126,34 @@ async function recordIfMissing(s3: S3Client, bucket: string, db: Queryable, file
     bytes: body.length,
     sha256: object.ChecksumSHA256 ?? sha256Base64(body),
     versionId: object.VersionId,
+    firstChain: header.firstChain,
+    lastChain: header.lastChain,
   });
 }
 
-/** Where a partition resumes: after the highest archived file in S3 (the source of truth), with its closed days from Postgres. */
-export async function resumePoint(s3: S3Client, bucket: string, prefix: string, db: Queryable, partition: number): Promise<ResumePoint> {
+export interface ResumeOptions {
+  /** Told when the partition's chain had to be recomputed from its files (the first start after the chain came in). */
+  readonly chainRecomputed?: (info: { partition: number; files: number; recomputed: number }) => void;
+}
+
+/**
+ * Where a partition resumes: after the highest archived file in S3 (the source of truth), with its
+ * closed days from Postgres and the chain after that file (its row, which has it from the file's
+ * header; for a file from before the chain, recomputed from all the partition's files).
+ */
+export async function resumePoint(s3: S3Client, bucket: string, prefix: string, db: Queryable, partition: number, options: ResumeOptions = {}): Promise<ResumePoint> {
   const file = await highestArchivedFile(s3, bucket, prefix, partition);
-  if (file !== undefined) await recordIfMissing(s3, bucket, db, file);
+  let chain = GENESIS_CHAIN;
+  if (file !== undefined) {
+    await recordIfMissing(s3, bucket, db, file);
+    const recorded = (await fileRow(db, formatArchiveKey(file)))?.lastChain;
+    if (recorded != null) chain = recorded;
+    else {
+      const backfilled = await backfillPartitionChain({ s3, bucket, prefix, db }, partition);
+      options.chainRecomputed?.({ partition, files: backfilled.files, recomputed: backfilled.recomputed });
+      chain = backfilled.last;
+    }
+  }
   const closed = await lastClosedDay(db, partition);
-  return { nextOffset: file === undefined ? 0 : file.lastOffset + 1, lastFileDay: file?.day, openDay: closed === undefined ? undefined : nextDay(closed) };
+  return { nextOffset: file === undefined ? 0 : file.lastOffset + 1, lastFileDay: file?.day, openDay: closed === undefined ? undefined : nextDay(closed), chain };
 }

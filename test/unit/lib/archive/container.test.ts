@@ -3,7 +3,8 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'nod
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildAuditEvent } from '../../../../lib/audit.ts';
-import { encodeArchiveFile, syncMarkerOf, type ArchiveFileInput, type ArchiveRecordInput } from '../../../../lib/archive/container.ts';
+import { chainOf, GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
+import { ARCHIVE_METADATA, encodeArchiveFile, encodeChainedArchiveFile, syncMarkerOf, type ArchiveFileInput, type ArchiveRecordInput } from '../../../../lib/archive/container.ts';
 import { openArchiveFile, readArchiveRecords } from '../../../../lib/archive/reader.ts';
 import { topicContract, type TopicRecords } from '../../../../lib/contracts/schemas.ts';
 import { errorCode } from '../../../../lib/errors.ts';
@@ -120,6 +121,25 @@ describe('archive container files', () => {
     altered.writeUInt8((altered.at(-1) ?? 0) ^ 0xff, altered.length - 1); // the last sync marker
     expect(errorCode(await readArchiveRecords(altered).catch((e: unknown) => e))).toBe('ARCHIVE_FILE_CORRUPT');
     expect(errorCode(await readArchiveRecords(Buffer.from('not avro at all')).catch((e: unknown) => e))).toBe('ARCHIVE_FILE_CORRUPT');
+  });
+
+  it('chains the events\' hashes after the chain before the file, in its header, deterministically', async () => {
+    const list = events(30);
+    const before = chainOf(GENESIS_CHAIN, ['1'.repeat(64)]).last;
+    const chained = encodeChainedArchiveFile({ ...file(30), chainBefore: before });
+    expect(chained.chain).toEqual(chainOf(before, list.map((e) => e.event.hash)));
+    expect(encodeChainedArchiveFile({ ...file(30), chainBefore: before }).body.equals(chained.body)).toBe(true);
+    const { header, records } = await readArchiveRecords(chained.body);
+    expect(header.firstChain).toBe(chained.chain.first);
+    expect(header.lastChain).toBe(chained.chain.last);
+    expect(header.metadata[ARCHIVE_METADATA.chainLast]?.toString('utf8')).toBe(chained.chain.last);
+    expect(records).toHaveLength(30);
+    // Another chain before: other header, same records. Without a chain: the file as before the change.
+    expect(encodeChainedArchiveFile({ ...file(30), chainBefore: GENESIS_CHAIN }).body.equals(chained.body)).toBe(false);
+    const plain = await readArchiveRecords(encodeArchiveFile(file(30)));
+    expect(plain.header.firstChain).toBeUndefined();
+    expect(plain.header.lastChain).toBeUndefined();
+    expect(errorCode((() => { try { return encodeChainedArchiveFile({ ...file(3), chainBefore: 'nope' }); } catch (e) { return e; } })())).toBe('ARCHIVE_RECORD_INVALID');
   });
 
   // Apache Avro's own reader, when its tool is in the local Maven repository
