@@ -1,6 +1,8 @@
 // End-to-end provisioning with the simulated driver: requests produced on agent-requests → ingest →
 // agent-commands → provisioner → RUNNING consumed from agent-status. Measures the saturation rate
-// (a burst of INSTANTIATE requests) and the p50/p95 latency at half that rate, in the same run.
+// (a burst of INSTANTIATE requests) and the p50/p95 latency at half that rate, then, in the same run
+// and on the same stack, the floor of the design (one transaction per request batch, relay,
+// consume) and prints provisioning/ceiling, the ratio of the two saturation rates.
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
@@ -9,7 +11,10 @@ import { Kafka, logLevel } from 'kafkajs';
 import pg from 'pg';
 import { startServices } from '../cli/services.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
-import type { AgentRequest } from '../lib/contracts/types.ts';
+import type { AgentRequest, AgentStatus } from '../lib/contracts/types.ts';
+import { withTransaction } from '../lib/db/pool.ts';
+import { enqueueEvents, type OutboxEvent } from '../lib/outbox/outbox.ts';
+import { createBatchWorker } from '../lib/runtime/batch-worker.ts';
 import { createAvroCodec } from '../lib/kafka/avro.ts';
 import { kernelTlsFromEnv, KernelClient, StatusWatcher } from '../dev/kernel/client.ts';
 import { kafkaTlsOf } from '../lib/config.ts';
@@ -17,7 +22,8 @@ import { aclPlan, deleteAcls } from '../lib/contracts/acls.ts';
 import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
-import { loadServiceConfig, topicNames } from '../lib/service/context.ts';
+import { createServiceContext, loadServiceConfig, topicNames, type ServiceConfig } from '../lib/service/context.ts';
+import { startDurablePostgres } from './durable-postgres.ts';
 import { localStackEnv, stackCredentials } from '../dev/stack/endpoints.ts';
 
 function request(key: string): AgentRequest {
@@ -70,15 +76,168 @@ function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
 
+/** Follows a pipeline's `agent-status`: which agent a request made, and when it was first seen RUNNING. */
+class Tracker {
+  readonly failures: string[] = [];
+  readonly runningAt = new Map<string, number>();
+  // Indexes the watcher's events by request as they arrive (a scan per request would be quadratic).
+  readonly agentOf = new Map<string, string>();
+
+  constructor(status: StatusWatcher) {
+    status.onStatus((e) => {
+      if (e.requestId) this.agentOf.set(e.requestId, e.agentId);
+      if (e.state === 'RUNNING' && !this.runningAt.has(e.agentId)) this.runningAt.set(e.agentId, Date.now());
+      if (e.state === 'REJECTED' || e.state === 'FAILED') this.failures.push(`${e.agentId}: ${e.state}: ${e.reason ?? ''}`);
+    });
+  }
+
+  running(requestId: string): number | undefined {
+    const agent = this.agentOf.get(requestId);
+    return agent === undefined ? undefined : this.runningAt.get(agent);
+  }
+
+  async waitRunning(ids: readonly string[], timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const done = ids.filter((r) => this.running(r) !== undefined).length;
+      if (done === ids.length) return;
+      if (this.failures.length > 0) throw new Error(`agents did not start: ${this.failures.slice(0, 3).join('; ')}`);
+      if (Date.now() > deadline) throw new Error(`only ${done} of ${ids.length} agents reached RUNNING in ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+interface Measured {
+  readonly saturation: number;
+  readonly burstSeconds: number;
+  readonly rate: number;
+  readonly latencies: readonly number[];
+  readonly burstRequests: readonly AgentRequest[];
+  readonly paced: readonly AgentRequest[];
+  readonly sentAt: ReadonlyMap<string, number>;
+  readonly t0: number;
+}
+
+/** Warm-up, a burst (rate = burst / time until the last RUNNING), then latency at `rateOf(saturation)` paced in 50 ms ticks. */
+async function measure(kernel: KernelClient, tracker: Tracker, name: string, burst: number, paceSeconds: number, rateOf: (saturation: number) => number): Promise<Measured> {
+  // Warm-up: connections, schema caches, JIT.
+  const warm = Array.from({ length: 50 }, (_, i) => request(`${name}warm-${i}`));
+  await kernel.send(warm);
+  await tracker.waitRunning(warm.map((r) => r.requestId), 60_000);
+
+  const burstRequests = Array.from({ length: burst }, (_, i) => request(`${name}burst-${i}`));
+  const t0 = Date.now();
+  for (let i = 0; i < burstRequests.length; i += 500) await kernel.send(burstRequests.slice(i, i + 500));
+  await tracker.waitRunning(burstRequests.map((r) => r.requestId), 600_000);
+  const burstSeconds = (Date.now() - t0) / 1000;
+  const saturation = burst / burstSeconds;
+
+  const rate = Math.max(1, rateOf(saturation));
+  const sentAt = new Map<string, number>();
+  const paced: AgentRequest[] = [];
+  const start = Date.now();
+  let sent = 0;
+  while (Date.now() - start < paceSeconds * 1000) {
+    const due = Math.floor(((Date.now() - start) / 1000) * rate) - sent;
+    if (due > 0) {
+      const batch = Array.from({ length: due }, (_, i) => request(`${name}paced-${sent + i}`));
+      const now = Date.now();
+      for (const r of batch) sentAt.set(r.requestId, now);
+      await kernel.send(batch);
+      paced.push(...batch);
+      sent += due;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await tracker.waitRunning(paced.map((r) => r.requestId), 120_000);
+  const latencies = paced
+    .map((r) => (tracker.running(r.requestId) ?? NaN) - (sentAt.get(r.requestId) ?? NaN))
+    .filter((v) => Number.isFinite(v))
+    .sort((a, b) => a - b);
+  return { saturation, burstSeconds, rate, latencies, burstRequests, paced, sentAt, t0 };
+}
+
+const FLOOR_TABLE = `CREATE TABLE IF NOT EXISTS floor_requests (
+  request_id uuid PRIMARY KEY, agent_id uuid NOT NULL, spec jsonb NOT NULL, division text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`;
+
+/**
+ * The floor of this design, on the same stack: the batch runtime consumes a batch of requests, ONE
+ * transaction inserts one row and one outbox row (a RUNNING status) per request, the relay publishes
+ * them, and the watcher consumes them. Everything the real pipeline does beyond that is its cost.
+ */
+async function startFloor(env: Record<string, string | undefined>, concurrency: number): Promise<{ shutdown(): Promise<string[]> }> {
+  const ctx = await createServiceContext({ service: 'floor', config: loadServiceConfig(env), database: true, opsServer: false });
+  const pool = ctx.pool;
+  if (!pool) throw new Error('the floor needs Postgres');
+  await pool.query(FLOOR_TABLE);
+  const statusTopic = ctx.topics['agent-status'];
+  const worker = createBatchWorker<AgentRequest, undefined>(
+    {
+      service: 'floor',
+      topics: [ctx.topics['agent-requests']],
+      groupId: `${ctx.config.TOPIC_PREFIX}floor`,
+      deps: undefined,
+      concurrency,
+      retry: ctx.workerRetry,
+      handler: async (batch) => {
+        const rows = batch.records.map((r) => ({ request: r.value, agentId: randomUUID() }));
+        await withTransaction(pool, async (client) => {
+          await client.query(
+            'INSERT INTO floor_requests (request_id, agent_id, spec, division) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::text[]) ON CONFLICT DO NOTHING',
+            [rows.map((r) => r.request.requestId), rows.map((r) => r.agentId), rows.map((r) => JSON.stringify(r.request.spec)), rows.map((r) => r.request.division ?? 'default')],
+          );
+          await enqueueEvents(
+            client,
+            ctx.codec,
+            rows.map(({ request: r, agentId }): OutboxEvent => {
+              const value: AgentStatus = { eventId: randomUUID(), agentId, state: 'RUNNING', previousState: null, reason: 'floor', requestId: r.requestId, commandId: null, version: 1, time: new Date(), instanceId: null };
+              return { topic: statusTopic, key: agentId, value, eventId: value.eventId };
+            }),
+          );
+        });
+      },
+    },
+    { kafka: ctx.kafka, codec: ctx.codec, producer: ctx.producer, logger: ctx.logger, metrics: ctx.metrics },
+  );
+  ctx.onShutdown(['floor worker', () => worker.stop()]);
+  await worker.start();
+  return ctx;
+}
+
+const USAGE = `usage: npm run bench -- provisioning [--burst N] [--seconds S] [--partitions P] [--concurrency C] [--processes] [--no-floor] [--durable]
+  --processes   one process per service (as deployed) instead of all in this process
+  --no-floor    skip the floor pipeline (and the provisioning/ceiling ratio)
+  --durable     run against a temporary Postgres cluster with the server's durable defaults (fsync,
+                synchronous_commit, full_page_writes on) instead of the stack's (all three off)`;
+
 export async function run(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { burst: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, partitions: { type: 'string', default: '16' }, concurrency: { type: 'string', default: '16' }, processes: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({
+    args,
+    options: {
+      burst: { type: 'string', default: '2000' },
+      seconds: { type: 'string', default: '10' },
+      partitions: { type: 'string', default: '16' },
+      concurrency: { type: 'string', default: '16' },
+      processes: { type: 'boolean', default: false },
+      'no-floor': { type: 'boolean', default: false },
+      durable: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
   const burst = Number(values.burst);
   const paceSeconds = Number(values.seconds);
   const prefix = `bench-prov-${Date.now().toString(36)}.`;
   const schema = prefix.replace(/[^a-z0-9]/g, '_');
+  const durable = values.durable ? await startDurablePostgres() : undefined;
   const env: Record<string, string | undefined> = {
     ...localStackEnv(),
     ...process.env,
+    ...(durable ? { DATABASE_URL: durable.url } : {}),
     TOPIC_PREFIX: prefix,
     TOPIC_PARTITIONS: values.partitions,
     DATABASE_SCHEMA: schema,
@@ -89,92 +248,48 @@ export async function run(args: string[]): Promise<void> {
     HTTP_PORT: '0',
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'error',
   };
+  const floorPrefix = `${prefix}floor.`;
+  const floorEnv = { ...env, TOPIC_PREFIX: floorPrefix, DATABASE_SCHEMA: `${schema}floor` };
   const config = loadServiceConfig(env);
-  await bootstrapFleet(process.cwd(), config, env, createLogger('bench', 'error'));
-  const topics = topicNames(prefix);
   const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
-  // In-process (one Node thread for everything) or one process per service, as deployed.
-  const fleet = values.processes ? await startServiceProcesses(env) : await startServices(['ingest', 'provisioner'], env, { opsServer: false });
   const kernelTls = kernelTlsFromEnv(env);
-  const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec });
-  const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec, groupId: `${prefix}kernel-status` });
-
-  const sentAt = new Map<string, number>();
-  const failures: string[] = [];
-  const agentRunningMs = new Map<string, number>();
-  // Indexes the watcher's events by request as they arrive (a scan per request would be quadratic).
-  const requestToAgent = new Map<string, string>();
-  status.onStatus((e) => {
-    if (e.requestId) requestToAgent.set(e.requestId, e.agentId);
-    if (e.state === 'RUNNING' && !agentRunningMs.has(e.agentId)) agentRunningMs.set(e.agentId, Date.now());
-    if (e.state === 'REJECTED' || e.state === 'FAILED') failures.push(`${e.agentId}: ${e.state}: ${e.reason ?? ''}`);
-  });
-
-  async function waitRunning(ids: readonly string[], timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const done = ids.filter((r) => {
-        const agent = requestToAgent.get(r);
-        return agent !== undefined && agentRunningMs.has(agent);
-      }).length;
-      if (done === ids.length) return;
-      if (failures.length > 0) throw new Error(`agents did not start: ${failures.slice(0, 3).join('; ')}`);
-      if (Date.now() > deadline) throw new Error(`only ${done} of ${ids.length} agents reached RUNNING in ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-
+  const stops: (() => Promise<unknown>)[] = [];
+  const stopAll = async () => {
+    for (const stop of stops.splice(0).reverse()) await stop().catch((error: unknown) => console.error(`cleanup: ${String(error)}`));
+  };
   try {
-    // Warm-up: connections, schema caches, JIT.
-    const warm = Array.from({ length: 50 }, (_, i) => request(`${prefix}warm-${i}`));
-    await kernel.send(warm);
-    await waitRunning(warm.map((r) => r.requestId), 60_000);
+    await bootstrapFleet(process.cwd(), config, env, createLogger('bench', 'error'));
+    const topics = topicNames(prefix);
+    // In-process (one Node thread for everything) or one process per service, as deployed.
+    const fleet = values.processes ? await startServiceProcesses(env) : await startServices(['ingest', 'provisioner'], env, { opsServer: false });
+    stops.push(() => fleet.shutdown());
+    const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec });
+    stops.push(() => kernel.disconnect());
+    const status = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec, groupId: `${prefix}kernel-status` });
+    stops.push(() => status.stop());
 
-    // 1. Saturation: one burst, rate = burst / time until the last RUNNING.
-    const burstRequests = Array.from({ length: burst }, (_, i) => request(`${prefix}burst-${i}`));
-    const t0 = Date.now();
-    for (let i = 0; i < burstRequests.length; i += 500) await kernel.send(burstRequests.slice(i, i + 500));
-    await waitRunning(burstRequests.map((r) => r.requestId), 600_000);
-    const saturation = burst / ((Date.now() - t0) / 1000);
+    const followed = new Tracker(status);
+    const agentOf = (requestId: string) => followed.agentOf.get(requestId) ?? '';
+    const m = await measure(kernel, followed, prefix, burst, paceSeconds, (saturation) => saturation / 2);
     const times = (pick: (e: { version: number; state: string }) => boolean) =>
-      burstRequests.map((r) => (status.states.get(requestToAgent.get(r.requestId) ?? '') ?? []).find(pick)?.time.getTime() ?? NaN).filter(Number.isFinite);
-    const lastOf = (list: number[]) => ((Math.max(...list) - t0) / 1000).toFixed(1);
+      m.burstRequests.map((r) => (status.states.get(agentOf(r.requestId)) ?? []).find(pick)?.time.getTime() ?? NaN).filter(Number.isFinite);
+    const lastOf = (list: number[]) => ((Math.max(...list) - m.t0) / 1000).toFixed(1);
     console.log(`burst timeline: last accepted by ingest at ${lastOf(times((e) => e.version === 0))} s · last created by the provisioner at ${lastOf(times((e) => e.version === 1))} s · last RUNNING at ${lastOf(times((e) => e.state === 'RUNNING'))} s`);
-    console.log(`setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, ${values.processes ? 'one process per service' : 'one process'}`);
-    console.log(`saturation: ${burst} requests → RUNNING in ${((Date.now() - t0) / 1000).toFixed(1)} s = ${saturation.toFixed(0)} commands/s`);
-
-    // 2. Latency at half the saturation rate, paced in 50 ms ticks.
-    const rate = Math.max(1, saturation / 2);
-    const paced: AgentRequest[] = [];
-    const start = Date.now();
-    let sent = 0;
-    while (Date.now() - start < paceSeconds * 1000) {
-      const due = Math.floor(((Date.now() - start) / 1000) * rate) - sent;
-      if (due > 0) {
-        const batch = Array.from({ length: due }, (_, i) => request(`${prefix}paced-${sent + i}`));
-        const now = Date.now();
-        for (const r of batch) sentAt.set(r.requestId, now);
-        await kernel.send(batch);
-        paced.push(...batch);
-        sent += due;
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    await waitRunning(paced.map((r) => r.requestId), 120_000);
-    const latencies = paced
-      .map((r) => (agentRunningMs.get(requestToAgent.get(r.requestId) ?? '') ?? NaN) - (sentAt.get(r.requestId) ?? NaN))
-      .filter((v) => Number.isFinite(v))
-      .sort((a, b) => a - b);
-    console.log(`paced: ${paced.length} requests at ${rate.toFixed(0)}/s (half of saturation) for ${paceSeconds} s`);
-    console.log(`latency request produced → RUNNING consumed: p50 = ${percentile(latencies, 50).toFixed(0)} ms, p95 = ${percentile(latencies, 95).toFixed(0)} ms, max = ${(latencies.at(-1) ?? NaN).toFixed(0)} ms`);
+    console.log(
+      `setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, ${values.processes ? 'one process per service' : 'one process'}, Postgres ${durable ? 'durable (fsync, synchronous_commit, full_page_writes on; temporary cluster)' : "the stack's (fsync, synchronous_commit, full_page_writes off)"}`,
+    );
+    console.log(`saturation: ${burst} requests → RUNNING in ${m.burstSeconds.toFixed(1)} s = ${m.saturation.toFixed(0)} commands/s`);
+    console.log(`paced: ${m.paced.length} requests at ${m.rate.toFixed(0)}/s (half of saturation) for ${paceSeconds} s`);
+    const p95 = percentile(m.latencies, 95);
+    console.log(`latency request produced → RUNNING consumed: p50 = ${percentile(m.latencies, 50).toFixed(0)} ms, p95 = ${p95.toFixed(0)} ms, max = ${(m.latencies.at(-1) ?? NaN).toFixed(0)} ms`);
     // Where the time goes, from the events' own timestamps (one clock: same machine).
     const stages = { ingest: [] as number[], handover: [] as number[], lifecycle: [] as number[] };
-    for (const r of paced) {
-      const events = status.states.get(requestToAgent.get(r.requestId) ?? '') ?? [];
+    for (const r of m.paced) {
+      const events = status.states.get(agentOf(r.requestId)) ?? [];
       const accepted = events.find((e) => e.version === 0)?.time.getTime();
       const created = events.find((e) => e.version === 1)?.time.getTime();
       const running = events.find((e) => e.state === 'RUNNING')?.time.getTime();
-      const sent = sentAt.get(r.requestId);
+      const sent = m.sentAt.get(r.requestId);
       if (accepted === undefined || created === undefined || running === undefined || sent === undefined) continue;
       stages.ingest.push(accepted - sent);
       stages.handover.push(created - accepted);
@@ -182,21 +297,47 @@ export async function run(args: string[]): Promise<void> {
     }
     const median = (list: number[]) => percentile([...list].sort((a, b) => a - b), 50).toFixed(0);
     console.log(`median stages: produced → ingest accepted ${median(stages.ingest)} ms · accepted → provisioner created ${median(stages.handover)} ms · created → RUNNING ${median(stages.lifecycle)} ms`);
-    console.log(`goals: saturation ≥ 2000/s → ${saturation >= 2000 ? 'met' : 'NOT met'}; p95 ≤ 100 ms → ${percentile(latencies, 95) <= 100 ? 'met' : 'NOT met'}`);
+
+    let ratio: number | undefined;
+    if (!values['no-floor']) {
+      // The services stop first: the floor has the machine to itself, as the pipeline had.
+      await stopAll();
+      const floorConfig = loadServiceConfig(floorEnv);
+      await bootstrapFleet(process.cwd(), floorConfig, floorEnv, createLogger('bench', 'error'));
+      const floorTopics = topicNames(floorPrefix);
+      const floor = await startFloor(floorEnv, Number(values.concurrency));
+      stops.push(() => floor.shutdown());
+      const floorKernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics: floorTopics, codec });
+      stops.push(() => floorKernel.disconnect());
+      const floorStatus = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics: floorTopics, codec, groupId: `${floorPrefix}kernel-status` });
+      stops.push(() => floorStatus.stop());
+      // Paced at the same rate as the pipeline, so the latencies compare.
+      const f = await measure(floorKernel, new Tracker(floorStatus), floorPrefix, burst, paceSeconds, () => m.rate);
+      ratio = m.saturation / f.saturation;
+      console.log(`floor (batch → one transaction: a row and an outbox row per request → relay → consumed): ${burst} requests in ${f.burstSeconds.toFixed(1)} s = ${f.saturation.toFixed(0)} requests/s; at ${f.rate.toFixed(0)}/s p50 = ${percentile(f.latencies, 50).toFixed(0)} ms, p95 = ${percentile(f.latencies, 95).toFixed(0)} ms`);
+      console.log(`provisioning/ceiling = ${ratio.toFixed(2)}`);
+    }
+    console.log(
+      `goals: saturation ≥ 2000/s → ${m.saturation >= 2000 ? 'met' : 'NOT met'}; p95 ≤ 100 ms → ${p95 <= 100 ? 'met' : 'NOT met'}${ratio === undefined ? '' : `; provisioning/ceiling ≥ 0.5 → ${ratio >= 0.5 ? 'met' : 'NOT met'}`}`,
+    );
   } finally {
-    await status.stop();
-    await kernel.disconnect();
-    await fleet.shutdown();
-    const client = new pg.Client({ connectionString: config.DATABASE_URL });
-    await client.connect();
-    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-    await client.end();
-    const ssl = kafkajsSsl(kafkaTlsOf(config));
-    const admin = new Kafka({ clientId: 'bench-cleanup', brokers: config.KAFKA_BROKERS, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
-    await admin.connect();
-    const mine = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
-    if (mine.length > 0) await admin.deleteTopics({ topics: mine });
-    await deleteAcls(admin, aclPlan({ prefix })).catch(() => undefined);
-    await admin.disconnect();
+    await stopAll();
+    await cleanup(config, prefix, [schema, `${schema}floor`]).catch((error: unknown) => console.error(`cleanup: ${String(error)}`));
+    await durable?.stop();
   }
+}
+
+async function cleanup(config: ServiceConfig, prefix: string, schemas: readonly string[]): Promise<void> {
+  const client = new pg.Client({ connectionString: config.DATABASE_URL });
+  await client.connect();
+  for (const schema of schemas) await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+  await client.end();
+  const ssl = kafkajsSsl(kafkaTlsOf(config));
+  const admin = new Kafka({ clientId: 'bench-cleanup', brokers: config.KAFKA_BROKERS, ...(ssl ? { ssl } : {}), logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  const mine = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
+  if (mine.length > 0) await admin.deleteTopics({ topics: mine });
+  await deleteAcls(admin, aclPlan({ prefix })).catch(() => undefined);
+  await deleteAcls(admin, aclPlan({ prefix: `${prefix}floor.` })).catch(() => undefined);
+  await admin.disconnect();
 }
