@@ -94,6 +94,12 @@ export function createMetrics(service: string, options: { defaultMetrics?: boole
     archiverOpenDays: new Gauge({ name: 'agent_manager_archiver_open_days', help: 'Archive days still open on owned partitions', registers }),
     /** Records read but not in a durable archive file yet, per partition (the archive's lag behind the consumer). */
     archiverBufferedRecords: new Gauge({ name: 'agent_manager_archiver_buffered_records', help: 'Records read but not archived yet', labelNames: ['partition'], registers }),
+    /** Closed archive days without a signed manifest yet (waiting: signing down, safe mode, or the backlog). */
+    archiverManifestsPending: new Gauge({ name: 'agent_manager_archiver_manifests_pending', help: 'Closed audit days waiting for their signed manifest', registers }),
+    /** Signed daily manifests written by this process. */
+    archiverManifestsWritten: new Counter({ name: 'agent_manager_archiver_manifests_written_total', help: 'Signed audit day manifests written', registers }),
+    /** Attempts to write a day's manifest that failed (retried with backoff), by error code. */
+    archiverManifestFailures: new Counter({ name: 'agent_manager_archiver_manifest_failures_total', help: 'Failed attempts to write a signed audit day manifest', labelNames: ['code'], registers }),
     /** Signatures made (lib/signing), by result (ok, failed). */
     signingOperations: new Counter({ name: 'agent_manager_signing_operations_total', help: 'Signing operations', labelNames: ['result'], registers }),
     /** One signature (local, or a Vault Transit round trip), seconds. */
