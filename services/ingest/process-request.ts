@@ -388,7 +388,8 @@ export async function decideRequest(client: PoolClient, request: AgentRequest, i
     const time = now();
     const commandId = planned.outcome === 'ACCEPTED' ? randomUUID() : null;
     const plannedReason = planned.outcome === 'REJECTED' ? formatReason(planned.code, planned.explanation) : '';
-    const first = await client.query<FirstLook>(FIRST_LOOK, [
+    // Named: parsed and planned once per connection, not per request.
+    const first = await client.query<FirstLook>({ name: 'ingest-first-look', text: FIRST_LOOK }, [
       IDEMPOTENCY_LOCK_CLASS,
       JSON.stringify([identity, request.idempotencyKey]),
       identity,
