@@ -200,6 +200,8 @@ describe('ingest: a batch decided in one transaction answers as requests one by 
     ]);
     expect(alone.answers.filter((a) => a.msg === 'request accepted')).toHaveLength(6);
     expect(alone.dead).toEqual([{ offset: '7', code: 'DATABASE_REJECTED' }]);
+    // The batch's transaction failed on that request and was decided again request by request.
+    expect(batched.logs.filter((l) => l.msg === 'a request of the batch failed: deciding the batch again request by request')).toHaveLength(1);
     expect(alone.rows.find((r) => r.idempotency_key === requests[7]?.idempotencyKey)).toBeUndefined();
     // The STOP of the agent accepted in the same batch saw it PENDING.
     expect(alone.byAgent[agentA]).toContainEqual(expect.objectContaining({ topic: 'agent-status', requestId: requests[4]?.requestId, state: 'PENDING', version: 0, reason: 'request accepted' }));
