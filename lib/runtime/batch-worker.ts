@@ -35,6 +35,7 @@ import { FailureLedger } from './failures.ts';
 import { PartitionOffsets } from './offsets.ts';
 import { PauseTracker } from './pauses.ts';
 import { settlesWithin } from './shutdown.ts';
+import { batchedHistogram, type BatchedHistogram } from './batched-histogram.ts';
 import { backoffDelayMs, DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.ts';
 
 export interface DecodedRecord<Value> {
@@ -162,6 +163,8 @@ interface TopicState {
   readonly offsets: PartitionOffsets;
   readonly failures: FailureLedger;
   readonly progress: Map<number, PartitionProgress>;
+  /** agent_manager_handler_duration_seconds of this topic. */
+  readonly handlerSeconds: BatchedHistogram;
   assigned: number[];
 }
 
@@ -212,6 +215,7 @@ export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value
       offsets: new PartitionOffsets(consumer, topic, commitIntervalMs, log),
       failures: new FailureLedger(metrics.dependencyBlockedPartitions, topic),
       progress: new Map(),
+      handlerSeconds: batchedHistogram(metrics.handlerSeconds, { topic }),
       assigned: [],
     };
     byTopic.set(topic, entry);
@@ -345,7 +349,12 @@ export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value
         }
       }
       if (records.length > 0) {
+        const started = performance.now();
         const result = await handler({ topic, partition, highWatermark: batch.highWatermark, records, attempt }, ctx);
+        // The handler latency per record (dashboard, canary analysis): each record's share of its batch.
+        const perRecord = (performance.now() - started) / 1000 / records.length;
+        for (let i = 0; i < records.length; i++) entry.handlerSeconds.observe(perRecord);
+        entry.handlerSeconds.flush();
         if (result?.commitLimit !== undefined) entry.offsets.limit(partition, result.commitLimit);
       }
       if (invalid.length > 0) {
