@@ -23,7 +23,7 @@ export function ed25519PublicKey(base64: string): KeyObject | undefined {
 
 /** The raw 32-byte public key (base64) of an Ed25519 KeyObject (public or private). */
 export function rawPublicKey(key: KeyObject): string {
-  const der = createPublicKey(key).export({ format: 'der', type: 'spki' });
+  const der = (key.type === 'public' ? key : createPublicKey(key)).export({ format: 'der', type: 'spki' });
   return der.subarray(der.length - 32).toString('base64');
 }
 
