@@ -14,6 +14,7 @@ import { userInfo } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import { errorMessage, permanentError } from '../lib/errors.ts';
+import { registerCanaryCheckCommand } from './release-canary.ts';
 import type { KeySet, VerifyResult } from '../dev/release/multisig.ts';
 
 const multisig = () => import('../dev/release/multisig.ts');
@@ -233,6 +234,8 @@ export function registerReleaseCommands(program: Command, root: string, setExitC
       }
       setExitCode(result.ok ? 0 : 1);
     });
+
+  registerCanaryCheckCommand(release, setExitCode);
 
   return release;
 }
