@@ -209,10 +209,22 @@ function entryOf(r: IndexRow): AuditIndexEntry {
   };
 }
 
-async function indexRows(db: Queryable, partition: number, from: number, to: number): Promise<Map<number, AuditIndexEntry>> {
+/** The index rows of a partition's offsets, by offset; a second row at an offset (one record per offset) is extra whatever the archive holds. */
+async function indexRows(db: Queryable, partition: number, from: number, to: number): Promise<{ byOffset: Map<number, AuditIndexEntry>; duplicates: AuditIndexEntry[] }> {
   try {
-    const { rows } = await db.query<IndexRow>(`SELECT ${INDEX_COLUMNS} FROM audit_index WHERE kafka_partition = $1 AND kafka_offset BETWEEN $2 AND $3`, [partition, String(from), String(to)]);
-    return new Map(rows.map((r) => [Number(r.kafka_offset), entryOf(r)]));
+    const { rows } = await db.query<IndexRow>(`SELECT ${INDEX_COLUMNS} FROM audit_index WHERE kafka_partition = $1 AND kafka_offset BETWEEN $2 AND $3 ORDER BY kafka_offset, indexed_at, event_id`, [
+      partition,
+      String(from),
+      String(to),
+    ]);
+    const byOffset = new Map<number, AuditIndexEntry>();
+    const duplicates: AuditIndexEntry[] = [];
+    for (const r of rows) {
+      const entry = entryOf(r);
+      if (byOffset.has(entry.offset)) duplicates.push(entry);
+      else byOffset.set(entry.offset, entry);
+    }
+    return { byOffset, duplicates };
   } catch (error) {
     throw failed(`reading the index of partition ${partition}, offsets ${from}-${to}`, error);
   }
@@ -263,6 +275,8 @@ interface PartitionFile {
   readonly row: FileRow | undefined;
   /** The version read; undefined when the file cannot be read (missing, hidden). */
   readonly version: ObjectVersion | undefined;
+  /** Not among the closed day's files: verified on its own (no chain carried through it, no index rows). */
+  readonly extra: boolean;
 }
 
 /**
@@ -391,7 +405,7 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
       const versions = listing.get(key);
       const expectedVersion = m?.file.versionId ?? row?.versionId ?? undefined;
       findings.push(...versionFindings({ day, partition: name.partition, key }, versions, expectedVersion));
-      add({ key, name, manifest: m?.file, row, version: liveVersion(versions) });
+      add({ key, name, manifest: m?.file, row, version: liveVersion(versions), extra: false });
       if (m !== undefined && m.partition !== name.partition) findings.push(finding('file_extra', { day, partition: m.partition, key }, `out of place: the manifest lists ${key} under partition ${m.partition}`));
     }
     for (const [key, versions] of listing) {
@@ -406,7 +420,7 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
       // On an open day a file may be uploaded and not recorded yet: verified, not called extra.
       if (closed) findings.push(finding('file_extra', { day, partition: name.partition, key, versionId: live.versionId }, `${key} is in the bucket but not in the ${manifest !== undefined ? 'manifest' : 'audit_files rows'} of ${day}`));
       if (versions.length > 1) findings.push(...versionFindings({ day, partition: name.partition, key }, versions, undefined).filter((f) => f.kind === 'newer_version'));
-      add({ key, name, manifest: undefined, row: rowsByKey.get(key), version: live });
+      add({ key, name, manifest: undefined, row: rowsByKey.get(key), version: live, extra: closed });
     }
 
     // audit_files against the manifest (closed days).
@@ -443,9 +457,10 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
         );
       }
       const boundaryUnchecked = mp === undefined && before !== undefined;
-      const low = files[0]?.name.firstOffset;
-      const high = files.reduce((max, f) => Math.max(max, f.name.lastOffset), -1);
-      const index = low === undefined ? new Map<number, AuditIndexEntry>() : await indexRows(db, partition, low, high);
+      const indexed = files.filter((f) => !f.extra);
+      const low = indexed[0]?.name.firstOffset;
+      const high = indexed.reduce((max, f) => Math.max(max, f.name.lastOffset), -1);
+      const { byOffset: index, duplicates } = low === undefined ? { byOffset: new Map<number, AuditIndexEntry>(), duplicates: [] } : await indexRows(db, partition, low, high);
       const unindexed: { eventId: string; offset: number; key: string }[] = [];
       let prior: { key: string; lastOffset: number } | undefined;
       let events = 0;
@@ -469,6 +484,14 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
         const item = nextLoaded.done === true ? undefined : nextLoaded.value;
         if (item?.file !== file) throw new Error('audit verify: prefetch out of order');
         nextLoaded = await loaded.next();
+        if (file.extra) {
+          // Its own content only: it is not part of the day's chain or index.
+          const result = verifier.verify({ key, versionId: file.version.versionId, name, bytes: item.bytes, chainBefore: undefined });
+          findings.push(...result.findings);
+          dayFiles += 1;
+          dayBytes += item.bytes.length;
+          continue;
+        }
         const result: FileVerification = verifier.verify({
           key,
           versionId: file.version.versionId,
@@ -518,6 +541,9 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
         findings.push(finding('file_modified', { day, partition, key: mKey }, `the manifest counts ${mp.eventCount} events on partition ${partition}, its files ${mp.files.reduce((sum, f) => sum + f.eventCount, 0)}`));
       }
       // Index rows of these offsets that no archived record matched; archived events the index lacks.
+      for (const row of duplicates) {
+        findings.push(finding('index_row_extra', { day, partition, offset: row.offset, eventId: row.eventId }, `audit_index has a second row at partition ${partition} offset ${row.offset} (event ${row.eventId}); the archive holds one record there`));
+      }
       for (const [offset, row] of index) {
         findings.push(finding('index_row_extra', { day, partition, offset, eventId: row.eventId }, `audit_index has event ${row.eventId} at partition ${partition} offset ${offset}, which no archived record of ${day} holds`));
       }
