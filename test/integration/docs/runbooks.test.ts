@@ -97,8 +97,9 @@ function runbookScript(blocks: readonly RunbookBlock[], stateFile: string, isola
     // The local stack's addresses and the operator's credentials, then this runbook's own names.
     'eval "$(npx agent-manager stack env --export)"',
     ...Object.entries(isolation).map(([k, v]) => `export ${k}=${q(v)}`),
-    ...blocks.flatMap((b, i) => (b.kind === 'step' ? [`__rb_block=${i + 1}`, `echo "+++ block ${i + 1} (line ${b.line})"`, b.code] : [])),
+    ...blocks.flatMap((b, i) => (b.kind === 'step' ? [`__rb_block=${i + 1}`, `echo "+++ block ${i + 1} (line ${b.line}) $(date -u +%T)"`, b.code] : [])),
     '__rb_block=done',
+    'echo "+++ done $(date -u +%T)"',
   ].join('\n');
 }
 
