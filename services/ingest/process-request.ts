@@ -1,7 +1,9 @@
 /**
  * One request, from either door (the `agent-requests` worker or the HTTPS API), decided and
- * recorded in ONE Postgres transaction: the request row and its outgoing events (status, command,
- * audit) through the outbox, so they are published if and only if the decision is stored.
+ * recorded in ONE Postgres transaction (the API's own per request, the worker's per Kafka batch, see
+ * handler.ts): the request row and its outgoing events (status, command, audit) through the outbox,
+ * so they are published if and only if the decision is stored. The common cases (a new key, a
+ * repeat, a conflict, a reused requestId) take one statement (FIRST_LOOK) besides the outbox's.
  *
  * Idempotency: a key belongs to the identity that sends it (the same key from two identities makes
  * two independent requests). Requests are serialized per (identity, key) (a transaction-scoped
