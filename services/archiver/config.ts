@@ -8,6 +8,8 @@ import { DEFAULT_ARCHIVE_PREFIX } from '../../lib/archive/layout.ts';
 import { archiveRotationConfigShape, rotationLimitsOf, type RotationLimits } from '../../lib/archive/rotation.ts';
 import { s3ConfigShape } from '../../lib/archive/s3.ts';
 import { configFields, loadConfig, type Env } from '../../lib/config.ts';
+import { permanentError } from '../../lib/errors.ts';
+import { signerConfigProblems, signerConfigShape } from '../../lib/signing/config.ts';
 
 export const archiverConfigShape = {
   ...s3ConfigShape,
@@ -24,6 +26,17 @@ export const archiverConfigShape = {
   ARCHIVER_CONCURRENCY: configFields.positiveInt(4),
   /** Kafka group session: how soon the partitions of a dead archiver process move. */
   ARCHIVER_SESSION_TIMEOUT_MS: configFields.positiveInt(10_000),
+  /**
+   * Signed daily manifests: `on` (a signer must be configured), `off`, or `auto` (the default): on
+   * when a signer is configured (AUDIT_SIGNER, AUDIT_SIGNING_KEY_FILE or AUDIT_SIGNING_KEY set).
+   */
+  AUDIT_MANIFESTS: z.enum(['auto', 'on', 'off'], 'expected auto, on or off').default('auto'),
+  /** Between checks for closed days to sign. */
+  AUDIT_MANIFEST_INTERVAL_MS: configFields.positiveInt(10_000),
+  /** Backoff after a failed signing attempt (Vault, S3 or Postgres down): from the first to the second, doubling. */
+  AUDIT_MANIFEST_RETRY_MIN_MS: configFields.positiveInt(1_000),
+  AUDIT_MANIFEST_RETRY_MAX_MS: configFields.positiveInt(60_000),
+  ...signerConfigShape,
 };
 
 export type ArchiverConfig = z.infer<z.ZodObject<typeof archiverConfigShape>>;
@@ -34,7 +47,14 @@ export type ArchiverConfig = z.infer<z.ZodObject<typeof archiverConfigShape>>;
  * bucket under different topic prefixes (test worlds, staging) never share partition folders.
  */
 export function loadArchiverConfig(env: Env): ArchiverConfig {
-  return loadConfig(archiverConfigShape, withDefaultArchivePrefix(env));
+  const config = loadConfig(archiverConfigShape, withDefaultArchivePrefix(env));
+  const configured = ['AUDIT_SIGNER', 'AUDIT_SIGNING_KEY_FILE', 'AUDIT_SIGNING_KEY'].some((name) => (env[name] ?? '').trim() !== '');
+  const manifests = config.AUDIT_MANIFESTS === 'auto' ? (configured ? 'on' : 'off') : config.AUDIT_MANIFESTS;
+  if (manifests === 'on') {
+    const problems = signerConfigProblems(config);
+    if (problems.length > 0) throw permanentError('CONFIG_INVALID', `invalid configuration (signed manifests are on: AUDIT_MANIFESTS=${config.AUDIT_MANIFESTS}):\n  ${problems.join('\n  ')}`);
+  }
+  return { ...config, AUDIT_MANIFESTS: manifests };
 }
 
 /** `env` with ARCHIVE_PREFIX defaulted to the audit topic's name; the archiver and the `audit` commands read the same root. */

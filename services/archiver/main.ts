@@ -17,15 +17,23 @@
  *   bytes, and an upload that finds its object already there is a no-op.
  * - A timer (`ARCHIVE_TICK_MS`) cuts the last file of an idle, caught-up partition and closes its
  *   days by the clock, then commits past the file (`commitUpTo`).
+ * - Each file carries the partition's hash chain; with a signer configured (AUDIT_MANIFESTS), closed
+ *   days get a signed manifest (./manifests.ts: in day order, one archiver at a time, suspended in
+ *   safe mode), and the lease holder among the archivers runs the scheduled key rotation.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { insertAuditIndex } from '../../lib/archive/index-store.ts';
+import { createPostgresLease } from '../../lib/leader/postgres-lease.ts';
+import { createSignerFromConfig } from '../../lib/signing/config.ts';
+import { startKeyRotationSchedule } from '../../lib/signing/rotation.ts';
+import type { Signer } from '../../lib/signing/signer.ts';
 import { createS3Client } from '../../lib/archive/s3.ts';
 import { errorCode, errorMessage, permanentError, unavailableDependency, unavailableError } from '../../lib/errors.ts';
 import { createBatchWorker, type BatchResult, type BatchWorker, type DecodedBatch } from '../../lib/runtime/batch-worker.ts';
 import type { ServiceContext } from '../../lib/service/context.ts';
 import { archiverRotationLimits, loadArchiverConfig, type ArchiverConfig } from './config.ts';
 import { indexEntriesOf, validateAuditEvent, type AuditEvent } from './handler.ts';
+import { startManifestSigner, type ManifestSigner } from './manifests.ts';
 import { PartitionArchiver, type ArchiverRecord, type PartitionArchiverDeps } from './partition.ts';
 import { archiveStore, registryWriterSchemas, resumePoint } from './store.ts';
 
@@ -36,10 +44,14 @@ export interface ArchiverOptions {
   readonly groupId?: string;
   /** An S3 client to use instead of one built from the settings (closed by its owner). */
   readonly s3?: S3Client;
+  /** A signer to use instead of the configured one (when AUDIT_MANIFESTS is on). */
+  readonly signer?: Signer;
 }
 
 export interface RunningArchiver {
   readonly worker: BatchWorker;
+  /** The manifest signing loop, when AUDIT_MANIFESTS is on. */
+  readonly manifests: ManifestSigner | undefined;
   /** Partitions owned with their archiver ready. */
   owned(): readonly number[];
   /** Stops the tick timer and the worker (also a shutdown step of the context). */
@@ -252,11 +264,43 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
 
   await worker.start();
   const timer = setInterval(() => void tick(), config.ARCHIVE_TICK_MS);
+
+  let manifests: ManifestSigner | undefined;
+  const stopSigning: (() => Promise<void>)[] = [];
+  if (config.AUDIT_MANIFESTS === 'on') {
+    const signer = options.signer ?? createSignerFromConfig(config, { metrics });
+    manifests = startManifestSigner({
+      s3,
+      bucket,
+      prefix,
+      db,
+      signer,
+      logger,
+      metrics,
+      intervalMs: config.AUDIT_MANIFEST_INTERVAL_MS,
+      retryMinMs: config.AUDIT_MANIFEST_RETRY_MIN_MS,
+      retryMaxMs: config.AUDIT_MANIFEST_RETRY_MAX_MS,
+    });
+    const signing = manifests;
+    stopSigning.push(() => signing.stop());
+    if (config.AUDIT_KEY_ROTATION_INTERVAL > 0) {
+      // One archiver rotates (each would add a version): the holder of a Postgres lease, not in safe mode.
+      const lease = createPostgresLease({ pool: db, name: `${ctx.config.TOPIC_PREFIX}archiver-key-rotation`, identity: ctx.config.INSTANCE_ID, logger });
+      lease.start();
+      const rotation = startKeyRotationSchedule({ signer, intervalMs: config.AUDIT_KEY_ROTATION_INTERVAL, metrics, logger, enabled: () => lease.state().leader && !signing.suspended() });
+      stopSigning.push(async () => rotation.stop(), () => lease.stop());
+    }
+    log.info({ signer: signer.kind, keyId: signer.keyId }, 'signed day manifests on');
+  } else {
+    log.warn('signed day manifests off (AUDIT_MANIFESTS=off, or no signer configured): closed days get no manifest until a signer is configured, then are signed in order');
+  }
+
   let stopped = false;
   async function stop(): Promise<void> {
     if (stopped) return;
     stopped = true;
     clearInterval(timer);
+    for (const step of stopSigning) await step();
     await worker.stop();
     if (!options.s3) s3.destroy();
   }
@@ -265,6 +309,7 @@ export async function startArchiver(ctx: ServiceContext, config: ArchiverConfig,
 
   return {
     worker,
+    manifests,
     owned: () => [...partitions.entries()].filter(([, o]) => o.archiver !== undefined).map(([p]) => p),
     stop,
   };
