@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { buildAuditEvent } from '../../../../lib/audit.ts';
-import { chainOf, GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
-import { encodeArchiveFile } from '../../../../lib/archive/container.ts';
+import { GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
+import { encodeChainedArchiveFile } from '../../../../lib/archive/container.ts';
 import { insertAuditIndex } from '../../../../lib/archive/index-store.ts';
 import { formatArchiveKey } from '../../../../lib/archive/layout.ts';
 import {
@@ -123,11 +123,9 @@ export async function createVerifyWorld(s3: S3Client, bucket: string, name: stri
           );
           const name = { prefix: root, day, partition, firstOffset: first, lastOffset: first + size - 1 };
           const key = formatArchiveKey(name);
-          const span = chainOf(
-            chain,
-            events.map((e) => e.hash),
-          );
-          const body = encodeArchiveFile({
+          // As the archiver writes them: the chain in the file's header too.
+          const { body, chain: span } = encodeChainedArchiveFile({
+            chainBefore: chain,
             objectKey: key,
             topic: 'audit-events',
             partition,
