@@ -7,8 +7,8 @@
  * - ```bash runbook cleanup  run at the end whatever happened (an EXIT trap), errors ignored.
  * - ```bash (unmarked)       shown only: it needs a real cluster (kubectl, helm against production).
  *
- * Each runbook gets its own TOPIC_PREFIX, DATABASE_SCHEMA, GOVERNANCE archive bucket and agents
- * folder, all removed afterwards (with its topics, ACLs, subjects, schemas named after it and
+ * Each runbook gets its own TOPIC_PREFIX, DATABASE_SCHEMA, GOVERNANCE archive bucket, agents folder
+ * and Kubernetes namespace (RUNBOOK_NAMESPACE, on the stack's API server), all removed afterwards (with its topics, ACLs, subjects, schemas named after it and
  * replication slots named after its schema), so the runbooks are safe on the shared stack and in any
  * order. The structure is checked too: the sections every runbook has, the alerts it names exist in
  * the chart's PrometheusRule, and every `agent-manager …` command it shows exists.
@@ -16,12 +16,13 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { Kafka } from 'kafkajs';
 import pg from 'pg';
 import { initArchiveBucket } from '../../../lib/archive/bucket.ts';
 import { aclPlan, deleteAcls } from '../../../lib/contracts/acls.ts';
 import { killAgents } from '../../support/fleet.ts';
+import { deleteNamespace, stackHelmBinary, uniqueNamespace } from '../../support/kube.ts';
 import { removeTestBucket, testS3Client } from '../../support/s3.ts';
 import { testEnv, testKafkaConfig, uniqueName } from '../../support/stack.ts';
 
@@ -259,6 +260,7 @@ describe('runbooks: the marked blocks run on the local stack', () => {
     const prefix = `${uniqueName(`rb-${slug}`)}.`;
     const schema = uniqueName(`rb_${slug}`).replace(/[^a-z0-9_]/g, '_');
     const bucket = uniqueName(`rb-${slug}`);
+    const namespace = uniqueNamespace(`rb-${slug}`);
     const work = mkdtempSync(join(tmpdir(), `runbook-${slug}-`));
     const stateFile = join(work, 'block');
     const agentsDir = join(work, 'agents');
@@ -272,6 +274,9 @@ describe('runbooks: the marked blocks run on the local stack', () => {
         PROVISIONER_STATE_DIR: agentsDir,
         HTTP_PORT: '0',
         LOG_LEVEL: 'warn',
+        // A Kubernetes namespace of its own on the stack's API server (KUBECONFIG from stack env), and its helm.
+        RUNBOOK_NAMESPACE: namespace,
+        PATH: `${dirname(stackHelmBinary())}:${process.env.PATH ?? ''}`,
       });
       writeFileSync(join(work, 'script.sh'), script);
       result = await runBash(script, ROOT, RUNBOOK_DEADLINE_MS);
@@ -293,6 +298,8 @@ describe('runbooks: the marked blocks run on the local stack', () => {
       }
     } finally {
       killAgents(agentsDir);
+      // No namespace controller runs on the stack: the namespace is emptied and finalized by hand.
+      await deleteNamespace(namespace).catch(() => undefined);
       await removeIsolation(prefix, schema);
       await removeTestBucket(s3, bucket);
       rmSync(work, { recursive: true, force: true });
