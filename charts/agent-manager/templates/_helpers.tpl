@@ -171,6 +171,18 @@ S3_ENDPOINT: {{ . | quote }}
 {{- if not (kindIs "invalid" $a.s3.forcePathStyle) }}
 S3_FORCE_PATH_STYLE: {{ $a.s3.forcePathStyle | toString | quote }}
 {{- end }}
+{{- with $a.signing }}{{ if .signer }}
+{{- if and (eq .signer "vault-transit") (not $.Values.vault.address) }}{{ fail "archive.signing.signer=vault-transit needs vault.address (VAULT_ADDR), and the token by reference (VAULT_TOKEN in secrets.files)" }}{{ end }}
+{{- if and (eq .signer "local") (not .localKeyFile) }}{{ fail "archive.signing.signer=local needs archive.signing.localKeyFile (AUDIT_SIGNING_KEY_FILE, the keyring file's path in the Pod)" }}{{ end }}
+AUDIT_SIGNER: {{ .signer | quote }}
+{{- if eq .signer "vault-transit" }}
+AUDIT_TRANSIT_MOUNT: {{ .transit.mount | quote }}
+AUDIT_TRANSIT_KEY: {{ .transit.key | quote }}
+{{- else }}
+AUDIT_SIGNING_KEY_FILE: {{ .localKeyFile | quote }}
+{{- end }}
+AUDIT_KEY_ROTATION_INTERVAL: {{ .rotationInterval | toString | quote }}
+{{- end }}{{ end }}
 {{- end -}}
 
 {{/* Annotations of a ServiceAccount that reaches S3 (IRSA, workload identity). */}}

@@ -425,9 +425,9 @@ describe('install, upgrade and rollback into the real API server', () => {
       const rules = itemsOf(await apiOk(kube, 'GET', `/apis/monitoring.coreos.com/v1/namespaces/${ns}/prometheusrules${sel}`)) as unknown as Array<{ metadata: { name: string }; spec: { groups: Array<{ rules: Array<{ alert: string; expr: string }> }> } }>;
       expect(rules.map((r) => r.metadata.name)).toEqual([w.fullname]);
       const alerts = rules.flatMap((r) => r.spec.groups.flatMap((g) => g.rules));
-      // The seed's alerts (key rotation waits for a metric), each expression valid PromQL.
+      // The seed's alerts, each expression valid PromQL.
       expect(alerts.map((a) => a.alert)).toEqual(
-        expect.arrayContaining(['AgentManagerProvisioningFailureRate', 'AgentManagerMissedHeartbeats', 'AgentManagerAuditPipelineLag', 'AgentManagerAuditArchiverLag', 'AgentManagerAuditArchiveDayNotClosing', 'AgentManagerConsumerLag', 'AgentManagerDLQGrowth']),
+        expect.arrayContaining(['AgentManagerProvisioningFailureRate', 'AgentManagerMissedHeartbeats', 'AgentManagerAuditPipelineLag', 'AgentManagerAuditArchiverLag', 'AgentManagerAuditArchiveDayNotClosing', 'AgentManagerConsumerLag', 'AgentManagerDLQGrowth', 'AgentManagerKeyRotationFailures']),
       );
       expect(alerts.map((a) => ({ alert: a.alert, errors: promqlErrors(a.expr) })).filter((a) => a.errors.length > 0)).toEqual([]);
       expect(namesOf(await apiOk(kube, 'GET', `/apis/rbac.authorization.k8s.io/v1/namespaces/${w.agentsNamespace}/roles${sel}`))).toEqual([`${w.fullname}-provisioner`]);
