@@ -87,4 +87,11 @@ test("staging: its own namespaces (the release's and the agents') and topic pref
   expect(new Set(docs.map((doc) => doc.metadata.namespace).filter(Boolean))).toEqual(new Set(['illuvrse-agent-manager-staging', 'illuvrse-agents-staging']));
   const config = docs.find((doc) => doc.kind === 'ConfigMap' && doc.metadata.name === 'agent-manager-config');
   expect(config?.data?.TOPIC_PREFIX).toBe('staging.');
+  // deploy.yml's acceptance client (CN acceptance) may instantiate, destroy and read in its division, with a known template.
+  const identities = docs.find((doc) => doc.kind === 'ConfigMap' && doc.metadata.name === 'agent-manager-ingest-identities');
+  const parsed = JSON.parse(identities?.data?.['identities.json'] ?? '{}') as { identities?: Record<string, { roles: string[] }>; roles?: Record<string, unknown> };
+  expect(parsed.identities?.acceptance).toEqual({ roles: ['acceptance'] });
+  expect(parsed.roles?.acceptance).toEqual({ actions: ['INSTANTIATE', 'DESTROY'], divisions: ['acceptance'], read: true });
+  const ingestConfig = docs.find((doc) => doc.kind === 'ConfigMap' && doc.metadata.name === 'agent-manager-ingest');
+  expect(ingestConfig?.data?.INGEST_KNOWN_TEMPLATES?.split(',')).toContain('support-assistant');
 });
