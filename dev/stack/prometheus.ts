@@ -181,7 +181,10 @@ export function prometheusComponent(): StackComponent {
       if (current !== config) writeFileSync(f.config, config);
       if (await ours(f)) {
         // A running server read the previous configuration: have it read the new one.
-        if (current !== config) await fetch(`${address}/-/reload`, { method: 'POST', signal: AbortSignal.timeout(10_000) });
+        if (current !== config) {
+          const reload = await fetch(`${address}/-/reload`, { method: 'POST', signal: AbortSignal.timeout(10_000) });
+          if (!reload.ok) throw permanentError('STACK_STEP_FAILED', `prometheus: reloading ${f.config} failed (${reload.status}: ${(await reload.text()).trim()}); see ${f.log}`);
+        }
         return 'reused';
       }
       if (await readyOnly()) {
