@@ -4,7 +4,7 @@ import { Writable } from 'node:stream';
 import { Counter, Registry } from 'prom-client';
 import type { AgentRequest } from '../../../../lib/contracts/types.ts';
 import { createPool, type Pool } from '../../../../lib/db/pool.ts';
-import { errorCode } from '../../../../lib/errors.ts';
+import { errorCode, isRetryable, unavailableDependency } from '../../../../lib/errors.ts';
 import { createLogger } from '../../../../lib/logger.ts';
 import type { DecodedBatch } from '../../../../lib/runtime/batch-worker.ts';
 import { loadIdentitiesConfig } from '../../../../services/ingest/authz.ts';
@@ -73,7 +73,7 @@ async function createRun(name: string): Promise<Run> {
   return { world, pool, deps, logs: [], dead, registry };
 }
 
-async function handle(run: Run, requests: readonly { request: AgentRequest; offset: number }[]): Promise<void> {
+async function handle(run: Run, requests: readonly { request: AgentRequest; offset: number }[], attempt = 1): Promise<void> {
   const stream = new Writable({
     write(chunk: Buffer, _encoding, done) {
       for (const line of chunk.toString().split('\n')) if (line.trim() !== '') run.logs.push(JSON.parse(line) as Record<string, unknown>);
@@ -85,7 +85,7 @@ async function handle(run: Run, requests: readonly { request: AgentRequest; offs
     topic: run.world.topics['agent-requests'],
     partition: 0,
     highWatermark: String(requests.length),
-    attempt: 1,
+    attempt,
     // What the runtime's `validate` lets through.
     records: requests.map(({ request, offset }) => ({ value: validateAgentRequestRecord(request), offset: String(offset), key: request.idempotencyKey, timestamp: String(Date.now()) })),
   };
@@ -125,14 +125,24 @@ async function outcome(run: Run) {
 describe('ingest: a batch decided in one transaction answers as requests one by one', () => {
   let sequential: Run;
   let batched: Run;
+  let flaky: Run;
 
   beforeAll(async () => {
     sequential = await createRun('it-ingest-seq');
     batched = await createRun('it-ingest-batch');
+    flaky = await createRun('it-ingest-flaky');
+    // A request Postgres refuses with a retryable error (a serialization failure) every time.
+    await flaky.pool.query(`
+      CREATE FUNCTION refuse_flaky() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.idempotency_key LIKE 'flaky-%' THEN RAISE EXCEPTION 'could not serialize (test)' USING ERRCODE = '40001'; END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER refuse_flaky BEFORE INSERT ON requests FOR EACH ROW EXECUTE FUNCTION refuse_flaky();`);
   }, 300_000);
 
   afterAll(async () => {
-    for (const run of [sequential, batched]) {
+    for (const run of [sequential, batched, flaky]) {
       await run?.pool.end();
       await run?.world.teardown();
     }
@@ -205,5 +215,27 @@ describe('ingest: a batch decided in one transaction answers as requests one by 
     expect(alone.rows.find((r) => r.idempotency_key === requests[7]?.idempotencyKey)).toBeUndefined();
     // The STOP of the agent accepted in the same batch saw it PENDING.
     expect(alone.byAgent[agentA]).toContainEqual(expect.objectContaining({ topic: 'agent-status', requestId: requests[4]?.requestId, state: 'PENDING', version: 0, reason: 'request accepted' }));
+  });
+
+  it('retries the whole batch on a retryable failure of one request, and dead-letters that request alone once the attempts are spent', async () => {
+    const requests = [instantiate(`good-${randomUUID()}`), instantiate(`flaky-${randomUUID()}`), instantiate(`good-${randomUUID()}`)];
+    const numbered = requests.map((request, offset) => ({ request, offset }));
+
+    let error: unknown;
+    await handle(flaky, numbered, 1).catch((e: unknown) => {
+      error = e;
+    });
+    // Retryable, not a dependency outage: the runtime retries the batch after a backoff; nothing is stored.
+    expect(isRetryable(error)).toBe(true);
+    expect(unavailableDependency(error)).toBeUndefined();
+    expect((await flaky.pool.query('SELECT 1 FROM requests')).rowCount).toBe(0);
+    expect((await flaky.pool.query('SELECT 1 FROM outbox')).rowCount).toBe(0);
+
+    await handle(flaky, numbered, flaky.deps.maxAttempts);
+    const stored = await flaky.pool.query<{ idempotency_key: string; outcome: string }>('SELECT idempotency_key, outcome FROM requests ORDER BY idempotency_key');
+    expect(stored.rows.map((r) => r.idempotency_key).sort()).toEqual([requests[0]?.idempotencyKey, requests[2]?.idempotencyKey].sort());
+    expect(stored.rows.every((r) => r.outcome === 'ACCEPTED')).toBe(true);
+    expect((await flaky.pool.query('SELECT 1 FROM outbox')).rowCount).toBe(6);
+    expect(flaky.dead.map((d) => ({ offset: d.record.offset, attempts: d.attempts, retryable: isRetryable(d.error) }))).toEqual([{ offset: '1', attempts: flaky.deps.maxAttempts, retryable: true }]);
   });
 });
