@@ -230,6 +230,12 @@ describe('runbooks: structure', () => {
     expect(runbookFiles().length).toBeGreaterThanOrEqual(4);
   });
 
+  test("every runbook_url of the chart's alerts names a runbook that exists", () => {
+    const linked = [...readFileSync(PROMETHEUS_RULE, 'utf8').matchAll(/runbook_url: \{\{ \$runbooks \}\}\/([\w.-]+)/g)].map((m) => m[1] ?? '');
+    expect(linked.length).toBeGreaterThan(0);
+    for (const file of linked) expect({ file, exists: runbookFiles().includes(file) }).toEqual({ file, exists: true });
+  });
+
   test.each(runbookFiles())('%s: sections, alerts and commands are real', (file) => {
     const text = readFileSync(join(RUNBOOKS, file), 'utf8');
     const headings = [...text.matchAll(/^#{1,4} (.+)$/gm)].map((m) => m[1] ?? '');
