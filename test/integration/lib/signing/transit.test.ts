@@ -184,7 +184,8 @@ describe('Vault Transit signer, injected failures (in-process server)', () => {
   });
 
   it('5xx, 429 and timeouts are retryable; other 4xx permanent', async () => {
-    const signer = createTransitSigner({ address, token: TOKEN, mount: 'transit', key: 'k', timeoutMs: 300 });
+    // A generous timeout for the answers (a loaded CI machine), a short one only for the slow case.
+    const signer = createTransitSigner({ address, token: TOKEN, mount: 'transit', key: 'k', timeoutMs: 15_000 });
     const outcomes: Array<[string, boolean]> = [];
     for (const status of [503, 500, 429, 400]) {
       behaviour.status = status;
@@ -199,8 +200,8 @@ describe('Vault Transit signer, injected failures (in-process server)', () => {
       ['VAULT_REQUEST_FAILED', false],
     ]);
     behaviour.status = 200;
-    behaviour.delayMs = 2_000;
-    const slow = await failure(() => signer.rotate());
+    behaviour.delayMs = 5_000;
+    const slow = await failure(() => createTransitSigner({ address, token: TOKEN, mount: 'transit', key: 'k', timeoutMs: 300 }).rotate());
     expect([errorCode(slow), isRetryable(slow)]).toEqual(['VAULT_TIMEOUT', true]);
   });
 });
