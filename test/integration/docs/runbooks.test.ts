@@ -8,10 +8,11 @@
  * - ```bash (unmarked)       shown only: it needs a real cluster (kubectl, helm against production).
  *
  * Each runbook gets its own TOPIC_PREFIX, DATABASE_SCHEMA, GOVERNANCE archive bucket, agents folder
- * and Kubernetes namespace (RUNBOOK_NAMESPACE, on the stack's API server), all removed afterwards (with its topics, ACLs, subjects, schemas named after it and
- * replication slots named after its schema), so the runbooks are safe on the shared stack and in any
- * order. The structure is checked too: the sections every runbook has, the alerts it names exist in
- * the chart's PrometheusRule, and every `agent-manager …` command it shows exists.
+ * and Kubernetes namespace (RUNBOOK_NAMESPACE, on the stack's API server), all removed afterwards
+ * (with the prefix's topics, ACLs and subjects, and the schemas and replication slots named after
+ * its schema), so the runbooks are safe on the shared stack and in any order. The structure is
+ * checked too: the sections every runbook has, the alerts it names exist in the chart's
+ * PrometheusRule (whose runbook_url links exist), and every `agent-manager …` command it shows exists.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
