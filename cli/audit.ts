@@ -19,6 +19,7 @@ import { createLogger } from '../lib/logger.ts';
 import { serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
 import { registerAuditVerifyCommand } from './audit-verify.ts';
+import { registerAuditResignCommand } from './audit-resign.ts';
 
 /** What `audit query` reads: the archiver's index in Postgres. */
 const auditConfigShape = { ...databaseConfigShape, DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA };
@@ -294,4 +295,5 @@ export function registerAuditCommands(program: Command, setExitCode: (code: numb
     });
 
   registerAuditVerifyCommand(audit, setExitCode);
+  registerAuditResignCommand(audit, setExitCode);
 }

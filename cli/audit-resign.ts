@@ -1,0 +1,102 @@
+/**
+ * `agent-manager audit resign --from DAY --to DAY [--json]`: the key-compromise runbook's step after
+ * `keys revoke` and `keys rotate`. Each day whose manifest a revoked key version signed is checked
+ * again against the archive and, when it matches, counter-signed with the current key version
+ * (services/archiver/resign.ts). Exit 0 when every such day is counter-signed (or already was), 1 when
+ * a manifest does not match the archive (not counter-signed), 2 usage, 3 could not complete.
+ */
+import type { Command } from 'commander';
+import { isArchiveDay } from '../lib/archive/layout.ts';
+import { createS3Client } from '../lib/archive/s3.ts';
+import { databaseConfigShape, loadConfig } from '../lib/config.ts';
+import { createPool } from '../lib/db/pool.ts';
+import { errorMessage } from '../lib/errors.ts';
+import { serviceConfigShape } from '../lib/service/context.ts';
+import { createSignerFromConfig, signerConfigShape } from '../lib/signing/config.ts';
+import { listRevocations } from '../lib/signing/revocations.ts';
+import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
+import { resignManifests, type ResignedDay, type ResignSummary } from '../services/archiver/resign.ts';
+import { resolvedServiceEnv } from './services.ts';
+
+export const RESIGN_EXIT = { done: 0, refused: 1, usage: 2, incomplete: 3 } as const;
+
+/** What `audit resign` reads: the archive, the revocations in Postgres, and the signer. */
+const resignConfigShape = {
+  ...databaseConfigShape,
+  DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA,
+  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
+  S3_REGION: archiverConfigShape.S3_REGION,
+  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
+  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
+  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
+  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
+  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
+  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+  ...signerConfigShape,
+};
+
+/** One line per day. */
+export function formatResignedDay(day: ResignedDay): string[] {
+  switch (day.outcome) {
+    case 'no_manifest':
+      return [`${day.day}  no manifest`];
+    case 'not_revoked':
+      return [`${day.day}  signed by v${day.keyVersion}, not revoked: nothing to do`];
+    case 'already_resigned':
+      return [`${day.day}  already counter-signed by v${day.keyVersion}  ${day.key}`];
+    case 'resigned':
+      return [`${day.day}  RESIGNED  v${day.keyVersion} counter-signs revoked v${day.revokedVersion}  ${day.key}`];
+    case 'refused':
+      return [`${day.day}  REFUSED: the manifest does not match the archive (not counter-signed)`, ...day.problems.map((p) => `      ${p}`)];
+  }
+}
+
+export function registerAuditResignCommand(audit: Command, setExitCode: (code: number) => void): void {
+  audit
+    .command('resign')
+    .requiredOption('--from <day>', 'first day (YYYY-MM-DD)')
+    .requiredOption('--to <day>', 'last day (YYYY-MM-DD), inclusive')
+    .option('--json', 'the outcome as one JSON document')
+    .description(
+      'Counter-signs, with the current key version, the manifests of the days signed by a revoked version (agent-manager keys revoke), after checking each one again ' +
+        'against the archive (files, versions, SHA-256, offsets, chains, the previous manifest). Writes <root>/dt=DAY/manifest.json.resign-v<N>.sig, never overwriting anything. ' +
+        'Exit 0 done, 1 a manifest does not match the archive (not counter-signed), 2 usage, 3 could not complete.',
+    )
+    .action(async (options: { from: string; to: string; json?: boolean }, command: Command) => {
+      for (const [name, day] of [['--from', options.from], ['--to', options.to]] as const) {
+        if (!isArchiveDay(day)) return command.error(`error: ${name} '${day}' is not a day (YYYY-MM-DD)`, { exitCode: RESIGN_EXIT.usage, code: 'agent-manager.usage' });
+      }
+      if (options.from > options.to) return command.error(`error: --from ${options.from} is after --to ${options.to}`, { exitCode: RESIGN_EXIT.usage, code: 'agent-manager.usage' });
+      let summary: ResignSummary;
+      try {
+        const config = loadConfig(resignConfigShape, withDefaultArchivePrefix(await resolvedServiceEnv()));
+        const signer = createSignerFromConfig(config);
+        const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 1 });
+        const s3 = createS3Client(config);
+        try {
+          summary = await resignManifests({
+            s3,
+            bucket: config.ARCHIVE_BUCKET,
+            prefix: config.ARCHIVE_PREFIX,
+            signer,
+            revocations: await listRevocations(pool),
+            from: options.from,
+            to: options.to,
+            progress: (day) => {
+              if (options.json !== true) for (const line of formatResignedDay(day)) console.log(line);
+            },
+          });
+        } finally {
+          s3.destroy();
+          await pool.end();
+        }
+      } catch (error) {
+        console.error(`agent-manager: audit resign could not complete: ${errorMessage(error)}`);
+        setExitCode(RESIGN_EXIT.incomplete);
+        return;
+      }
+      if (options.json === true) console.log(JSON.stringify(summary, null, 2));
+      else console.log(`${summary.resigned} manifest${summary.resigned === 1 ? '' : 's'} counter-signed, ${summary.refused} refused`);
+      setExitCode(summary.refused > 0 ? RESIGN_EXIT.refused : RESIGN_EXIT.done);
+    });
+}
