@@ -1,7 +1,9 @@
-// A temporary Postgres cluster with the server's durable defaults (fsync, synchronous_commit and
-// full_page_writes on), for `bench provisioning --durable`: the stack's own server runs with all
-// three off (dev/stack/postgres.ts passes them on the command line, which ALTER SYSTEM cannot
-// override), so durable figures need a cluster of their own. Same binaries, same disk.
+// A temporary Postgres cluster of the bench's own, for `bench provisioning --postgres durable|fast`:
+// `durable` has the server's defaults (fsync, synchronous_commit and full_page_writes on), `fast`
+// the stack's settings (all three off). The stack's own server runs with all three off (dev/stack/
+// postgres.ts passes them on the command line, which ALTER SYSTEM cannot override), so durable
+// figures need a cluster of their own; and only a cluster of its own counts the run's statements
+// alone (pg_stat_statements, loaded here). Same binaries, same disk.
 import { spawn, execFileSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -30,7 +32,16 @@ async function freePort(): Promise<number> {
   });
 }
 
-export async function startDurablePostgres(): Promise<{ url: string; stop(): Promise<void> }> {
+export interface BenchPostgres {
+  readonly url: string;
+  /** Clears the statement and transaction counters. */
+  reset(): Promise<void>;
+  /** Transactions committed and statements run since `reset`, with the statements that took the most time. */
+  stats(top: number): Promise<{ commits: number; statements: number; top: { query: string; calls: number; totalMs: number }[] }>;
+  stop(): Promise<void>;
+}
+
+export async function startBenchPostgres(durable: boolean): Promise<BenchPostgres> {
   const bin = postgresBin();
   // Under /var/tmp: the disk the stack's cluster is on, and a folder the server's user can enter.
   const dir = mkdtempSync('/var/tmp/agent-manager-bench-pg-');
@@ -43,7 +54,12 @@ export async function startDurablePostgres(): Promise<{ url: string; stop(): Pro
   const [initdb, initArgs] = asServerUser(join(bin, 'initdb'), ['-D', data, '-U', SERVER_USER, '--auth=trust', '-E', 'UTF8', '--no-locale']);
   execFileSync(initdb, initArgs, { cwd: dir, stdio: 'ignore' });
   const port = await freePort();
-  const [cmd, args] = asServerUser(join(bin, 'postgres'), ['-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', '', '-c', 'max_connections=300']);
+  const [cmd, args] = asServerUser(join(bin, 'postgres'), [
+    '-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', '',
+    '-c', 'max_connections=300',
+    '-c', 'shared_preload_libraries=pg_stat_statements',
+    ...(durable ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
+  ]);
   const child = spawn(cmd, args, { cwd: dir, stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const url = `postgres://${SERVER_USER}@127.0.0.1:${port}/postgres`;
@@ -53,7 +69,8 @@ export async function startDurablePostgres(): Promise<{ url: string; stop(): Pro
     try {
       await client.connect();
       const { rows } = await client.query<{ fsync: string; synchronous_commit: string }>('SELECT current_setting($1) AS fsync, current_setting($2) AS synchronous_commit', ['fsync', 'synchronous_commit']);
-      console.log(`durable Postgres on port ${port}: fsync ${rows[0]?.fsync}, synchronous_commit ${rows[0]?.synchronous_commit}`);
+      await client.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+      console.log(`bench Postgres on port ${port}: fsync ${rows[0]?.fsync}, synchronous_commit ${rows[0]?.synchronous_commit}`);
       break;
     } catch (error) {
       if (Date.now() > deadline || child.exitCode !== null) {
@@ -66,8 +83,34 @@ export async function startDurablePostgres(): Promise<{ url: string; stop(): Pro
       await client.end().catch(() => undefined);
     }
   }
+  const query = async <Row extends pg.QueryResultRow>(sql: string): Promise<Row[]> => {
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      return (await client.query<Row>(sql)).rows;
+    } finally {
+      await client.end();
+    }
+  };
   return {
     url,
+    async reset() {
+      await query('SELECT pg_stat_statements_reset(), pg_stat_reset()');
+    },
+    async stats(top) {
+      const [counts] = await query<{ commits: string; statements: string }>(
+        `SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())::text AS commits,
+                (SELECT sum(calls) FROM pg_stat_statements)::text AS statements`,
+      );
+      const rows = await query<{ query: string; calls: string; total: number }>(
+        `SELECT query, calls::text, total_exec_time AS total FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT ${Math.trunc(top)}`,
+      );
+      return {
+        commits: Number(counts?.commits ?? 0),
+        statements: Number(counts?.statements ?? 0),
+        top: rows.map((r) => ({ query: r.query.replace(/\s+/g, ' ').slice(0, 110), calls: Number(r.calls), totalMs: r.total })),
+      };
+    },
     async stop() {
       // SIGINT: the "fast" shutdown (clients are gone by now).
       child.kill('SIGINT');

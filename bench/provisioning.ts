@@ -23,7 +23,7 @@ import { kafkajsSsl } from '../lib/kafka/kafkajs.ts';
 import { createLogger } from '../lib/logger.ts';
 import { bootstrapFleet } from '../lib/service/bootstrap.ts';
 import { createServiceContext, loadServiceConfig, topicNames, type ServiceConfig } from '../lib/service/context.ts';
-import { startDurablePostgres } from './durable-postgres.ts';
+import { startBenchPostgres, type BenchPostgres } from './own-postgres.ts';
 import { localStackEnv, stackCredentials } from '../dev/stack/endpoints.ts';
 
 function request(key: string): AgentRequest {
@@ -205,11 +205,26 @@ async function startFloor(env: Record<string, string | undefined>, concurrency: 
   return ctx;
 }
 
-const USAGE = `usage: npm run bench -- provisioning [--burst N] [--seconds S] [--partitions P] [--concurrency C] [--processes] [--no-floor] [--durable]
+const USAGE = `usage: npm run bench -- provisioning [--burst N] [--seconds S] [--partitions P] [--concurrency C] [--processes] [--no-floor] [--postgres stack|fast|durable]
   --processes   one process per service (as deployed) instead of all in this process
   --no-floor    skip the floor pipeline (and the provisioning/ceiling ratio)
-  --durable     run against a temporary Postgres cluster with the server's durable defaults (fsync,
-                synchronous_commit, full_page_writes on) instead of the stack's (all three off)`;
+  --postgres    stack (default): the stack's server (fsync, synchronous_commit, full_page_writes off);
+                fast: a temporary cluster of the bench's own with the same settings; durable: a
+                temporary cluster with the server's defaults (all three on). With a cluster of its
+                own the bench also prints the commits and statements per request of each pipeline
+                and the statements that took the most time (pg_stat_statements).`;
+
+/** Commits and statements per request during `work`, and the statements that took the most time (own cluster only). */
+async function counted<T>(postgres: BenchPostgres | undefined, requests: () => number, label: string, work: () => Promise<T>): Promise<T> {
+  if (!postgres) return work();
+  await postgres.reset();
+  const result = await work();
+  const { commits, statements, top } = await postgres.stats(6);
+  const n = requests();
+  console.log(`${label} Postgres: ${(commits / n).toFixed(2)} commits and ${(statements / n).toFixed(1)} statements per request; most time:`);
+  for (const s of top) console.log(`  ${s.totalMs.toFixed(0).padStart(7)} ms ${String(s.calls).padStart(7)} calls  ${s.query}`);
+  return result;
+}
 
 export async function run(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -221,7 +236,7 @@ export async function run(args: string[]): Promise<void> {
       concurrency: { type: 'string', default: '16' },
       processes: { type: 'boolean', default: false },
       'no-floor': { type: 'boolean', default: false },
-      durable: { type: 'boolean', default: false },
+      postgres: { type: 'string', default: 'stack' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -233,11 +248,16 @@ export async function run(args: string[]): Promise<void> {
   const paceSeconds = Number(values.seconds);
   const prefix = `bench-prov-${Date.now().toString(36)}.`;
   const schema = prefix.replace(/[^a-z0-9]/g, '_');
-  const durable = values.durable ? await startDurablePostgres() : undefined;
+  if (!['stack', 'fast', 'durable'].includes(values.postgres)) {
+    console.error(USAGE);
+    process.exitCode = 2;
+    return;
+  }
+  const own = values.postgres === 'stack' ? undefined : await startBenchPostgres(values.postgres === 'durable');
   const env: Record<string, string | undefined> = {
     ...localStackEnv(),
     ...process.env,
-    ...(durable ? { DATABASE_URL: durable.url } : {}),
+    ...(own ? { DATABASE_URL: own.url } : {}),
     TOPIC_PREFIX: prefix,
     TOPIC_PARTITIONS: values.partitions,
     DATABASE_SCHEMA: schema,
@@ -270,13 +290,18 @@ export async function run(args: string[]): Promise<void> {
 
     const followed = new Tracker(status);
     const agentOf = (requestId: string) => followed.agentOf.get(requestId) ?? '';
-    const m = await measure(kernel, followed, prefix, burst, paceSeconds, (saturation) => saturation / 2);
+    let requests = 0;
+    const m = await counted(own, () => requests, 'pipeline', async () => {
+      const result = await measure(kernel, followed, prefix, burst, paceSeconds, (saturation) => saturation / 2);
+      requests = 50 + burst + result.paced.length;
+      return result;
+    });
     const times = (pick: (e: { version: number; state: string }) => boolean) =>
       m.burstRequests.map((r) => (status.states.get(agentOf(r.requestId)) ?? []).find(pick)?.time.getTime() ?? NaN).filter(Number.isFinite);
     const lastOf = (list: number[]) => ((Math.max(...list) - m.t0) / 1000).toFixed(1);
     console.log(`burst timeline: last accepted by ingest at ${lastOf(times((e) => e.version === 0))} s · last created by the provisioner at ${lastOf(times((e) => e.version === 1))} s · last RUNNING at ${lastOf(times((e) => e.state === 'RUNNING'))} s`);
     console.log(
-      `setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, ${values.processes ? 'one process per service' : 'one process'}, Postgres ${durable ? 'durable (fsync, synchronous_commit, full_page_writes on; temporary cluster)' : "the stack's (fsync, synchronous_commit, full_page_writes off)"}`,
+      `setup: ${values.partitions} partitions per topic, ${values.concurrency} partitions handled at once per service, simulated driver, ${values.processes ? 'one process per service' : 'one process'}, Postgres ${{ stack: "the stack's (fsync, synchronous_commit, full_page_writes off)", fast: 'a temporary cluster (fsync, synchronous_commit, full_page_writes off)', durable: 'a temporary cluster, durable (fsync, synchronous_commit, full_page_writes on)' }[values.postgres]}`,
     );
     console.log(`saturation: ${burst} requests → RUNNING in ${m.burstSeconds.toFixed(1)} s = ${m.saturation.toFixed(0)} commands/s`);
     console.log(`paced: ${m.paced.length} requests at ${m.rate.toFixed(0)}/s (half of saturation) for ${paceSeconds} s`);
@@ -312,7 +337,12 @@ export async function run(args: string[]): Promise<void> {
       const floorStatus = await StatusWatcher.start({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics: floorTopics, codec, groupId: `${floorPrefix}kernel-status` });
       stops.push(() => floorStatus.stop());
       // Paced at the same rate as the pipeline, so the latencies compare.
-      const f = await measure(floorKernel, new Tracker(floorStatus), floorPrefix, burst, paceSeconds, () => m.rate);
+      let floorRequests = 0;
+      const f = await counted(own, () => floorRequests, 'floor', async () => {
+        const result = await measure(floorKernel, new Tracker(floorStatus), floorPrefix, burst, paceSeconds, () => m.rate);
+        floorRequests = 50 + burst + result.paced.length;
+        return result;
+      });
       ratio = m.saturation / f.saturation;
       console.log(`floor (batch → one transaction: a row and an outbox row per request → relay → consumed): ${burst} requests in ${f.burstSeconds.toFixed(1)} s = ${f.saturation.toFixed(0)} requests/s; at ${f.rate.toFixed(0)}/s p50 = ${percentile(f.latencies, 50).toFixed(0)} ms, p95 = ${percentile(f.latencies, 95).toFixed(0)} ms`);
       console.log(`provisioning/ceiling = ${ratio.toFixed(2)}`);
@@ -323,7 +353,7 @@ export async function run(args: string[]): Promise<void> {
   } finally {
     await stopAll();
     await cleanup(config, prefix, [schema, `${schema}floor`]).catch((error: unknown) => console.error(`cleanup: ${String(error)}`));
-    await durable?.stop();
+    await own?.stop();
   }
 }
 
