@@ -14,13 +14,18 @@ import { chainOf, GENESIS_CHAIN } from '../lib/archive/chain.ts';
 import { encodeArchiveFile, HEADER_TYPE } from '../lib/archive/container.ts';
 import type { AuditIndexEntry } from '../lib/archive/index-store.ts';
 import { formatArchiveKey, type ArchiveFileName } from '../lib/archive/layout.ts';
-import { FileVerifier } from '../lib/archive/verify.ts';
+import { FileVerifier, indexRowView } from '../lib/archive/verify.ts';
 import { avroType, topicContract } from '../lib/contracts/schemas.ts';
+import { initArchiveBucket } from '../lib/archive/bucket.ts';
+import { removeTestBucket, testS3Client } from '../test/support/s3.ts';
+import { uniqueName } from '../test/support/stack.ts';
+import { createVerifyWorld } from '../test/integration/lib/archive/verify-world.ts';
 
-const USAGE = `usage: npm run bench -- verify [--events N] [--file-records R] [--rounds K]
+const USAGE = `usage: npm run bench -- verify [--events N] [--file-records R] [--rounds K] [--no-stack]
   --events N        events verified (default 200000)
   --file-records R  records per archive file (default 20000)
-  --rounds K        measurements of each side, alternated; the best of each is reported (default 3)`;
+  --rounds K        measurements of each side, alternated; the best of each is reported (default 3)
+  --no-stack        only the in-memory hot loop (no MinIO, no Postgres)`;
 
 export interface BenchFile {
   readonly name: ArchiveFileName;
@@ -129,7 +134,7 @@ const LONG = avroType('"long"', 'long');
 /** FileVerifier over every file, chained, each against its index rows: events/s. */
 function verifyRate(files: readonly BenchFile[]): { rate: number; findings: number } {
   const verifier = new FileVerifier();
-  const indexes = files.map((f) => new Map(f.index.map((row) => [row.offset, row])));
+  const indexes = files.map((f) => new Map(f.index.map((row) => [row.offset, indexRowView(row)])));
   let events = 0;
   let findings = 0;
   const started = process.cpuUsage();
@@ -144,7 +149,7 @@ function verifyRate(files: readonly BenchFile[]): { rate: number; findings: numb
 }
 
 export async function run(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { events: { type: 'string' }, 'file-records': { type: 'string' }, rounds: { type: 'string' }, help: { type: 'boolean' } } });
+  const { values } = parseArgs({ args, options: { events: { type: 'string' }, 'file-records': { type: 'string' }, rounds: { type: 'string' }, 'no-stack': { type: 'boolean' }, help: { type: 'boolean' } } });
   if (values.help === true) {
     console.log(USAGE);
     return;
@@ -168,4 +173,32 @@ export async function run(args: string[]): Promise<void> {
     `verify hot loop: ${Math.round(best.verify).toLocaleString('en')} events/s on one core (goal 200,000); ` +
       `baseline ${Math.round(best.baseline).toLocaleString('en')} events/s; ratio ${(best.verify / best.baseline).toFixed(2)}`,
   );
+  if (values['no-stack'] === true) return;
+  await endToEnd(count, perFile);
+}
+
+/** The same volume through MinIO and Postgres: one closed, signed day of two partitions, verified by verifyArchive. */
+async function endToEnd(count: number, perFile: number): Promise<void> {
+  const s3 = testS3Client();
+  const bucket = uniqueName('bench-verify');
+  await initArchiveBucket(s3, { bucket, retention: { mode: 'GOVERNANCE', days: 1 } });
+  const world = await createVerifyWorld(s3, bucket, 'bench-verify');
+  try {
+    const half = Math.ceil(count / 2);
+    const sizes = (n: number) => Array.from({ length: Math.ceil(n / perFile) }, (_, i) => Math.min(perFile, n - i * perFile));
+    console.log(`end to end: writing ${count} events (2 partitions) to s3://${bucket}/${world.root} and their index rows...`);
+    await world.writeDay('2026-11-30', { partitions: { 0: sizes(half), 1: sizes(count - half) } });
+    const cpu = process.cpuUsage();
+    const report = await world.verify('2026-11-30', '2026-11-30');
+    const cpuRate = report.events / cpuSeconds(cpu);
+    if (!report.intact) throw new Error(`the bench day is not intact: ${report.findings.map((f) => f.kind).join(', ')}`);
+    console.log(
+      `verify end to end (ListObjectVersions, GetObject, manifest and signature, index queries): ${report.events.toLocaleString('en')} events in ${report.seconds.toFixed(2)} s wall, ` +
+        `${Math.round(report.eventsPerSecond).toLocaleString('en')} events/s wall, ${Math.round(cpuRate).toLocaleString('en')} events per CPU second`,
+    );
+  } finally {
+    await world.teardown();
+    await removeTestBucket(s3, bucket);
+    s3.destroy();
+  }
 }

@@ -63,7 +63,10 @@ export function formatVerifyReport(report: VerifyReport): string[] {
   const out: string[] = [];
   const errors = report.findings.filter((f) => f.severity === 'error');
   const info = report.findings.filter((f) => f.severity === 'info');
-  for (const f of [...errors, ...info]) out.push(`${f.severity === 'error' ? 'FAIL' : 'info'}  ${f.kind}  ${f.day}  ${where(f)}`, `      ${f.message}`);
+  for (const f of [...errors, ...info]) {
+    const at = where(f);
+    out.push(`${f.severity === 'error' ? 'FAIL' : 'info'}  ${f.kind}  ${f.day}${at === '' ? '' : `  ${at}`}`, `      ${f.message}`);
+  }
   if (out.length > 0) out.push('');
   const rate = report.seconds > 0 ? `, ${number(Math.round(report.eventsPerSecond))} events/s` : '';
   out.push(`verified s3://${report.bucket}/${report.root} ${report.from} to ${report.to}: ${report.days.length} days, ${number(report.files)} files, ${number(report.events)} events in ${report.seconds.toFixed(1)} s${rate}`);

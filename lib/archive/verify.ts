@@ -16,6 +16,24 @@ import { avroType } from '../contracts/schemas.ts';
 import { errorMessage } from '../errors.ts';
 import { AVRO_MAGIC, HEADER_TYPE } from './container.ts';
 import type { AuditIndexEntry } from './index-store.ts';
+
+/** An audit_index row as the hot loop compares it (the time in epoch milliseconds: no Date per row). */
+export interface IndexRowView {
+  readonly eventId: string;
+  readonly timeMs: number;
+  readonly action: string;
+  readonly actor: string;
+  readonly agentId: string | null;
+  readonly requestId: string | null;
+  readonly traceId: string | null;
+  readonly offset: number;
+  readonly payloadHash: string;
+}
+
+export function indexRowView(entry: AuditIndexEntry): IndexRowView {
+  const { eventId, action, actor, agentId, requestId, traceId, offset, payloadHash } = entry;
+  return { eventId, timeMs: entry.time.getTime(), action, actor, agentId, requestId, traceId, offset, payloadHash };
+}
 import { dayStart, type ArchiveFileName } from './layout.ts';
 import type { PublicKeyVersion, SignatureEnvelope } from '../signing/signer.ts';
 import { findPublicKey, parseSignatureEnvelope, verifySignature } from '../signing/verify.ts';
@@ -103,7 +121,7 @@ export interface FileToVerify {
    * The index rows of the partition by offset. Rows of this file's records are compared and removed
    * from the map, so what stays once a partition's files are verified is extra.
    */
-  readonly index?: Map<number, AuditIndexEntry> | undefined;
+  readonly index?: Map<number, IndexRowView> | undefined;
 }
 
 export interface FileVerification {
@@ -422,13 +440,13 @@ export class FileVerifier {
 }
 
 /** What differs between an index row and the archived event at its offset (undefined: nothing). */
-export function indexDiff(row: AuditIndexEntry, event: Record<string, unknown>): string | undefined {
+export function indexDiff(row: IndexRowView, event: Record<string, unknown>): string | undefined {
   const eventId = event.eventId as string;
   const diffs: string[] = [];
   if (row.eventId !== eventId && row.eventId !== eventId.toLowerCase()) diffs.push(`event_id ${row.eventId} (archive ${eventId})`);
   if (row.payloadHash !== event.hash) diffs.push(`payload_hash ${row.payloadHash} (archive ${String(event.hash)})`);
   const time = event.time instanceof Date ? event.time.getTime() : (event.time as number);
-  if (row.time.getTime() !== time) diffs.push(`event_time ${row.time.toISOString()} (archive ${new Date(time).toISOString()})`);
+  if (row.timeMs !== time) diffs.push(`event_time ${Number.isFinite(row.timeMs) ? new Date(row.timeMs).toISOString() : String(row.timeMs)} (archive ${new Date(time).toISOString()})`);
   if (row.action !== event.action) diffs.push(`action ${row.action} (archive ${String(event.action)})`);
   if (row.actor !== event.actor) diffs.push(`actor ${row.actor} (archive ${String(event.actor)})`);
   for (const [column, field] of [

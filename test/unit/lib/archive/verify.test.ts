@@ -3,10 +3,9 @@ import { join } from 'node:path';
 import { buildAuditEvent } from '../../../../lib/audit.ts';
 import { chainOf, GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
 import { encodeArchiveFile, encodeChainedArchiveFile } from '../../../../lib/archive/container.ts';
-import type { AuditIndexEntry } from '../../../../lib/archive/index-store.ts';
 import { formatArchiveKey, type ArchiveFileName } from '../../../../lib/archive/layout.ts';
 import { sha256Base64 } from '../../../../lib/archive/objects.ts';
-import { FileVerifier, isIntact, revocationId, signatureFindings, versionFindings, type SignatureInput } from '../../../../lib/archive/verify.ts';
+import { FileVerifier, indexRowView, isIntact, revocationId, signatureFindings, versionFindings, type IndexRowView, type SignatureInput } from '../../../../lib/archive/verify.ts';
 import { topicContract } from '../../../../lib/contracts/schemas.ts';
 import type { AuditEvent } from '../../../../lib/contracts/types.ts';
 import { rawPublicKey } from '../../../../lib/signing/verify.ts';
@@ -47,11 +46,11 @@ function file(list: readonly AuditEvent[], firstOffset = 0, options: { chainBefo
   return { name, key, bytes };
 }
 
-function indexOf(list: readonly AuditEvent[], firstOffset = 0): Map<number, AuditIndexEntry> {
+function indexOf(list: readonly AuditEvent[], firstOffset = 0): Map<number, IndexRowView> {
   return new Map(
     list.map((e, i) => [
       firstOffset + i,
-      { eventId: e.eventId, time: e.time, action: e.action, actor: e.actor, agentId: e.agentId, requestId: e.requestId, traceId: e.traceId, partition: 3, offset: firstOffset + i, payloadHash: e.hash },
+      indexRowView({ eventId: e.eventId, time: e.time, action: e.action, actor: e.actor, agentId: e.agentId, requestId: e.requestId, traceId: e.traceId, partition: 3, offset: firstOffset + i, payloadHash: e.hash }),
     ]),
   );
 }
@@ -110,7 +109,7 @@ describe('FileVerifier', () => {
     const index = indexOf(list);
     const row = index.get(1);
     if (row === undefined) throw new Error('no row');
-    index.set(1, { ...row, action: 'agent.deleted', time: new Date(0) });
+    index.set(1, { ...row, action: 'agent.deleted', timeMs: 0 });
     index.delete(3);
     const result = verifier.verify({ key: f.key, name: f.name, bytes: f.bytes, chainBefore: Buffer.alloc(32), index });
     expect(result.findings).toEqual([expect.objectContaining({ kind: 'index_row_altered', offset: 1, message: expect.stringMatching(/event_time 1970-01-01T00:00:00.000Z .*action agent.deleted \(archive agent.state_changed\)/) as unknown })]);
