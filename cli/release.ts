@@ -45,6 +45,7 @@ async function loadKeysFrom(dir: string): Promise<KeySet> {
   return loadKeySet(files.map((file) => ({ name: basename(file, '.pub'), pem: readText(file, 'the key') })));
 }
 
+/** A whole number ≥ 1 given on the command line. */
 function parseThreshold(text: string, option: string): number {
   const value = Number(text);
   if (!/^\d+$/.test(text) || value < 1) throw permanentError('RELEASE_USAGE', `${option} expects a whole number ≥ 1, not '${text}'`);
@@ -236,6 +237,39 @@ export function registerReleaseCommands(program: Command, root: string, setExitC
     });
 
   registerCanaryCheckCommand(release, setExitCode);
+
+  release
+    .command('acceptance')
+    .description(
+      'Acceptance test of a deployed environment through its ingest API (mTLS): instantiate one agent, wait for RUNNING, destroy it, wait for DESTROYED. ' +
+        'Exit 0 passed, 1 failed (the step and the agent named).',
+    )
+    .requiredOption('--api <url>', 'the ingest API, e.g. https://agent-manager.staging.internal:8443')
+    .requiredOption('--cert <file>', 'the client certificate (PEM): an identity allowed INSTANTIATE, DESTROY and reads in --division')
+    .requiredOption('--key <file>', 'its private key (PEM)')
+    .requiredOption('--ca <file>', 'the CA of the API\'s certificate (PEM)')
+    .option('--division <name>', 'the division of the test agent', 'acceptance')
+    .option('--region <name>', 'the region of the test agent', 'eu-west-1')
+    .option('--template <name>', 'a known template to instantiate (INGEST_KNOWN_TEMPLATES)', 'support-assistant')
+    .option('--image <ref>', 'an image to run instead of --template')
+    .option('--timeout <seconds>', 'the longest wait for RUNNING, then for DESTROYED', '300')
+    .action(async (options: { api: string; cert: string; key: string; ca: string; division: string; region: string; template: string; image?: string; timeout: string }) => {
+      const timeoutMs = parseThreshold(options.timeout, '--timeout') * 1000;
+      const { runAcceptance } = await import('../dev/release/acceptance.ts');
+      const result = await runAcceptance({
+        api: options.api,
+        tls: { cert: readText(options.cert, 'the certificate'), key: readText(options.key, 'the key'), ca: readText(options.ca, 'the CA') },
+        division: options.division,
+        region: options.region,
+        spec: options.image === undefined ? { template: options.template } : { image: options.image },
+        timeoutMs,
+        log: (line) => console.log(`[acceptance] ${line}`),
+      });
+      console.log(
+        `release acceptance: passed: agent ${result.agentId} RUNNING after ${(result.runningAfterMs / 1000).toFixed(1)} s, DESTROYED ${(result.destroyedAfterMs / 1000).toFixed(1)} s after its destroy`,
+      );
+      setExitCode(0);
+    });
 
   return release;
 }

@@ -82,7 +82,7 @@ test('release.yml and deploy.yml agree on the multisig policy and the repositori
   expect(values.image.repository).toBe(release.IMAGE_REPOSITORY);
 });
 
-test('deploy.yml: a failed canary or promotion rolls back with helm rollback', () => {
+test('deploy.yml: staging, then acceptance through the API, then the canary; a failed canary or promotion rolls back with helm rollback', () => {
   const { jobs } = workflow('deploy.yml');
   for (const id of ['canary', 'promote']) {
     const steps = jobs[id]?.steps ?? [];
@@ -91,6 +91,9 @@ test('deploy.yml: a failed canary or promotion rolls back with helm rollback', (
     expect({ id, check: check >= 0, rollbackAfterCheck: rollback > check }).toEqual({ id, check: true, rollbackAfterCheck: true });
     expect(steps[rollback]?.if).toMatch(/failure\(\)/);
   }
+  const acceptance = (jobs.acceptance?.steps ?? []).map((step) => step.run ?? '').join('\n');
+  expect(acceptance).toMatch(/npx agent-manager release acceptance --api "\$API"/);
+  expect(needs(jobs.acceptance)).toEqual(['staging']);
   expect(needs(jobs.promote)).toEqual(expect.arrayContaining(['canary']));
   expect(needs(jobs.canary)).toEqual(expect.arrayContaining(['acceptance']));
 });
