@@ -13,10 +13,11 @@ import { connectKernel, createFleetWorld, within, type FleetWorld, type KernelCl
 import { testKafkaConfig, uniqueName } from '../../support/stack.ts';
 
 // `release canary-check` against the stack's real Prometheus (`stack up --with prometheus`) scraping
-// two real fleets (ingest + provisioner, the simulated driver) on their ops listeners: a good one
-// whose agents reach RUNNING (`track="stable"`), and a failing one whose driver never reports a start
-// (`track="canary"`: every start times out and ends FAILED). Both get requests all along, so any
-// 30 s window has traffic; the checks poll until Prometheus has enough samples to judge (exit 2
+// three real fleets (ingest + provisioner, the simulated driver) on their ops listeners: a good one
+// whose agents reach RUNNING (`track="stable"`), a failing one whose driver never reports a start
+// (`track="canary"`: every start times out and ends FAILED), and one with the heartbeat service whose
+// agents never heartbeat (the simulated driver's do not: `track="silent"`, every agent lapses).
+// All get requests all along, so any 30 s window has traffic; the checks poll until Prometheus has enough samples to judge (exit 2
 // until then) and assert on the first verdict that is not "cannot judge", never on timing.
 jest.setTimeout(300_000);
 
@@ -59,12 +60,12 @@ interface Fleet {
   readonly port: number;
 }
 
-async function startFleet(name: string, extraEnv: Record<string, string>): Promise<Fleet> {
+async function startFleet(name: string, extraEnv: Record<string, string>, services: readonly ('ingest' | 'provisioner' | 'heartbeat')[] = ['ingest', 'provisioner']): Promise<Fleet> {
   const port = await freePort();
   const world = await createFleetWorld(name, { PROVISIONER_DRIVER: 'simulated', HTTP_HOST: '127.0.0.1', HTTP_PORT: String(port), ...extraEnv });
-  const services = await within(`${name}: ingest + provisioner start`, 90_000, startServices(['ingest', 'provisioner'], world.env));
+  const context = await within(`${name}: ${services.join(' + ')} start`, 90_000, startServices(services, world.env));
   const kernel = await connectKernel(world);
-  return { world, services, kernel, port };
+  return { world, services: context, kernel, port };
 }
 
 async function stopFleet(fleet: Fleet | undefined): Promise<void> {
@@ -88,6 +89,7 @@ describe('release canary-check against a real Prometheus scraping real fleets', 
   const run = uniqueName('canary').replace(/-/g, '_');
   let good: Fleet | undefined;
   let bad: Fleet | undefined;
+  let silent: Fleet | undefined;
   let removeTargets: (() => void) | undefined;
   let traffic: Promise<void> | undefined;
   let sending = true;
@@ -123,22 +125,25 @@ describe('release canary-check against a real Prometheus scraping real fleets', 
     good = await startFleet('canarygood', {});
     // The driver never reports STARTED within the start timeout, and there is no second attempt.
     bad = await startFleet('canarybad', { SIMULATED_START_DELAY_MS: '600000', START_TIMEOUT_MS: '1500', MAX_START_ATTEMPTS: '1' });
+    // Agents lapse 5 s (the shortest deadline) after RUNNING, from the start (no failover grace).
+    silent = await startFleet('canarysilent', { HEARTBEAT_MIN_TTL_MS: '5000', HEARTBEAT_FAILOVER_GRACE_MS: '0', HEARTBEAT_RECOVER_HOLD_MS: '0' }, ['ingest', 'provisioner', 'heartbeat']);
     removeTargets = writeScrapeTargets(join(process.cwd(), '.stack'), run, [
       { targets: [`127.0.0.1:${good.port}`], labels: { run, track: 'stable' } },
       { targets: [`127.0.0.1:${bad.port}`], labels: { run, track: 'canary' } },
+      { targets: [`127.0.0.1:${silent.port}`], labels: { run, track: 'silent' } },
     ]);
-    // Both fleets get a request every second or so, for as long as the tests run (bounded by `sending`).
-    const fleets = [good, bad];
+    // Every fleet gets a request every second or so, for as long as the tests run (bounded by `sending`).
+    const fleets = [good, bad, silent];
     traffic = (async () => {
       for (let i = 0; sending && i < 600; i += 1) {
         await Promise.all(fleets.map((fleet) => fleet.kernel.send([instantiateRequest(`${run}-${i}`, { labels: { test: 'canary-check' } })]).catch(() => undefined)));
         await sleep(1_000);
       }
     })();
-    // Both targets scraped (file_sd picked the file up) before any check runs.
+    // Every target scraped (file_sd picked the file up) before any check runs.
     const deadline = Date.now() + 90_000;
-    while ((await promQuery(`count(up{run="${run}"} == 1)`).catch(() => Number.NaN)) !== 2) {
-      if (Date.now() > deadline) throw new Error(`Prometheus did not scrape both fleets within 90 s (targets file ${run}.json)`);
+    while ((await promQuery(`count(up{run="${run}"} == 1)`).catch(() => Number.NaN)) !== 3) {
+      if (Date.now() > deadline) throw new Error(`Prometheus did not scrape the three fleets within 90 s (targets file ${run}.json)`);
       await sleep(1_000);
     }
   }, 600_000);
@@ -147,6 +152,7 @@ describe('release canary-check against a real Prometheus scraping real fleets', 
     sending = false;
     await traffic;
     removeTargets?.();
+    await stopFleet(silent);
     await stopFleet(bad);
     await stopFleet(good);
   });
@@ -169,6 +175,24 @@ describe('release canary-check against a real Prometheus scraping real fleets', 
     const check = report.checks.find((c) => c.name === 'provisioning-failure-rate');
     expect(check?.value).toBe(1);
     expect(check?.reason).toMatch(/^100\.0% of [\d.]+ starts ended FAILED: above the limit of 10\.0%$/);
+  });
+
+  it('a canary whose agents miss their heartbeats is rolled back: exit 1, missed-heartbeats named', async () => {
+    // The heartbeat counter has data from the start (0): the check judges at once, and the lapses come
+    // 5 s after RUNNING. So wait until Prometheus itself shows more than 2 lapses in the window (they
+    // go on: a new agent every second), then judge.
+    const lapses = `sum(increase(agent_manager_heartbeat_lapses_total{${selector('silent')}}[${WINDOW}]))`;
+    const deadline = Date.now() + 180_000;
+    while (!((await promQuery(lapses).catch(() => Number.NaN)) > 2)) {
+      if (Date.now() > deadline) throw new Error(`no agent of the silent fleet lapsed in 180 s (${lapses})`);
+      await sleep(1_000);
+    }
+    const report = await firstJudgement(options({ selector: selector('silent'), thresholds: { maxProvisioningP95Ms: 5_000, minScrapeSuccess: 0.5, maxErrorRate: 0.25, maxMissedHeartbeats: 2 } }));
+    expect(report).toMatchObject({ verdict: 'rollback', exitCode: 1 });
+    expect(report.checks.filter((c) => c.status === 'fail').map((c) => c.name)).toContain('missed-heartbeats');
+    const check = report.checks.find((c) => c.name === 'missed-heartbeats');
+    expect(check?.value).toBeGreaterThan(2);
+    expect(check?.reason).toMatch(/^[\d.]+ agents missed their heartbeat deadline: above the limit of 2$/);
   });
 
   it('the command prints one line per check and exits 1 for the failing canary (JSON with --json)', async () => {
