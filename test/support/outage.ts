@@ -5,10 +5,11 @@ import type { StackComponent } from '../../dev/stack/types.ts';
 /**
  * Stops and restarts one server of the local stack, the way `stack down`/`stack up` do it for that
  * server alone: Postgres by SIGINT (a fast shutdown, as `pg_ctl stop -m fast`: sessions get 57P01),
- * Redis, the schema registry and MinIO (S3) by SIGTERM. Only for test/outage/, which runs serially: every other
+ * Redis, the schema registry, MinIO (S3) and OpenBao (Vault; dev mode keeps everything in memory: a
+ * restart re-creates the shared Transit key with new key material) by SIGTERM. Only for test/outage/, which runs serially: every other
  * test file uses these servers too.
  */
-export type OutageTarget = 'postgres' | 'schema-registry' | 'redis' | 's3';
+export type OutageTarget = 'postgres' | 'schema-registry' | 'redis' | 's3' | 'vault';
 
 function component(name: OutageTarget): StackComponent {
   const found = stackComponents().find((c) => c.name === name);
@@ -43,7 +44,7 @@ export async function startServer(name: OutageTarget): Promise<void> {
 export async function restoreStack(): Promise<void> {
   const ctx = context();
   // Not Kafka: nothing here stops it, and its start restarts a broker whose configuration changed.
-  for (const name of ['postgres', 'redis', 'schema-registry', 's3'] as const) {
+  for (const name of ['postgres', 'redis', 'schema-registry', 's3', 'vault'] as const) {
     await component(name)
       .start(ctx)
       .catch(() => undefined);
