@@ -5,7 +5,7 @@
 // figures need a cluster of their own; and only a cluster of its own counts the run's statements
 // alone (pg_stat_statements, loaded here). Same binaries, same disk.
 import { spawn, execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -112,8 +112,10 @@ export async function startBenchPostgres(durable: boolean): Promise<BenchPostgre
       };
     },
     async stop() {
-      // SIGINT: the "fast" shutdown (clients are gone by now).
-      child.kill('SIGINT');
+      // SIGINT to the postmaster itself (runuser does not pass it on): the "fast" shutdown.
+      const postmaster = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      if (Number.isInteger(postmaster) && postmaster > 0) process.kill(postmaster, 'SIGINT');
+      else child.kill('SIGINT');
       await exited;
       rmSync(dir, { recursive: true, force: true });
     },
