@@ -5,7 +5,7 @@ import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/clie
 import { buildAuditEvent } from '../../../../lib/audit.ts';
 import { GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
 import { encodeChainedArchiveFile } from '../../../../lib/archive/container.ts';
-import { insertAuditIndex } from '../../../../lib/archive/index-store.ts';
+import { closePartitionDay, insertAuditIndex } from '../../../../lib/archive/index-store.ts';
 import { formatArchiveKey } from '../../../../lib/archive/layout.ts';
 import {
   canonicalManifestBytes,
@@ -29,6 +29,7 @@ import { createLogger } from '../../../../lib/logger.ts';
 import { createLocalSigner } from '../../../../lib/signing/local.ts';
 import { listRevocations } from '../../../../lib/signing/revocations.ts';
 import type { Signer } from '../../../../lib/signing/signer.ts';
+import { signNextDay } from '../../../../services/archiver/manifests.ts';
 import { testEnv, uniqueName } from '../../../support/stack.ts';
 
 /**
@@ -64,6 +65,8 @@ export interface VerifyWorld {
   readonly signer: Signer;
   readonly files: WrittenFile[];
   writeDay(day: string, spec: DaySpec): Promise<WrittenFile[]>;
+  /** Closes `day` on every one of `partitions` (audit_partition_days, audit_days) and signs what is closed with the archiver's own manifest signer. */
+  closeWithArchiver(day: string, partitions: readonly number[]): Promise<void>;
   /** Writes a new version of `key` (Object Lock keeps the old one; readers get the new one). */
   putVersion(key: string, body: Buffer, contentType?: string): Promise<string | undefined>;
   read(key: string): Promise<Buffer>;
@@ -175,6 +178,15 @@ export async function createVerifyWorld(s3: S3Client, bucket: string, name: stri
       await put(signatureKey(root, day), canonicalSignatureBytes({ ...envelope, signedAt: new Date().toISOString() }), 'application/json');
       previous = { day, key: manifestKey(root, day), sha256: manifestSha256(bytes) };
       return written;
+    },
+
+    async closeWithArchiver(day, partitions) {
+      for (const partition of partitions) await closePartitionDay(pool, day, partition, partitions.length);
+      for (;;) {
+        const step = await signNextDay({ s3, bucket, prefix: root, db: pool, signer: localSigner });
+        if (step.outcome === 'idle') return;
+        if (step.outcome === 'written') previous = { day: step.day, key: step.key, sha256: step.sha256 };
+      }
     },
 
     async putVersion(key, body, contentType = 'application/octet-stream') {

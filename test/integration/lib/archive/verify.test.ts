@@ -59,6 +59,22 @@ describe('audit verify', () => {
     ]);
   });
 
+  it("passes days closed and signed by the archiver's own manifest signer (services/archiver/manifests.ts)", async () => {
+    const w = await world('verify-archiver');
+    await w.writeDay('2026-11-27', { partitions: { 0: [3, 2], 1: [1] }, close: false });
+    await w.closeWithArchiver('2026-11-27', [0, 1, 2]);
+    await w.writeDay('2026-11-28', { partitions: { 0: [2], 2: [2] }, close: false });
+    await w.closeWithArchiver('2026-11-28', [0, 1, 2]);
+    const report = await w.verify('2026-11-27', '2026-11-28');
+    expect(report.findings).toEqual([]);
+    expect(report.days.map((d) => [d.day, d.status, d.manifest, d.events])).toEqual([
+      ['2026-11-27', 'closed', 'valid', 6],
+      ['2026-11-28', 'closed', 'valid', 4],
+    ]);
+    // The later day alone: its start checked against the manifest it links to.
+    expect((await w.verify('2026-11-28', '2026-11-28')).findings).toEqual([]);
+  });
+
   it('names one event altered in a new object version: newer_version and file_modified at its offset', async () => {
     const w = await world('verify-payload');
     const [file] = await w.writeDay('2026-11-27', { partitions: { 0: [5] } });
