@@ -13,7 +13,7 @@ import { verifyArchive, type DayReport, type VerifyReport } from '../lib/archive
 import { revocationId, type Finding } from '../lib/archive/verify.ts';
 import { databaseConfigShape, loadConfig } from '../lib/config.ts';
 import { createPool } from '../lib/db/pool.ts';
-import { errorMessage } from '../lib/errors.ts';
+import { errorMessage, permanentError } from '../lib/errors.ts';
 import { createSignerFromConfig, signerConfigShape } from '../lib/signing/config.ts';
 import { listRevocations } from '../lib/signing/revocations.ts';
 import type { PublicKeyVersion } from '../lib/signing/signer.ts';
@@ -70,6 +70,7 @@ export function formatVerifyReport(report: VerifyReport): string[] {
   if (out.length > 0) out.push('');
   const rate = report.seconds > 0 ? `, ${number(Math.round(report.eventsPerSecond))} events/s` : '';
   out.push(`verified s3://${report.bucket}/${report.root} ${report.from} to ${report.to}: ${report.days.length} days, ${number(report.files)} files, ${number(report.events)} events in ${report.seconds.toFixed(1)} s${rate}`);
+  if (report.days.length === 0) out.push(`no archive day between ${report.from} and ${report.to} (nothing in s3://${report.bucket}/${report.root}/, audit_days or audit_files)`);
   const open = report.days.filter((d) => d.status === 'open').map((d) => d.day);
   if (open.length > 0) out.push(`open (verified as far as they go): ${open.join(', ')}`);
   out.push(report.intact ? `INTACT${info.length > 0 ? ` (${info.length} information finding${info.length === 1 ? '' : 's'})` : ''}` : `NOT INTACT: ${errors.length} finding${errors.length === 1 ? '' : 's'} (${[...new Set(errors.map((f) => f.kind))].join(', ')})`);
@@ -119,7 +120,11 @@ async function runVerify(options: VerifyOptions): Promise<VerifyReport> {
     for (const key of keys) if (key.revoked !== undefined) revoked.add(revocationId(key.keyId, key.version));
     publicKeys = keys;
   } else {
-    publicKeys = await createSignerFromConfig(loadConfig(signerConfigShape, env)).publicKeys();
+    try {
+      publicKeys = await createSignerFromConfig(loadConfig(signerConfigShape, env)).publicKeys();
+    } catch (error) {
+      throw permanentError('AUDIT_VERIFY_KEYS_UNAVAILABLE', `the signer's public keys: ${errorMessage(error)} (or verify offline with --public-keys FILE, from \`agent-manager keys public --json\`)`, error);
+    }
   }
   const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 2 });
   const s3 = createS3Client(config);
