@@ -14,7 +14,7 @@ const IMAGE_DIGEST = `sha256:${'1'.repeat(64)}`;
 const CHART_DIGEST = `sha256:${'2'.repeat(64)}`;
 const COMMIT = 'c'.repeat(40);
 
-jest.setTimeout(300_000);
+jest.setTimeout(600_000);
 
 interface Run {
   readonly code: number;
@@ -25,7 +25,7 @@ interface Run {
 /** The CLI as an operator runs it (its own process; generous timeout on a loaded 2-core machine). */
 function cli(...args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [join(ROOT, 'bin', 'agent-manager.js'), 'release', ...args], { cwd: ROOT, timeout: 120_000, env: { ...process.env, GITHUB_ACTOR: 'ci-bot' } }, (error, stdout, stderr) => {
+    execFile(process.execPath, [join(ROOT, 'bin', 'agent-manager.js'), 'release', ...args], { cwd: ROOT, timeout: 300_000, env: { ...process.env, GITHUB_ACTOR: 'ci-bot' } }, (error, stdout, stderr) => {
       const code = error === null ? 0 : typeof error.code === 'number' ? error.code : -1;
       resolve({ code, stdout, stderr });
     });
