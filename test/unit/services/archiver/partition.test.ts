@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { buildAuditEvent } from '../../../../lib/audit.ts';
+import { chainOf, GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
 import { sha256Base64, type ArchivedObject } from '../../../../lib/archive/objects.ts';
 import type { ArchiveFileRow } from '../../../../lib/archive/index-store.ts';
 import { topicContract } from '../../../../lib/contracts/schemas.ts';
@@ -111,6 +112,28 @@ describe('PartitionArchiver', () => {
     await archiver.add([record(0, Date.parse('2026-12-01T23:59:59.999Z')), record(1, Date.parse('2026-12-03T00:00:00.000Z'))]);
     expect(deps.files.map((f) => `${f.day}:${f.firstOffset}-${f.lastOffset}`)).toEqual(['2026-12-01:0-0']);
     expect(deps.days).toEqual(['2026-12-01', '2026-12-02']);
+  });
+
+  it('chains every record across files, continues a resumed chain, and gives a retried file the same chain and bytes', async () => {
+    const records = [0, 1, 2, 3, 4, 5, 6, 7].map((o) => record(o, T + o));
+    const hashes = records.map((r) => contract.fromBuffer(r.value.subarray(5)).hash);
+    const deps = memoryDeps(1);
+    const archiver = new PartitionArchiver(options, deps, fresh);
+    expect(archiver.chain).toBe(GENESIS_CHAIN);
+    await archiver.add(records).catch(() => undefined); // the first upload fails: the chain does not move
+    expect(archiver.chain).toBe(GENESIS_CHAIN);
+    await archiver.add(records);
+    const [a, b] = deps.files;
+    expect([a?.firstChain, a?.lastChain]).toEqual(Object.values(chainOf(GENESIS_CHAIN, hashes.slice(0, 4))));
+    expect([b?.firstChain, b?.lastChain]).toEqual(Object.values(chainOf(a?.lastChain ?? '', hashes.slice(4))));
+    expect(archiver.chain).toBe(chainOf(GENESIS_CHAIN, hashes).last);
+
+    // Another archiver resuming after the first file, from its last chain: the same second file, byte for byte.
+    const resumed = memoryDeps();
+    const next = new PartitionArchiver(options, resumed, { nextOffset: 4, lastFileDay: '2026-12-01', openDay: undefined, chain: a?.lastChain ?? '' });
+    await next.add(records);
+    const key = [...deps.objects.keys()][1] ?? '';
+    expect(resumed.objects.get(key)?.equals(deps.objects.get(key) ?? Buffer.alloc(0))).toBe(true);
   });
 
   it('reads the writer schema id from the registry framing', () => {
