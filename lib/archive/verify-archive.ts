@@ -157,13 +157,16 @@ async function daysToVerify(options: VerifyArchiveOptions): Promise<string[]> {
   return [...days].sort();
 }
 
-async function dayRows(db: Queryable, day: string): Promise<{ closed: boolean; files: FileRow[] }> {
+async function dayRows(db: Queryable, day: string): Promise<{ closed: boolean; manifestSha256: string | undefined; files: FileRow[] }> {
   try {
-    const closed = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_days WHERE day = $1::date', [day]);
+    // SELECT *: manifest_sha256 came with the integrity change.
+    const closed = await db.query<Record<string, unknown>>('SELECT * FROM audit_days WHERE day = $1::date', [day]);
+    const dayRow = closed.rows[0];
     // SELECT *: last_chain came with the integrity change.
     const files = await db.query<Record<string, unknown>>('SELECT * FROM audit_files WHERE day = $1::date ORDER BY kafka_partition, first_offset', [day]);
     return {
-      closed: (closed.rows[0]?.n ?? 0) > 0,
+      closed: dayRow !== undefined,
+      manifestSha256: typeof dayRow?.manifest_sha256 === 'string' ? dayRow.manifest_sha256 : undefined,
       files: files.rows.map((r) => ({
         key: String(r.object_key),
         partition: Number(r.kafka_partition),
@@ -311,7 +314,7 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
   for (const day of days) {
     const findings: Finding[] = [];
     const listing: VersionListing = await listVersions(s3, bucket, `${root}/dt=${day}/`);
-    const { closed: closedInDb, files: rows } = await dayRows(db, day);
+    const { closed: closedInDb, manifestSha256: recordedManifestSha256, files: rows } = await dayRows(db, day);
     const mKey = manifestKeyOf(root, day);
     const sKey = signatureKeyOf(root, day);
 
@@ -368,7 +371,11 @@ export async function verifyArchive(options: VerifyArchiveOptions): Promise<Veri
             findings.push(finding('chain_broken', { day, key: mKey }, `${mKey} links to no previous manifest, but ${previous.key} (${previous.day}) comes before it`));
           }
         }
-        manifestCache.set(mKey, { day, key: mKey, sha256: manifestSha256(bytes), ends: manifest === undefined ? new Map() : endsOf(manifest) });
+        const sha256 = manifestSha256(bytes);
+        if (recordedManifestSha256 !== undefined && recordedManifestSha256 !== sha256) {
+          findings.push(finding('index_row_altered', { day, key: mKey }, `audit_days records manifest SHA-256 ${recordedManifestSha256} for ${day}; ${mKey} hashes to ${sha256}`));
+        }
+        manifestCache.set(mKey, { day, key: mKey, sha256, ends: manifest === undefined ? new Map() : endsOf(manifest) });
       }
     } else if (listing.has(sKey)) {
       findings.push(finding('manifest_missing', { day, key: mKey }, `${sKey} is there but ${mKey} is not`));

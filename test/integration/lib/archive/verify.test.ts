@@ -73,6 +73,10 @@ describe('audit verify', () => {
     ]);
     // The later day alone: its start checked against the manifest it links to.
     expect((await w.verify('2026-11-28', '2026-11-28')).findings).toEqual([]);
+    // audit_days keeps the manifest's hash: a row that no longer matches it is named.
+    await w.pool.query(`UPDATE audit_days SET manifest_sha256 = $1 WHERE day = '2026-11-28'`, ['cd'.repeat(32)]);
+    const altered = await w.verify('2026-11-27', '2026-11-28');
+    expect(altered.findings).toEqual([expect.objectContaining({ kind: 'index_row_altered', day: '2026-11-28', key: manifestKey(w.root, '2026-11-28') })]);
   });
 
   it('names one event altered in a new object version: newer_version and file_modified at its offset', async () => {
