@@ -220,9 +220,12 @@ export function registerReleaseCommands(program: Command, root: string, setExitC
       const result: VerifyResult = { ...verified, ok: verified.ok && policy.length === 0, problems: [...policy, ...verified.problems] };
       const label = normal ? 'release verify (BREAK-GLASS)' : 'release verify';
 
-      console.log(`${label}: manifest ${result.manifestDigest} (commit ${manifest.commit}, image ${manifest.image.digest}, chart ${manifest.chart.version} ${manifest.chart.digest})`);
-      if (options.json) console.log(JSON.stringify(result));
-      else printResult(result, keys, label);
+      if (options.json) {
+        console.log(JSON.stringify({ ...result, breakGlass: normal !== undefined, manifest }));
+      } else {
+        console.log(`${label}: manifest ${result.manifestDigest} (commit ${manifest.commit}, image ${manifest.image.digest}, chart ${manifest.chart.version} ${manifest.chart.digest})`);
+        printResult(result, keys, label);
+      }
 
       if (normal) {
         const actor = options.actor ?? process.env.GITHUB_ACTOR ?? userInfo().username;
@@ -231,7 +234,7 @@ export function registerReleaseCommands(program: Command, root: string, setExitC
         mkdirSync(dirname(auditLog), { recursive: true });
         // One JSON line, appended (O_APPEND): earlier records are never rewritten.
         appendFileSync(auditLog, `${JSON.stringify(record)}\n`);
-        console.log(`${label}: audit record (${record.outcome}) appended to ${auditLog}`);
+        if (!options.json) console.log(`${label}: audit record (${record.outcome}) appended to ${auditLog}`);
       }
       setExitCode(result.ok ? 0 : 1);
     });
