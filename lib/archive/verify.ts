@@ -441,11 +441,28 @@ export class FileVerifier {
 
 /** What differs between an index row and the archived event at its offset (undefined: nothing). */
 export function indexDiff(row: IndexRowView, event: Record<string, unknown>): string | undefined {
+  // The common case, without allocating: every column as archived (ids as the index writes them, lower-case).
+  const time = event.time instanceof Date ? event.time.getTime() : (event.time as number);
+  if (
+    row.eventId === event.eventId &&
+    row.payloadHash === event.hash &&
+    row.timeMs === time &&
+    row.action === event.action &&
+    row.actor === event.actor &&
+    row.agentId === ((event.agentId as string | null | undefined) ?? null) &&
+    row.requestId === ((event.requestId as string | null | undefined) ?? null) &&
+    row.traceId === ((event.traceId as string | null | undefined) ?? null)
+  ) {
+    return undefined;
+  }
+  return describeIndexDiff(row, event, time);
+}
+
+function describeIndexDiff(row: IndexRowView, event: Record<string, unknown>, time: number): string | undefined {
   const eventId = event.eventId as string;
   const diffs: string[] = [];
   if (row.eventId !== eventId && row.eventId !== eventId.toLowerCase()) diffs.push(`event_id ${row.eventId} (archive ${eventId})`);
   if (row.payloadHash !== event.hash) diffs.push(`payload_hash ${row.payloadHash} (archive ${String(event.hash)})`);
-  const time = event.time instanceof Date ? event.time.getTime() : (event.time as number);
   if (row.timeMs !== time) diffs.push(`event_time ${Number.isFinite(row.timeMs) ? new Date(row.timeMs).toISOString() : String(row.timeMs)} (archive ${new Date(time).toISOString()})`);
   if (row.action !== event.action) diffs.push(`action ${row.action} (archive ${String(event.action)})`);
   if (row.actor !== event.actor) diffs.push(`actor ${row.actor} (archive ${String(event.actor)})`);
