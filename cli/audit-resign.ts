@@ -6,12 +6,17 @@
  * a manifest does not match the archive (not counter-signed), 2 usage, 3 could not complete.
  */
 import type { Command } from 'commander';
+import { z } from 'zod';
+import { buildAuditEvent } from '../lib/audit.ts';
 import { isArchiveDay } from '../lib/archive/layout.ts';
 import { createS3Client } from '../lib/archive/s3.ts';
 import { databaseConfigShape, loadConfig } from '../lib/config.ts';
-import { createPool } from '../lib/db/pool.ts';
+import { avroTypeOptions } from '../lib/contracts/schemas.ts';
+import { createPool, withTransaction } from '../lib/db/pool.ts';
 import { errorMessage } from '../lib/errors.ts';
-import { serviceConfigShape } from '../lib/service/context.ts';
+import { createAvroCodec } from '../lib/kafka/avro.ts';
+import { enqueueEvents } from '../lib/outbox/outbox.ts';
+import { serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { createSignerFromConfig, signerConfigShape } from '../lib/signing/config.ts';
 import { listRevocations } from '../lib/signing/revocations.ts';
 import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
@@ -32,6 +37,9 @@ const resignConfigShape = {
   S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
   ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
   ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+  // Each counter-signature is audited (`audit_manifest.resigned`, through the outbox).
+  SCHEMA_REGISTRY_URL: z.url('expected a URL'),
+  TOPIC_PREFIX: serviceConfigShape.TOPIC_PREFIX,
   ...signerConfigShape,
 };
 
@@ -57,12 +65,13 @@ export function registerAuditResignCommand(audit: Command, setExitCode: (code: n
     .requiredOption('--from <day>', 'first day (YYYY-MM-DD)')
     .requiredOption('--to <day>', 'last day (YYYY-MM-DD), inclusive')
     .option('--json', 'the outcome as one JSON document')
+    .option('--actor <name>', 'who (in the audit event of each counter-signature)', process.env.USER ?? 'operator')
     .description(
       'Counter-signs, with the current key version, the manifests of the days signed by a revoked version (agent-manager keys revoke), after checking each one again ' +
-        'against the archive (files, versions, SHA-256, offsets, chains, the previous manifest). Writes <root>/dt=DAY/manifest.json.resign-v<N>.sig, never overwriting anything. ' +
+        'against the archive (files, versions, SHA-256, offsets, chains, the previous manifest). Writes <root>/dt=DAY/manifest.json.resign-v<N>.sig, never overwriting anything; each is audited (audit_manifest.resigned). ' +
         'Exit 0 done, 1 a manifest does not match the archive (not counter-signed), 2 usage, 3 could not complete.',
     )
-    .action(async (options: { from: string; to: string; json?: boolean }, command: Command) => {
+    .action(async (options: { from: string; to: string; json?: boolean; actor: string }, command: Command) => {
       for (const [name, day] of [['--from', options.from], ['--to', options.to]] as const) {
         if (!isArchiveDay(day)) return command.error(`error: ${name} '${day}' is not a day (YYYY-MM-DD)`, { exitCode: RESIGN_EXIT.usage, code: 'agent-manager.usage' });
       }
@@ -73,6 +82,8 @@ export function registerAuditResignCommand(audit: Command, setExitCode: (code: n
         const signer = createSignerFromConfig(config);
         const pool = createPool({ connectionString: config.DATABASE_URL, schema: config.DATABASE_SCHEMA, max: 1 });
         const s3 = createS3Client(config);
+        const codec = createAvroCodec({ registryUrl: config.SCHEMA_REGISTRY_URL, avroOptions: avroTypeOptions() });
+        const auditTopic = topicNames(config.TOPIC_PREFIX)['audit-events'];
         try {
           summary = await resignManifests({
             s3,
@@ -84,6 +95,17 @@ export function registerAuditResignCommand(audit: Command, setExitCode: (code: n
             to: options.to,
             progress: (day) => {
               if (options.json !== true) for (const line of formatResignedDay(day)) console.log(line);
+            },
+            resigned: async (day) => {
+              const event = buildAuditEvent({
+                actor: options.actor,
+                action: 'audit_manifest.resigned',
+                agentId: null,
+                requestId: null,
+                traceId: null,
+                payload: { day: day.day, counterSignature: day.key, keyId: signer.keyId, keyVersion: day.keyVersion, counterSigns: day.revokedVersion },
+              });
+              await withTransaction(pool, (client) => enqueueEvents(client, codec, [{ topic: auditTopic, key: `audit-manifest:${day.day}`, value: event, eventId: event.eventId }]));
             },
           });
         } finally {

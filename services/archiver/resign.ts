@@ -34,6 +34,8 @@ export interface ResignOptions {
   readonly now?: () => Date;
   /** Told after each day. */
   readonly progress?: (day: ResignedDay) => void;
+  /** Awaited after each counter-signature is written (the CLI audits it). */
+  readonly resigned?: (day: Extract<ResignedDay, { outcome: 'resigned' }>) => Promise<void>;
 }
 
 export type ResignedDay =
@@ -172,5 +174,7 @@ async function resignDay(options: ResignOptions, day: string, revoked: ReadonlyS
   const envelope = await signer.sign(bytes, current);
   const counter: ManifestSignature = { ...envelope, signedAt: (options.now?.() ?? new Date()).toISOString(), counterSigns: signedBy.version };
   await putArchiveObject(s3, { bucket, key, body: canonicalSignatureBytes(counter), contentType: 'application/json' });
-  return { day, outcome: 'resigned', revokedVersion: signedBy.version, keyVersion: envelope.keyVersion, key };
+  const done = { day, outcome: 'resigned', revokedVersion: signedBy.version, keyVersion: envelope.keyVersion, key } as const;
+  await options.resigned?.(done);
+  return done;
 }

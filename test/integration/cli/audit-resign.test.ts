@@ -83,6 +83,10 @@ describe('agent-manager audit resign (revoke, rotate, counter-sign), against Min
     expect(parseManifestSignature((await w.object(signatureKey(w.prefix, '2026-09-01'))) ?? '').keyVersion).toBe(1);
     expect(await w.object(resignKey(w.prefix, '2026-09-02', 2))).toBeUndefined();
 
+    // Audited, through the outbox: one event per counter-signature.
+    const { rows } = await w.db.query<{ key: string }>(`SELECT key FROM outbox WHERE key LIKE 'audit-manifest:%' ORDER BY id`);
+    expect(rows).toEqual([{ key: 'audit-manifest:2026-09-01' }]);
+
     // Again: nothing is written twice.
     const again = await cli(['audit', 'resign', '--from', '2026-09-01', '--to', '2026-09-01', '--json'], env);
     expect(again.code).toBe(0);
