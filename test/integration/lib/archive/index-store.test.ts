@@ -88,6 +88,19 @@ describe('audit index in Postgres', () => {
     expect(after.events.find((e) => e.eventId === first.eventId)).toMatchObject({ partition: 0, offset: 100, objectKey: key, payloadHash: 'ab'.repeat(32), traceId: first.traceId });
   });
 
+  it('fills in the chain of a file recorded without one, and never changes a recorded chain', async () => {
+    const key = 'audit-events/dt=2026-12-02/p=1/00000000000000000000-00000000000000000009.avro';
+    const file = { objectKey: key, day: '2026-12-02', partition: 1, firstOffset: 0, lastOffset: 9, recordCount: 10, bytes: 99, sha256: 'c2hh', versionId: 'v1' };
+    const chains = async () => (await pool.query<{ first_chain: string | null; last_chain: string | null }>('SELECT first_chain, last_chain FROM audit_files WHERE object_key = $1', [key])).rows;
+    await recordArchiveFile(pool, file); // from before the chain
+    expect(await chains()).toEqual([{ first_chain: null, last_chain: null }]);
+    await recordArchiveFile(pool, { ...file, firstChain: 'a'.repeat(64), lastChain: 'b'.repeat(64) }); // a reindex restores it
+    expect(await chains()).toEqual([{ first_chain: 'a'.repeat(64), last_chain: 'b'.repeat(64) }]);
+    await recordArchiveFile(pool, { ...file, firstChain: 'c'.repeat(64), lastChain: 'd'.repeat(64) });
+    await recordArchiveFile(pool, file);
+    expect(await chains()).toEqual([{ first_chain: 'a'.repeat(64), last_chain: 'b'.repeat(64) }]);
+  });
+
   it('refuses an invalid query as a permanent AUDIT_QUERY_INVALID', async () => {
     for (const query of [{ agentId: 'nope' }, { limit: 0 }, { limit: 1001 }, { cursor: 'garbage' }, { from: new Date('x') }]) {
       expect(errorCode(await queryAuditIndex(pool, query).catch((e: unknown) => e))).toBe('AUDIT_QUERY_INVALID');
