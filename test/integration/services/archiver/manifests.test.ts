@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HeadObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, HeadObjectCommand, ListObjectVersionsCommand } from '@aws-sdk/client-s3';
 import { chainOf, GENESIS_CHAIN } from '../../../../lib/archive/chain.ts';
 import { encodeArchiveFile } from '../../../../lib/archive/container.ts';
 import { closePartitionDay, recordArchiveFile } from '../../../../lib/archive/index-store.ts';
@@ -172,6 +172,36 @@ describe('signed day manifests, against MinIO, Postgres and OpenBao', () => {
     const files = manifest.partitions[0]?.files ?? [];
     expect([files[0]?.firstChain, files[1]?.lastChain]).toEqual([expected.first, expected.last]);
     expect(files[1]?.firstChain).toBe(chainOf(files[0]?.lastChain ?? '', hashes.slice(6)).first);
+  });
+
+  it('takes over a manifest (and signature) left by an attempt that died before recording it, never writing another', async () => {
+    const w = await world('manifests-crash', 1);
+    const dir = mkdtempSync(join(tmpdir(), 'manifest-keys-'));
+    dirs.push(dir);
+    const signer = localSigner(dir);
+    await signer.rotate();
+    const context = { s3: w.s3, bucket: w.bucket, prefix: w.prefix, db: w.db, signer };
+    await w.archiveDay('2026-10-05', 6);
+    await w.closeDay('2026-10-05');
+    const first = await signNextDay(context);
+    expect(first).toMatchObject({ outcome: 'written', day: '2026-10-05' });
+    const bytes = await w.object(manifestKey(w.prefix, '2026-10-05'));
+    const forget = () => w.db.query(`UPDATE audit_days SET manifest_key = NULL, manifest_sha256 = NULL, signed_key_version = NULL, signed_at = NULL`);
+
+    // Died after both objects were written: both are taken as they are.
+    await forget();
+    expect(await signNextDay(context)).toEqual(first);
+    // Died between the manifest and its signature: the manifest is signed as it is.
+    await forget();
+    await w.s3.send(new DeleteObjectCommand({ Bucket: w.bucket, Key: signatureKey(w.prefix, '2026-10-05'), BypassGovernanceRetention: true }));
+    const versions = await w.s3.send(new ListObjectVersionsCommand({ Bucket: w.bucket, Prefix: signatureKey(w.prefix, '2026-10-05') }));
+    for (const v of [...(versions.Versions ?? []), ...(versions.DeleteMarkers ?? [])]) {
+      await w.s3.send(new DeleteObjectCommand({ Bucket: w.bucket, Key: v.Key, VersionId: v.VersionId, BypassGovernanceRetention: true }));
+    }
+    expect(await w.object(signatureKey(w.prefix, '2026-10-05'))).toBeUndefined();
+    expect(await signNextDay(context)).toEqual(first);
+    expect((await w.object(manifestKey(w.prefix, '2026-10-05')))?.equals(bytes ?? Buffer.alloc(0))).toBe(true);
+    await signedManifest(w, signer, '2026-10-05');
   });
 
   it('suspends signing in safe mode and resumes when it is lifted; one archiver signs at a time', async () => {
