@@ -42,9 +42,10 @@ function request(key: string): AgentRequest {
 }
 
 /** `agent-manager run ingest` and `run provisioner` as child processes, each as its own Kafka principal; resolves once both run. */
-async function startServiceProcesses(env: Record<string, string | undefined>): Promise<{ shutdown(): Promise<string[]> }> {
+async function startServiceProcesses(env: Record<string, string | undefined>, cpuProfDir: string | undefined): Promise<{ shutdown(): Promise<string[]> }> {
+  const profile = cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', cpuProfDir];
   const children = (['ingest', 'provisioner'] as const).map((service) =>
-    spawn(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), 'run', service], {
+    spawn(process.execPath, [...profile, join(process.cwd(), 'bin', 'agent-manager.js'), 'run', service], {
       env: { ...env, ...stackCredentials(process.cwd(), service), LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     }),
@@ -205,8 +206,9 @@ async function startFloor(env: Record<string, string | undefined>, concurrency: 
   return ctx;
 }
 
-const USAGE = `usage: npm run bench -- provisioning [--burst N] [--seconds S] [--partitions P] [--concurrency C] [--processes] [--no-floor] [--postgres stack|fast|durable]
+const USAGE = `usage: npm run bench -- provisioning [--burst N] [--seconds S] [--partitions P] [--concurrency C] [--processes] [--no-floor] [--postgres stack|fast|durable] [--cpu-prof DIR]
   --processes   one process per service (as deployed) instead of all in this process
+  --cpu-prof D  with --processes: each service writes a CPU profile to folder D when it stops
   --no-floor    skip the floor pipeline (and the provisioning/ceiling ratio)
   --postgres    stack (default): the stack's server (fsync, synchronous_commit, full_page_writes off);
                 fast: a temporary cluster of the bench's own with the same settings; durable: a
@@ -237,6 +239,7 @@ export async function run(args: string[]): Promise<void> {
       processes: { type: 'boolean', default: false },
       'no-floor': { type: 'boolean', default: false },
       postgres: { type: 'string', default: 'stack' },
+      'cpu-prof': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -281,7 +284,7 @@ export async function run(args: string[]): Promise<void> {
     await bootstrapFleet(process.cwd(), config, env, createLogger('bench', 'error'));
     const topics = topicNames(prefix);
     // In-process (one Node thread for everything) or one process per service, as deployed.
-    const fleet = values.processes ? await startServiceProcesses(env) : await startServices(['ingest', 'provisioner'], env, { opsServer: false });
+    const fleet = values.processes ? await startServiceProcesses(env, values['cpu-prof']) : await startServices(['ingest', 'provisioner'], env, { opsServer: false });
     stops.push(() => fleet.shutdown());
     const kernel = await KernelClient.connect({ brokers: config.KAFKA_BROKERS, tls: kernelTls, topics, codec });
     stops.push(() => kernel.disconnect());
