@@ -3,7 +3,7 @@
 // database transaction and produces a record, each handled record's trace printed as a JSON line;
 // on SIGTERM it drains, flushes the spans (telemetry shutdown) and exits 0.
 import { z } from 'zod';
-import { configFields, databaseConfigShape, kafkaConfigShape, kafkaTlsOf, loadConfig, resolveSecretFiles } from '../../../../lib/config.ts';
+import { databaseConfigShape, kafkaConfigShape, kafkaTlsOf, loadConfig, resolveSecretFiles } from '../../../../lib/config.ts';
 import { createPool, withTransaction } from '../../../../lib/db/pool.ts';
 import { createAvroCodec } from '../../../../lib/kafka/avro.ts';
 import { createKafkajsClient } from '../../../../lib/kafka/kafkajs.ts';
