@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { buildAuditEvent } from '../lib/audit.ts';
 import { isArchiveDay } from '../lib/archive/layout.ts';
 import { createS3Client } from '../lib/archive/s3.ts';
-import { databaseConfigShape, loadConfig } from '../lib/config.ts';
+import { loadConfig } from '../lib/config.ts';
 import { avroTypeOptions } from '../lib/contracts/schemas.ts';
 import { createPool, withTransaction } from '../lib/db/pool.ts';
 import { errorMessage } from '../lib/errors.ts';
@@ -19,24 +19,16 @@ import { enqueueEvents } from '../lib/outbox/outbox.ts';
 import { serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { createSignerFromConfig, signerConfigShape } from '../lib/signing/config.ts';
 import { listRevocations } from '../lib/signing/revocations.ts';
-import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
+import { withDefaultArchivePrefix } from '../services/archiver/config.ts';
 import { resignManifests, type ResignedDay, type ResignSummary } from '../services/archiver/resign.ts';
 import { resolvedServiceEnv } from './services.ts';
+import { archiveReadConfigShape } from './audit-config.ts';
 
 export const RESIGN_EXIT = { done: 0, refused: 1, usage: 2, incomplete: 3 } as const;
 
 /** What `audit resign` reads: the archive, the revocations in Postgres, and the signer. */
 const resignConfigShape = {
-  ...databaseConfigShape,
-  DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA,
-  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
-  S3_REGION: archiverConfigShape.S3_REGION,
-  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
-  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
-  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
-  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
-  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
-  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+  ...archiveReadConfigShape,
   // Each counter-signature is audited (`audit_manifest.resigned`, through the outbox).
   SCHEMA_REGISTRY_URL: z.url('expected a URL'),
   TOPIC_PREFIX: serviceConfigShape.TOPIC_PREFIX,

@@ -11,31 +11,22 @@ import { createS3Client } from '../lib/archive/s3.ts';
 import { isArchiveDay } from '../lib/archive/layout.ts';
 import { verifyArchive, type DayReport, type VerifyReport } from '../lib/archive/verify-archive.ts';
 import { revocationId, type Finding } from '../lib/archive/verify.ts';
-import { databaseConfigShape, loadConfig } from '../lib/config.ts';
+import { loadConfig } from '../lib/config.ts';
 import { createPool } from '../lib/db/pool.ts';
 import { errorMessage, permanentError } from '../lib/errors.ts';
 import { createSignerFromConfig, signerConfigShape } from '../lib/signing/config.ts';
 import { listRevocations } from '../lib/signing/revocations.ts';
 import type { PublicKeyVersion } from '../lib/signing/signer.ts';
 import { parsePublicKeysDocument } from '../lib/signing/verify.ts';
-import { serviceConfigShape } from '../lib/service/context.ts';
-import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
+import { withDefaultArchivePrefix } from '../services/archiver/config.ts';
 import { resolvedServiceEnv } from './services.ts';
+import { archiveReadConfigShape } from './audit-config.ts';
 
 export const VERIFY_EXIT = { intact: 0, findings: 1, usage: 2, incomplete: 3 } as const;
 
 /** What `audit verify` reads: the index, the archive, and (without --public-keys) the signer's public keys. */
 const verifyConfigShape = {
-  ...databaseConfigShape,
-  DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA,
-  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
-  S3_REGION: archiverConfigShape.S3_REGION,
-  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
-  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
-  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
-  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
-  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
-  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+  ...archiveReadConfigShape,
 };
 
 interface VerifyOptions {

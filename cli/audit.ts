@@ -7,10 +7,10 @@ import { findAuditEvent, queryAuditIndex, type AuditPage, type AuditQuery, AUDIT
 import { isArchiveDay } from '../lib/archive/layout.ts';
 import { openArchiveFile } from '../lib/archive/reader.ts';
 import { createS3Client, s3Failure } from '../lib/archive/s3.ts';
-import { commonConfigShape, databaseConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
+import { commonConfigShape, kafkaTlsOf, loadConfig } from '../lib/config.ts';
 import { createPool } from '../lib/db/pool.ts';
 import { isAppError, permanentError } from '../lib/errors.ts';
-import { archiverConfigShape, withDefaultArchivePrefix } from '../services/archiver/config.ts';
+import { withDefaultArchivePrefix } from '../services/archiver/config.ts';
 import { reindexArchive } from '../services/archiver/reindex.ts';
 import { replayArchive } from '../services/archiver/replay.ts';
 import { kafkajsTopicAdmin } from '../lib/dlq/kafkajs-admin.ts';
@@ -20,35 +20,13 @@ import { serviceConfigShape, topicNames } from '../lib/service/context.ts';
 import { resolvedServiceEnv } from './services.ts';
 import { registerAuditVerifyCommand } from './audit-verify.ts';
 import { registerAuditResignCommand } from './audit-resign.ts';
-
-/** What `audit query` reads: the archiver's index in Postgres. */
-const auditConfigShape = { ...databaseConfigShape, DATABASE_SCHEMA: serviceConfigShape.DATABASE_SCHEMA };
-
-/** What `audit show` and `audit reindex` also read: the archive in S3. */
-const archiveReadConfigShape = {
-  ...auditConfigShape,
-  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
-  S3_REGION: archiverConfigShape.S3_REGION,
-  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
-  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
-  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
-  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
-  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
-  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
-};
+import { archiveReadConfigShape, archiveS3ConfigShape, auditConfigShape } from './audit-config.ts';
 
 /** What `audit replay` reads: the archive in S3 and a Kafka cluster to produce into (no database). */
 const replayConfigShape = {
   ...commonConfigShape,
   TOPIC_PREFIX: serviceConfigShape.TOPIC_PREFIX,
-  S3_ENDPOINT: archiverConfigShape.S3_ENDPOINT,
-  S3_REGION: archiverConfigShape.S3_REGION,
-  S3_ACCESS_KEY_ID: archiverConfigShape.S3_ACCESS_KEY_ID,
-  S3_SECRET_ACCESS_KEY: archiverConfigShape.S3_SECRET_ACCESS_KEY,
-  S3_FORCE_PATH_STYLE: archiverConfigShape.S3_FORCE_PATH_STYLE,
-  S3_REQUEST_TIMEOUT_MS: archiverConfigShape.S3_REQUEST_TIMEOUT_MS,
-  ARCHIVE_BUCKET: archiverConfigShape.ARCHIVE_BUCKET,
-  ARCHIVE_PREFIX: archiverConfigShape.ARCHIVE_PREFIX,
+  ...archiveS3ConfigShape,
 };
 
 interface QueryOptions {
@@ -114,7 +92,7 @@ export function formatAuditPage(page: AuditPage): string[] {
 export function registerAuditCommands(program: Command, setExitCode: (code: number) => void): void {
   const audit = program
     .command('audit')
-    .summary('query the audit index, show an archived event, rebuild the index from S3, replay the archive into Kafka')
+    .summary('query the audit index, show an archived event, rebuild the index from S3, replay the archive into Kafka, verify its integrity, counter-sign manifests')
     .description("The audit archiver's index in Postgres (DATABASE_URL, DATABASE_SCHEMA) and its archive in S3 (S3_*, ARCHIVE_BUCKET, ARCHIVE_PREFIX).")
     .exitOverride((error) => {
       throw error.exitCode === 0 ? error : new CommanderError(2, error.code, error.message);
