@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -9,23 +8,11 @@ import { migrateUp } from '../../../lib/db/migrate.ts';
 import { encodeLastHeartbeat, heartbeatKeyPrefix, lastHeartbeatKey } from '../../../lib/heartbeat/last-heartbeat.ts';
 import { createLogger } from '../../../lib/logger.ts';
 import { testEnv, uniqueName } from '../../support/stack.ts';
+import { runCli } from '../../support/cli.ts';
 
 jest.setTimeout(120_000);
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** `agent-manager agents …` as an operator runs it: its own process, configured by the environment. */
-function cli(args: readonly string[], env: Record<string, string | undefined>): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (error, stdout, stderr) => {
-      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : null, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 describe('agent-manager agents show (the CLI)', () => {
   const env = testEnv();

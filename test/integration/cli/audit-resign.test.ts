@@ -1,5 +1,3 @@
-import { execFile } from 'node:child_process';
-import { join } from 'node:path';
 import { encodeArchiveFile } from '../../../lib/archive/container.ts';
 import { formatArchiveKey } from '../../../lib/archive/layout.ts';
 import { manifestKey, parseManifestSignature, resignKey, signatureKey } from '../../../lib/archive/manifest.ts';
@@ -8,21 +6,9 @@ import { verifySignature } from '../../../lib/signing/verify.ts';
 import { signNextDay } from '../../../services/archiver/manifests.ts';
 import { contract, createDaysWorld, createTransitKey, deleteTransitKey, transitSigner, VAULT, type DaysWorld } from '../services/archiver/days-world.ts';
 import { testEnv } from '../../support/stack.ts';
+import { runCli } from '../../support/cli.ts';
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** `agent-manager …` as an operator runs it: its own process, configured by the environment. */
-function cli(args: readonly string[], env: Record<string, string | undefined>): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), ...args], { env: { ...process.env, ...env }, timeout: 90_000 }, (error, stdout, stderr) => {
-      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : null, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 describe('agent-manager audit resign (revoke, rotate, counter-sign), against MinIO, Postgres and OpenBao', () => {
   let w: DaysWorld;

@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,21 +9,9 @@ import { createLocalSigner } from '../../../lib/signing/local.ts';
 import { parsePublicKeysDocument, verifySignature } from '../../../lib/signing/verify.ts';
 import { createVaultApi } from '../../../lib/vault.ts';
 import { testEnv, uniqueName } from '../../support/stack.ts';
+import { runCli } from '../../support/cli.ts';
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** `agent-manager keys …` as an operator runs it: its own process, configured by the environment. */
-function cli(args: readonly string[], env: Record<string, string | undefined>): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [join(process.cwd(), 'bin', 'agent-manager.js'), ...args], { env: { ...process.env, ...env }, timeout: 90_000 }, (error, stdout, stderr) => {
-      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : null, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 const VAULT = {
   address: process.env.VAULT_ADDR ?? `http://${LOCAL_VAULT.host}:${LOCAL_VAULT.port}`,
