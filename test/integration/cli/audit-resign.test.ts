@@ -7,6 +7,7 @@ import { signNextDay } from '../../../services/archiver/manifests.ts';
 import { contract, createDaysWorld, createTransitKey, deleteTransitKey, transitSigner, VAULT, type DaysWorld } from '../services/archiver/days-world.ts';
 import { testEnv } from '../../support/stack.ts';
 import { runCli } from '../../support/cli.ts';
+import { registerUnprefixedSchemas } from '../../support/schemas.ts';
 
 const cli = runCli;
 
@@ -15,6 +16,7 @@ describe('agent-manager audit resign (revoke, rotate, counter-sign), against Min
   let key: string;
   beforeAll(async () => {
     w = await createDaysWorld('resign', 1);
+    await registerUnprefixedSchemas(['audit-events']);
     key = await createTransitKey();
   });
   afterAll(async () => {

@@ -10,6 +10,7 @@ import { parsePublicKeysDocument, verifySignature } from '../../../lib/signing/v
 import { createVaultApi } from '../../../lib/vault.ts';
 import { testEnv, uniqueName } from '../../support/stack.ts';
 import { runCli } from '../../support/cli.ts';
+import { registerUnprefixedSchemas } from '../../support/schemas.ts';
 
 const cli = runCli;
 
@@ -25,6 +26,7 @@ describe('agent-manager keys (the CLI)', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'am-keys-cli-'));
+    await registerUnprefixedSchemas(['audit-events']);
     await migrateUp({ databaseUrl: env.DATABASE_URL ?? '', dir: join(process.cwd(), 'migrations'), schema, logger: createLogger('test', 'silent') });
   });
   afterAll(async () => {

@@ -6,6 +6,7 @@ import { createAvroCodec } from '../../../../lib/kafka/avro.ts';
 import { createLogger } from '../../../../lib/logger.ts';
 import { listRevocations, revokeKeyVersion } from '../../../../lib/signing/revocations.ts';
 import { testEnv, uniqueName } from '../../../support/stack.ts';
+import { registerUnprefixedSchemas } from '../../../support/schemas.ts';
 
 describe('signing key revocations (Postgres, audited through the outbox)', () => {
   const env = testEnv();
@@ -14,6 +15,7 @@ describe('signing key revocations (Postgres, audited through the outbox)', () =>
   let pool: Pool;
 
   beforeAll(async () => {
+    await registerUnprefixedSchemas(['audit-events']);
     await migrateUp({ databaseUrl: env.DATABASE_URL ?? '', dir: join(process.cwd(), 'migrations'), schema, logger: createLogger('test', 'silent') });
     pool = createPool({ connectionString: env.DATABASE_URL ?? '', schema, max: 3 });
   });
