@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type GetObjectCommandOutput, type S3Client } from '@aws-sdk/client-s3';
 import { permanentError, retryableError } from '../errors.ts';
 import { s3ErrorCode, s3Failure, s3HttpStatus } from './s3.ts';
 
@@ -81,4 +81,13 @@ async function existingObject(s3: S3Client, bucket: string, key: string, checksu
     undefined,
     { ...context, existingSha256: head.ChecksumSHA256, existingVersionId: head.VersionId, uploadSha256: checksumSha256 },
   );
+}
+
+/** GetObject of an archive file with its checksum checked; a failure is classified as `s3Failure` does. */
+export async function getArchiveObject(s3: S3Client, bucket: string, key: string): Promise<GetObjectCommandOutput> {
+  try {
+    return await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
+  } catch (error) {
+    throw s3Failure(`GetObject s3://${bucket}/${key}`, error, { bucket, key });
+  }
 }

@@ -7,13 +7,12 @@
  * after the upgrade: every file written since carries its chain.
  */
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { GENESIS_CHAIN, nextChainBytes } from '../../lib/archive/chain.ts';
 import { fileRow, recordArchiveFile, setFileChain, type Queryable } from '../../lib/archive/index-store.ts';
 import { formatArchiveKey, listArchiveDays, listPartitionDayFiles } from '../../lib/archive/layout.ts';
-import { sha256Base64 } from '../../lib/archive/objects.ts';
+import { getArchiveObject, sha256Base64 } from '../../lib/archive/objects.ts';
 import { openArchiveFile } from '../../lib/archive/reader.ts';
-import { s3Failure } from '../../lib/archive/s3.ts';
 import { permanentError } from '../../lib/errors.ts';
 
 export interface ChainSource {
@@ -36,12 +35,7 @@ const HEX_32 = /^[0-9a-f]{64}$/;
 /** Reads a whole archive object: its records' event hashes in order, its header's chain, and what its row needs. */
 async function readChainFile(source: ChainSource, key: string): Promise<{ hashes: Buffer[]; header: { first: string | undefined; last: string | undefined }; bytes: number; sha256: string; versionId: string | undefined }> {
   const { s3, bucket } = source;
-  let object;
-  try {
-    object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
-  } catch (error) {
-    throw s3Failure(`GetObject s3://${bucket}/${key}`, error, { bucket, key });
-  }
+  const object = await getArchiveObject(s3, bucket, key);
   const body = await (object.Body as { transformToByteArray(): Promise<Uint8Array> } & Readable).transformToByteArray();
   const file = await openArchiveFile<{ hash?: unknown }>(body, { name: key });
   const hashes: Buffer[] = [];

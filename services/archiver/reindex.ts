@@ -4,11 +4,11 @@
  * already there are left as they are.
  */
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { insertAuditIndex, recordArchiveFile, type AuditIndexEntry, type Queryable } from '../../lib/archive/index-store.ts';
 import { formatArchiveKey, listArchiveDays, listDayFiles } from '../../lib/archive/layout.ts';
+import { getArchiveObject } from '../../lib/archive/objects.ts';
 import { openArchiveFile } from '../../lib/archive/reader.ts';
-import { s3Failure } from '../../lib/archive/s3.ts';
 import type avsc from 'avsc';
 import { indexEntryOf, validateAuditEvent, type AuditEvent } from './handler.ts';
 
@@ -52,12 +52,7 @@ export async function reindexArchive(options: ReindexOptions): Promise<ReindexSu
   for (const day of days) {
     for (const name of await listDayFiles(s3, bucket, prefix, day)) {
       const key = formatArchiveKey(name);
-      let object;
-      try {
-        object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
-      } catch (error) {
-        throw s3Failure(`GetObject s3://${bucket}/${key}`, error, { bucket, key });
-      }
+      const object = await getArchiveObject(s3, bucket, key);
       const file = await openArchiveFile<AuditEvent>(object.Body as Readable, { name: key, ...(options.eventType !== undefined ? { eventType: options.eventType } : {}) });
       let entries: AuditIndexEntry[] = [];
       const done = { records: 0, inserted: 0, invalid: 0 };

@@ -12,11 +12,11 @@
  * missing. Not safe against two replays into one topic AT THE SAME TIME (each reads the target once).
  */
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import avsc from 'avsc';
 import { formatArchiveKey, listArchiveDays, listDayFiles } from '../../lib/archive/layout.ts';
+import { getArchiveObject } from '../../lib/archive/objects.ts';
 import { openArchiveFile } from '../../lib/archive/reader.ts';
-import { s3Failure } from '../../lib/archive/s3.ts';
 import { avroType } from '../../lib/contracts/schemas.ts';
 import type { PartitionRange, TopicAdmin } from '../../lib/dlq/reader.ts';
 import { errorMessage, isAppError, permanentError, retryableError } from '../../lib/errors.ts';
@@ -160,12 +160,7 @@ export async function replayArchive(options: ReplayArchiveOptions): Promise<Repl
       const dayDone = { files: 0, records: 0, produced: 0, skipped: 0 };
       for (const name of await listDayFiles(s3, bucket, prefix, day)) {
         const key = formatArchiveKey(name);
-        let object;
-        try {
-          object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }));
-        } catch (error) {
-          throw s3Failure(`GetObject s3://${bucket}/${key}`, error, { bucket, key });
-        }
+        const object = await getArchiveObject(s3, bucket, key);
         const file = await openArchiveFile(object.Body as Readable, { name: key });
         const schemaId = file.header.schemaId;
         if (schemaId === undefined) {
