@@ -154,7 +154,7 @@ async function producerOf(kafka: Kafka): Promise<Producer> {
 }
 
 function heartbeatOf(agentId: string, sequence: number, intervalMs: number, instanceId: string): AgentHeartbeat {
-  return { agentId, instanceId, pid: null, sequence, sentAt: new Date(), intervalMs, metrics: { cpuPercent: 0.5, memoryRssBytes: 50_000_000, custom: {} } };
+  return { agentId, instanceId, pid: null, sequence, sentAt: new Date(), intervalMs, stopping: false, metrics: { cpuPercent: 0.5, memoryRssBytes: 50_000_000, custom: {} } };
 }
 
 /**

@@ -9,7 +9,10 @@
  *   sequence number is sent again (fresh `sentAt` and metrics) at the next tick, so the heartbeat
  *   consumer sees no gap for a send that never reached Kafka. A failure never throws out of the
  *   timer: an agent is not crashed by its heartbeat;
- * - `stop()` cancels the timer, waits for the send in flight (the final flush) and disconnects.
+ * - `stop()` cancels the timer, waits for the send in flight, then sends one last heartbeat marked
+ *   `stopping` (so the heartbeat service stops expecting this instance at once, before the
+ *   provisioner's STOPPING reaches it: an intended stop is never taken for a hang) and disconnects.
+ *   That last send waits at most `stopTimeoutMs`: a stop is never held up by Kafka being away.
  *
  * Each heartbeat announces `intervalMs`, from which the heartbeat service derives the agent's
  * deadline. The schedule is jittered (each gap is `intervalMs` minus up to `jitterRatio` of it, never
@@ -27,10 +30,12 @@ import type { AgentHeartbeat, HeartbeatMetrics } from '../contracts/types.ts';
 import { createLogger, type Logger } from '../logger.ts';
 import { errorCode, errorMessage, permanentError, retryableError } from '../errors.ts';
 import { createEventProducer, type EventProducer } from '../runtime/producer.ts';
+import { settlesWithin } from '../runtime/shutdown.ts';
 
 export const DEFAULT_HEARTBEAT_TOPIC = 'agent-heartbeats';
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 export const DEFAULT_JITTER_RATIO = 0.1;
+export const DEFAULT_STOP_TIMEOUT_MS = 2_000;
 
 export interface AgentHeartbeaterOptions {
   readonly agentId: string;
@@ -63,12 +68,14 @@ export interface AgentHeartbeaterOptions {
   readonly codec?: AvroCodec;
   /** Injectable clock (ms since the epoch). */
   readonly now?: () => number;
+  /** How long `stop()` waits for the last (`stopping`) heartbeat to be acknowledged. Default 2000 ms. */
+  readonly stopTimeoutMs?: number;
 }
 
 export interface AgentHeartbeater {
   /** Connects and sends heartbeat #0; resolves once it is acknowledged. Rejects only if `stop()` comes first. */
   start(): Promise<void>;
-  /** Stops the timer, flushes the send in flight and disconnects. Idempotent. */
+  /** Stops the timer, flushes the send in flight, announces the stop (a `stopping` heartbeat) and disconnects. Idempotent. */
   stop(): Promise<void>;
   /** The sequence number of the next heartbeat (= heartbeats acknowledged so far). */
   readonly sequence: number;
@@ -94,6 +101,7 @@ function validate(options: AgentHeartbeaterOptions): void {
   if (options.codec === undefined && (typeof options.registryUrl !== 'string' || options.registryUrl === '')) problems.push('registryUrl must be set');
   if (options.intervalMs !== undefined && !(Number.isFinite(options.intervalMs) && options.intervalMs > 0)) problems.push('intervalMs must be a positive number');
   if (options.topic !== undefined && (typeof options.topic !== 'string' || options.topic === '')) problems.push('topic must be a non-empty string');
+  if (options.stopTimeoutMs !== undefined && !(Number.isFinite(options.stopTimeoutMs) && options.stopTimeoutMs >= 0)) problems.push('stopTimeoutMs must be 0 or more');
   if (options.jitterRatio !== undefined && !(Number.isFinite(options.jitterRatio) && options.jitterRatio >= 0 && options.jitterRatio < 1)) problems.push('jitterRatio must be at least 0 and below 1');
   if (problems.length > 0) throw permanentError('CONFIG_INVALID', `invalid heartbeater options: ${problems.join('; ')}`);
 }
@@ -150,7 +158,7 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
   }
 
   /** One attempt: connect if needed, send the current sequence. True when acknowledged. */
-  async function sendOnce(): Promise<boolean> {
+  async function sendOnce(stopping = false): Promise<boolean> {
     try {
       if (!connected) {
         await producer.connect();
@@ -165,6 +173,7 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
         sentAt: new Date(now()),
         metrics: sampleMetrics(),
         intervalMs: Math.round(intervalMs),
+        stopping,
       };
       await events.send(topic, [{ key: options.agentId, value: heartbeat }]);
       log.debug({ sequence, cpuPercent: heartbeat.metrics?.cpuPercent, rss: heartbeat.metrics?.memoryRssBytes }, 'heartbeat sent');
@@ -240,6 +249,15 @@ export function createAgentHeartbeater(options: AgentHeartbeaterOptions): AgentH
       // The final flush: the send in flight completes (or fails) before the producer goes away.
       if (inFlight) await inFlight;
       if (connected) {
+        // Only an instance that was heard from announces its stop; bounded, since Kafka may be away.
+        let announced = false;
+        await settlesWithin(
+          sendOnce(true).then((acknowledged) => {
+            announced = acknowledged;
+          }),
+          options.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS,
+        );
+        if (!announced) log.warn({ sequence }, 'the stopping heartbeat was not acknowledged in time; the heartbeat service learns of the stop from the provisioner');
         connected = false;
         try {
           await producer.disconnect();

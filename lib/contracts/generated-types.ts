@@ -143,6 +143,8 @@ export interface AgentHeartbeat {
   metrics: HeartbeatMetrics | null;
   /** How often the agent sends heartbeats, in milliseconds: the heartbeat service derives the agent's deadline from it. Null from agents that do not say (it then assumes its configured default). */
   intervalMs: number | null;
+  /** True on the last heartbeat of an instance that is shutting down on purpose (SIGTERM; the SDK's stop()): the heartbeat service stops expecting heartbeats from that instance at once, so a stop is never taken for a hang even when the provisioner's STOPPING status arrives after the silence. False on every other heartbeat and from agents that do not say. */
+  stopping: boolean;
 }
 
 /** Resource usage of one agent instance at the time of a heartbeat. Avro record `io.agentmanager.v1.HeartbeatMetrics`. */

@@ -9,7 +9,8 @@
  *   `now + max(HEARTBEAT_MISS_FACTOR × interval, HEARTBEAT_MIN_TTL_MS)` and store the last heartbeat;
  *   statuses start tracking (RUNNING, which names the current instance when the provisioner knows it:
  *   heartbeats of any other instance are then ignored) or end it (STARTING, STOPPING, STOPPED,
- *   DESTROYING, DESTROYED, FAILED).
+ *   DESTROYING, DESTROYED, FAILED). An instance's last heartbeat, marked `stopping` by the SDK when it
+ *   shuts down on purpose, ends it too: the provisioner's STOPPING comes later, through its outbox.
  * - A sweeper per owned partition lapses deadlines only once the partition is caught up: both topics'
  *   partitions handled up to their log ends read (ListOffsets) after the deadline, so a paused,
  *   lagging or restarting monitor never declares a miss from its own delay; a partition just assigned
@@ -158,17 +159,21 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
     // One update per agent and instance: the last heartbeat of each in the batch (a stale instance's
     // must not hide the current one's), in the order of their last heartbeats.
     const latest = new Map<string, AgentHeartbeat>();
+    // An instance's stop stands even if a heartbeat of it comes after in the batch (a retried send).
+    const stopping = new Set<string>();
     for (const record of batch.records) {
       const hb = record.value as AgentHeartbeat;
       const key = `${hb.agentId}|${hb.instanceId}`;
       latest.delete(key);
       latest.set(key, hb);
+      if (hb.stopping === true) stopping.add(key);
     }
-    const updates = [...latest.values()].map((hb) => ({
+    const updates = [...latest.entries()].map(([key, hb]) => ({
       agentId: hb.agentId,
       instanceId: hb.instanceId,
       intervalMs: hb.intervalMs ?? null,
       last: encodeLastHeartbeat(hb, now, hb.intervalMs ?? config.HEARTBEAT_DEFAULT_INTERVAL_MS),
+      stopping: stopping.has(key),
     }));
     const result = await store.applyHeartbeats(batch.partition, now, updates);
     const duplicates = batch.records.length - latest.size;
@@ -184,6 +189,10 @@ export async function startHeartbeat(ctx: ServiceContext, config: HeartbeatConfi
       log.debug({ partition: batch.partition, otherInstance: result.otherInstance }, 'heartbeats of a stale instance ignored');
     }
     // Earlier heartbeats of an agent in the same batch, superseded by its last one.
+    if (result.stopping > 0) {
+      metrics.heartbeatsReceived.inc({ outcome: 'stopping' }, result.stopping);
+      log.debug({ partition: batch.partition, stopping: result.stopping }, 'agents announced their stop: no longer tracked');
+    }
     if (duplicates > 0) metrics.heartbeatsReceived.inc({ outcome: 'superseded' }, duplicates);
   }
 

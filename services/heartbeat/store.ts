@@ -25,11 +25,14 @@ end
 `;
 
 /**
- * Heartbeats (ARGV 6.. in fours: agentId, instanceId, intervalMs or '', last-heartbeat JSON). A
- * heartbeat from another instance than the one the agent's RUNNING named (a stale process: the old
- * one after a restart, a hung one waking up) changes nothing. Otherwise a tracked agent's deadline
- * moves and its last heartbeat is stored; a lapsed one comes back (RESUMED queued after its MISSED,
- * its held recover dropped); any other is ignored. The interval is remembered for every agent but
+ * Heartbeats (ARGV 6.. in fives: agentId, instanceId, intervalMs or '', last-heartbeat JSON, '1' when
+ * stopping). A heartbeat from another instance than the one the agent's RUNNING named (a stale
+ * process: the old one after a restart, a hung one waking up) changes nothing. Otherwise a tracked
+ * agent's deadline moves and its last heartbeat is stored; a lapsed one comes back (RESUMED queued
+ * after its MISSED, its held recover dropped); any other is ignored. A `stopping` heartbeat (the
+ * instance shutting down on purpose) does the same, then ends the tracking as a STOPPING status
+ * would (the instance is kept, so its later heartbeats still count as its own and are ignored):
+ * the provisioner's STOPPING comes through its outbox and may arrive after the silence. The interval is remembered for every agent but
  * another instance's, so tracking that starts later (RUNNING) uses it.
  *
  * The common case (a tracked agent) costs no per-heartbeat call: instances, deadlines and known
@@ -39,17 +42,17 @@ end
  * for an agent resumed earlier in the same chunk (another of its instances: `back`). Lapsed agents
  * (rare) take the per-agent path. At most HEARTBEAT_CHUNK heartbeats per call, which keeps every
  * `unpack` below Lua's 8,000-value limit.
- * Returns {tracked, resumed, ignored, otherInstance}.
+ * Returns {tracked, resumed, ignored, otherInstance, stopping}.
  */
 const APPLY_HEARTBEATS = `${PREAMBLE}
-local tracked, resumed, ignored, other = 0, 0, 0, 0
+local tracked, resumed, ignored, other, stopping = 0, 0, 0, 0, 0
 local ids = {}
-for i = 6, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
-if #ids == 0 then return {0, 0, 0, 0} end
+for i = 6, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return {0, 0, 0, 0, 0} end
 local instances = redis.call('HMGET', KEYS[7], unpack(ids))
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 local known = redis.call('HMGET', KEYS[3], unpack(ids))
-local intervals, changed, zadd, mset, back = {}, {}, {}, {}, {}
+local intervals, changed, zadd, mset, back, ended = {}, {}, {}, {}, {}, {}
 local function remember(k, id, value)
   local n = tonumber(value)
   if n == nil or n <= 0 then return end
@@ -61,7 +64,7 @@ local function remember(k, id, value)
   end
 end
 for k = 1, #ids do
-  local i = 2 + 4 * k
+  local i = 1 + 5 * k
   local id = ids[k]
   local current = instances[k]
   local interval = tonumber(ARGV[i + 2])
@@ -74,6 +77,7 @@ for k = 1, #ids do
     mset[#mset + 1] = ARGV[1] .. id
     mset[#mset + 1] = ARGV[i + 3]
     tracked = tracked + 1
+    if ARGV[i + 4] == '1' then ended[#ended + 1] = id end
   elseif redis.call('ZSCORE', KEYS[2], id) then
     remember(k, id, ARGV[i + 2])
     local n = redis.call('HGET', KEYS[4], id) or '0'
@@ -88,6 +92,7 @@ for k = 1, #ids do
     back[id] = true
     tracked = tracked + 1
     resumed = resumed + 1
+    if ARGV[i + 4] == '1' then ended[#ended + 1] = id end
   else
     remember(k, id, ARGV[i + 2])
     ignored = ignored + 1
@@ -103,7 +108,11 @@ if #changed > 0 then
   end
   redis.call('HSET', KEYS[3], unpack(hset))
 end
-return {tracked, resumed, ignored, other}
+if #ended > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ended))
+  stopping = #ended
+end
+return {tracked, resumed, ignored, other, stopping}
 `;
 
 /**
@@ -185,6 +194,8 @@ export interface HeartbeatUpdate {
   readonly instanceId: string;
   readonly intervalMs: number | null;
   readonly last: string;
+  /** The instance announced it is shutting down on purpose (its last heartbeat). */
+  readonly stopping: boolean;
 }
 
 export interface StatusUpdate {
@@ -223,6 +234,8 @@ export interface HeartbeatOutcome {
   readonly ignored: number;
   /** Of tracked agents, from another instance than their current one. */
   readonly otherInstance: number;
+  /** Tracked agents whose instance announced its stop: no longer tracked. */
+  readonly stopping: number;
 }
 
 export interface HeartbeatStore {
@@ -267,12 +280,12 @@ export function createHeartbeatStore(redis: Redis, keyPrefix: string, settings: 
       // nothing before this batch is handled (caught up). If a chunk fails the batch is retried
       // whole; re-applying the chunks that ran is harmless (a deadline moved again, the same last
       // heartbeat; a resumed agent is tracked by then, so no second RESUMED).
-      const outcome = { tracked: 0, resumed: 0, ignored: 0, otherInstance: 0 };
+      const outcome = { tracked: 0, resumed: 0, ignored: 0, otherInstance: 0, stopping: 0 };
       if (updates.length === 0) return outcome;
       const pipeline = redis.pipeline() as unknown as ReturnType<Redis['pipeline']> & HeartbeatCommands;
       for (let start = 0; start < updates.length; start += HEARTBEAT_CHUNK) {
         const args: (string | number)[] = [...keys(partition), ...common(now)];
-        for (const u of updates.slice(start, start + HEARTBEAT_CHUNK)) args.push(u.agentId, u.instanceId, u.intervalMs ?? '', u.last);
+        for (const u of updates.slice(start, start + HEARTBEAT_CHUNK)) args.push(u.agentId, u.instanceId, u.intervalMs ?? '', u.last, u.stopping ? '1' : '0');
         void pipeline.hbApplyHeartbeats(...args);
       }
       const results = await call('storing heartbeats', () => pipeline.exec());
@@ -283,6 +296,7 @@ export function createHeartbeatStore(redis: Redis, keyPrefix: string, settings: 
         outcome.resumed += Number(result[1]);
         outcome.ignored += Number(result[2]);
         outcome.otherInstance += Number(result[3] ?? 0);
+        outcome.stopping += Number(result[4] ?? 0);
       }
       return outcome;
     },

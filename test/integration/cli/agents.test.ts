@@ -40,7 +40,7 @@ describe('agent-manager agents show (the CLI)', () => {
     }
     redis = new Redis(env.REDIS_URL ?? '');
     const sentAt = new Date(Date.now() - 1_500);
-    const heartbeat: AgentHeartbeat = { agentId, instanceId: 'host-a:4242', pid: 4242, sequence: 17, sentAt, intervalMs: 2_000, metrics: { cpuPercent: 1.25, memoryRssBytes: 52_428_800, custom: { queueDepth: 3 } } };
+    const heartbeat: AgentHeartbeat = { agentId, instanceId: 'host-a:4242', pid: 4242, sequence: 17, sentAt, intervalMs: 2_000, stopping: false, metrics: { cpuPercent: 1.25, memoryRssBytes: 52_428_800, custom: { queueDepth: 3 } } };
     // Written as the heartbeat service writes it.
     await redis.set(lastHeartbeatKey(heartbeatKeyPrefix(prefix), agentId), encodeLastHeartbeat(heartbeat, sentAt.getTime() + 40, 2_000));
   });

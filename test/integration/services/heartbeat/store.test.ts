@@ -15,7 +15,7 @@ describe('heartbeat store: heartbeats in chunks', () => {
   let prefix: string;
   const partition = 0;
   const key = (name: string) => `${prefix}p${partition}:${name}`;
-  const hb = (agentId: string, instanceId: string, intervalMs: number | null, last = `{"a":"${agentId}","i":"${instanceId}"}`): HeartbeatUpdate => ({ agentId, instanceId, intervalMs, last });
+  const hb = (agentId: string, instanceId: string, intervalMs: number | null, last = `{"a":"${agentId}","i":"${instanceId}"}`, stopping = false): HeartbeatUpdate => ({ agentId, instanceId, intervalMs, last, stopping });
 
   beforeAll(() => {
     redis = new Redis(testEnv().REDIS_URL ?? '', { maxRetriesPerRequest: 1 });
@@ -50,7 +50,7 @@ describe('heartbeat store: heartbeats in chunks', () => {
     updates.push(hb('agent-7', 'inst-agent-7', 4_000, '{"later":true}')); // its later heartbeat in a later chunk
     const later = now + 10_000;
     const outcome = await store.applyHeartbeats(partition, later, updates);
-    expect(outcome).toEqual({ tracked: total - 10 + 1, resumed: 1, ignored: 10, otherInstance: 1 });
+    expect(outcome).toEqual({ tracked: total - 10 + 1, resumed: 1, ignored: 10, otherInstance: 1, stopping: 0 });
 
     // Deadlines moved (factor 3 × 2,000 ms), the later heartbeat's interval wins.
     expect(Number(await redis.zscore(key('deadlines'), 'agent-0'))).toBe(later + 6_000);
@@ -73,7 +73,7 @@ describe('heartbeat store: heartbeats in chunks', () => {
 
     // The same batch again (a retry after a failed chunk): no second RESUMED, nothing else changes.
     const again = await store.applyHeartbeats(partition, later, updates);
-    expect(again).toEqual({ tracked: total - 10 + 1, resumed: 0, ignored: 10, otherInstance: 1 });
+    expect(again).toEqual({ tracked: total - 10 + 1, resumed: 0, ignored: 10, otherInstance: 1, stopping: 0 });
     expect((await store.pending(partition, 10)).map((c) => c.kind)).toEqual(['missed', 'resumed']);
   });
 
@@ -86,5 +86,36 @@ describe('heartbeat store: heartbeats in chunks', () => {
     expect(Number(await redis.zscore(key('deadlines'), 'quiet'))).toBe(200 + 30_000);
     await store.applyHeartbeats(partition, 300, [hb('quiet', 'q', 3_000), hb('quiet', 'q2', 5_000)]);
     expect(await redis.hget(key('interval'), 'quiet')).toBe('3000');
+  });
+
+  it('a stopping heartbeat of the current instance ends the tracking; of another instance it changes nothing', async () => {
+    const own = 1; // a partition of its own: the tests above leave deadlines in partition 0
+    const ownKey = (name: string) => `${prefix}p${own}:${name}`;
+    await store.applyStatuses(own, 0, [
+      { agentId: 'leaving', action: 'track', instanceId: 'l1' },
+      { agentId: 'staying', action: 'track', instanceId: 's1' },
+      { agentId: 'was-lapsed', action: 'track', instanceId: 'w1' },
+    ]);
+    await redis.zadd(ownKey('deadlines'), 10, 'was-lapsed');
+    expect((await store.sweep(own, 20, 20, 10)).map((l) => l.agentId)).toEqual(['was-lapsed']);
+
+    const outcome = await store.applyHeartbeats(own, 1_000, [
+      hb('leaving', 'l1', 1_000, '{"last":true}', true),
+      hb('staying', 'old-instance', 1_000, '{}', true), // a stale instance stopping: not this agent's stop
+      hb('staying', 's1', 1_000),
+      hb('was-lapsed', 'w1', 1_000, '{}', true), // back just to say it stops: RESUMED, then untracked
+    ]);
+    expect(outcome).toEqual({ tracked: 3, resumed: 1, ignored: 0, otherInstance: 1, stopping: 2 });
+    expect(await redis.zscore(ownKey('deadlines'), 'leaving')).toBeNull();
+    expect(await redis.zscore(ownKey('deadlines'), 'was-lapsed')).toBeNull();
+    expect(await redis.zscore(ownKey('lapsed'), 'was-lapsed')).toBeNull();
+    expect(Number(await redis.zscore(ownKey('deadlines'), 'staying'))).toBe(1_000 + 3_000);
+    expect(await redis.get(`${prefix}last:leaving`)).toBe('{"last":true}');
+    // Nothing of it lapses any more, and its later heartbeats (a retried send) do not track it again.
+    expect(await store.sweep(own, 1_000_000, 1_000_000, 10)).toEqual([expect.objectContaining({ agentId: 'staying' })]);
+    expect(await store.applyHeartbeats(own, 2_000, [hb('leaving', 'l1', 1_000)])).toEqual({ tracked: 0, resumed: 0, ignored: 1, otherInstance: 0, stopping: 0 });
+    // A new run (RUNNING with a new instance) is tracked again.
+    await store.applyStatuses(own, 3_000, [{ agentId: 'leaving', action: 'track', instanceId: 'l2' }]);
+    expect(await redis.zscore(ownKey('deadlines'), 'leaving')).not.toBeNull();
   });
 });

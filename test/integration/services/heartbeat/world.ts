@@ -40,8 +40,8 @@ export interface Simulator {
   /** `instanceId`: the current instance the status names (RUNNING), null (the default) for none. */
   status(agentId: string, state: AgentState, instanceId?: string | null): Promise<void>;
   statuses(agentIds: readonly string[], state: AgentState, instanceOf?: (agentId: string) => string | null): Promise<void>;
-  /** One heartbeat of each agent, as its instance (or as `instanceId`: a stale process). */
-  heartbeatOnce(agentIds: readonly string[], instanceId?: string): Promise<void>;
+  /** One heartbeat of each agent, as its instance (or as `instanceId`: a stale process); `stopping`: its last, as the SDK's stop() sends. */
+  heartbeatOnce(agentIds: readonly string[], instanceId?: string, stopping?: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -57,13 +57,13 @@ export async function startSimulator(world: FleetWorld): Promise<Simulator> {
   const versions = new Map<string, number>();
   let stopped = false;
 
-  async function heartbeatOnce(agentIds: readonly string[], instanceId?: string): Promise<void> {
+  async function heartbeatOnce(agentIds: readonly string[], instanceId?: string, stopping = false): Promise<void> {
     if (agentIds.length === 0) return;
     const now = new Date();
     const batch = agentIds.map((agentId) => {
       const sequence = sequences.get(agentId) ?? 0;
       sequences.set(agentId, sequence + 1);
-      const value: AgentHeartbeat = { agentId, instanceId: instanceId ?? instanceOf(agentId), pid: null, sequence, sentAt: now, metrics: { cpuPercent: 1.5, memoryRssBytes: 1_000_000, custom: { queueDepth: 2 } }, intervalMs: INTERVAL_MS };
+      const value: AgentHeartbeat = { agentId, instanceId: instanceId ?? instanceOf(agentId), pid: null, sequence, sentAt: now, metrics: { cpuPercent: 1.5, memoryRssBytes: 1_000_000, custom: { queueDepth: 2 } }, intervalMs: INTERVAL_MS, stopping };
       return { key: agentId, value };
     });
     for (let i = 0; i < batch.length; i += 500) await events.send(world.topics['agent-heartbeats'], batch.slice(i, i + 500));

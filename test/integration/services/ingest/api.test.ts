@@ -329,7 +329,7 @@ describe('ingest HTTPS API with mTLS', () => {
 
     it('includes the heartbeat the heartbeat service stored (time, sequence, instance, cpu, memory, gauges); null when none is', async () => {
       const sentAt = new Date('2026-12-01T03:00:00.123Z');
-      const heartbeat: AgentHeartbeat = { agentId, instanceId: 'host-a:4242', pid: 4242, sequence: 17, sentAt, intervalMs: 2_000, metrics: { cpuPercent: 1.25, memoryRssBytes: 52_428_800, custom: { queueDepth: 3 } } };
+      const heartbeat: AgentHeartbeat = { agentId, instanceId: 'host-a:4242', pid: 4242, sequence: 17, sentAt, intervalMs: 2_000, stopping: false, metrics: { cpuPercent: 1.25, memoryRssBytes: 52_428_800, custom: { queueDepth: 3 } } };
       // Written as the heartbeat service writes it (its own encoder and key).
       await redis.set(lastHeartbeatKey(heartbeatKeyPrefix(world.prefix), agentId), encodeLastHeartbeat(heartbeat, sentAt.getTime() + 40, 2_000));
       const response = await getAgent(heartbeatPort, agentId);

@@ -123,6 +123,7 @@ describe('agent SDK heartbeater', () => {
       sentAt: new Date(1_700_000_000_000),
       metrics: { cpuPercent: expect.any(Number) as number, memoryRssBytes: expect.any(Number) as number, custom: { queueDepth: 3 } },
       intervalMs: 60_000,
+      stopping: false,
     });
     expect(first?.heartbeat.metrics?.memoryRssBytes).toBeGreaterThan(1_000_000);
     expect(first?.heartbeat.metrics?.cpuPercent).toBeGreaterThanOrEqual(0);
@@ -174,13 +175,28 @@ describe('agent SDK heartbeater', () => {
     await hb.stop();
     expect(producer.pending).toBe(0);
     const count = producer.sent.length;
-    expect(count).toBe(before + 1);
+    // The send in flight, then the stop announced (the same sequence goes on: it was acknowledged).
+    expect(count).toBe(before + 2);
+    expect(producer.sent.map((s) => s.heartbeat.stopping)).toEqual([...Array<boolean>(count - 1).fill(false), true]);
+    expect(producer.sent[count - 1]?.heartbeat.sequence).toBe((producer.sent[count - 2]?.heartbeat.sequence ?? -2) + 1);
     expect(producer.disconnects).toBe(1);
     await new Promise((r) => setTimeout(r, 120));
     expect(producer.sent.length).toBe(count);
     await hb.stop();
     expect(producer.disconnects).toBe(1);
     await expect(hb.start()).rejects.toMatchObject({ code: 'HEARTBEATER_STOPPED' });
+  });
+
+  it('stop waits at most stopTimeoutMs for the stopping heartbeat, then disconnects all the same', async () => {
+    const hb = heartbeater({ intervalMs: 60_000, stopTimeoutMs: 50 });
+    await hb.start();
+    producer.sendDelayMs = 1_000; // Kafka slow or away
+    await hb.stop();
+    // Returned with the stopping heartbeat still unacknowledged.
+    expect(producer.pending).toBe(1);
+    expect(producer.disconnects).toBe(1);
+    expect(producer.sent.map((s) => s.heartbeat.stopping)).toEqual([false]);
+    await until(() => producer.pending === 0, 'the slow send to end');
   });
 
   it('a stop before the first acknowledgement ends start with HEARTBEATER_STOPPED', async () => {

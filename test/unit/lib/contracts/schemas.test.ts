@@ -83,6 +83,7 @@ const heartbeat: AgentHeartbeat = {
   sentAt: new Date('2025-01-02T03:04:08.000Z'),
   metrics: { cpuPercent: 12.5, memoryRssBytes: 5_368_709_120, custom: { queueDepth: 3 } },
   intervalMs: 2_000,
+  stopping: false,
 };
 
 const audit: AuditEvent = {

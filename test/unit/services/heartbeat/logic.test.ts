@@ -105,7 +105,7 @@ describe('heartbeat settings and validation', () => {
   });
 
   it('stores the last heartbeat compactly and reads it back', () => {
-    const hb = { agentId: '7c9e6679-7425-40de-944b-e07fc1f90ae7', instanceId: 'h:1', pid: 7, sequence: 42, sentAt: new Date(1_000), metrics: { cpuPercent: 3.5, memoryRssBytes: 99, custom: { q: 1 } }, intervalMs: 500 };
+    const hb = { agentId: '7c9e6679-7425-40de-944b-e07fc1f90ae7', instanceId: 'h:1', pid: 7, sequence: 42, sentAt: new Date(1_000), metrics: { cpuPercent: 3.5, memoryRssBytes: 99, custom: { q: 1 } }, intervalMs: 500, stopping: false };
     expect(decodeLastHeartbeat(encodeLastHeartbeat(hb, 2_000, 500))).toEqual({
       receivedAt: new Date(2_000),
       sentAt: new Date(1_000),
