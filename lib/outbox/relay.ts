@@ -4,6 +4,7 @@ import type { Headers, ProducerClient } from '../kafka/types.ts';
 import type { Logger } from '../logger.ts';
 import type { Metrics } from '../metrics.ts';
 import { errorMessage } from '../errors.ts';
+import { settlesWithin } from '../runtime/shutdown.ts';
 import { OUTBOX_CHANNEL } from './outbox.ts';
 import { parseTraceparent } from '../tracing.ts';
 import { inSpan, linkTo, SpanKind, telemetryActive } from '../telemetry.ts';
@@ -26,6 +27,8 @@ export interface OutboxRelayOptions {
   readonly afterPublish?: (eventIds: readonly string[]) => Promise<void>;
   /** Published rows are deleted once older than this (the table stays small). Default 1 hour. */
   readonly retainPublishedMs?: number;
+  /** How long `stop()` waits for the round in flight. Default 10 s. */
+  readonly stopWaitMs?: number;
 }
 
 interface OutboxRow {
@@ -56,6 +59,9 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   let running = false;
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
+  /** The lock holder's connection, while a session lives (a stop that cannot wait ends it). */
+  let sessionClient: pg.Client | undefined;
+  const stopWaitMs = options.stopWaitMs ?? 10_000;
 
   /**
    * One round on `db`, the connection that holds the relay lock: select, publish, mark. The lock
@@ -157,6 +163,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
    */
   async function session(): Promise<void> {
     const client = dedicatedClient();
+    sessionClient = client;
     let lost: Error | undefined;
     // A server restart or pg_terminate_backend (57P01) arrives as 'error' on an idle connection (an
     // unhandled 'error' would end the process) or as the failure of the query in flight, then 'end'.
@@ -182,6 +189,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       await run(client, alive, () => lost);
       if (lost) log.warn({ err: lost.message }, 'outbox relay lost its database connection (and lock); taking it again');
     } finally {
+      if (sessionClient === client) sessionClient = undefined;
       await client.end().catch(() => undefined);
     }
   }
@@ -230,7 +238,13 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     async stop() {
       running = false;
       wake?.();
-      await loop;
+      // The round in flight finishes (its rows are marked, or published again by the next relay);
+      // bounded, since a round waits on Postgres and Kafka.
+      if (loop && !(await settlesWithin(loop, stopWaitMs))) {
+        log.warn({ waitedMs: stopWaitMs }, 'the outbox round in flight did not finish in time; its rows stay unmarked and are published again (at least once)');
+        void sessionClient?.end().catch(() => undefined);
+        return;
+      }
       log.info('outbox relay stopped');
     },
   };

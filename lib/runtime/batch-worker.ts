@@ -468,9 +468,11 @@ export function createBatchWorker<Value, Deps>(options: BatchWorkerOptions<Value
         clearInterval(commitTimer);
         const drained = await settlesWithin(Promise.allSettled([...inFlight]), drainWaitMs);
         if (!drained) log.warn({ waitedMs: drainWaitMs, batches: inFlight.size }, 'in-flight batches did not finish in time; leaving them uncommitted');
-        await flushAll();
-        await consumer.disconnect();
-        await offsetReader?.close().catch(() => undefined);
+        // Each bounded: a drain must end even if Kafka does not answer (the group's session timeout
+        // then moves the partitions, and uncommitted records are consumed again: at least once).
+        if (!(await settlesWithin(flushAll(), drainWaitMs))) log.warn({ waitedMs: drainWaitMs }, 'committing offsets did not finish in time');
+        if (!(await settlesWithin(consumer.disconnect(), drainWaitMs))) log.warn({ waitedMs: drainWaitMs }, 'the Kafka consumer did not disconnect in time; leaving it');
+        await settlesWithin(offsetReader?.close().catch(() => undefined) ?? Promise.resolve(), drainWaitMs);
       } finally {
         state = 'STOPPED';
         log.info('batch worker stopped');

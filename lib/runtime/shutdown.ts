@@ -20,23 +20,27 @@ export type CleanupStep = readonly [name: string, run: () => Promise<void>];
  * Runs every cleanup step in order, each even when an earlier one failed, within one grace period;
  * returns the failures instead of throwing half-way.
  */
-export async function runCleanup(steps: readonly CleanupStep[], graceMs: number, log: Logger): Promise<string[]> {
+export async function runCleanup(steps: readonly CleanupStep[], graceMs: number, log: Logger, progressEveryMs = 5_000): Promise<string[]> {
   const deadline = Date.now() + graceMs;
   const failures: string[] = [];
   for (const [name, step] of steps) {
-    const remaining = Math.max(1, deadline - Date.now());
+    const began = Date.now();
+    const remaining = Math.max(1, deadline - began);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`did not finish within the shutdown grace (${graceMs} ms)`)), remaining);
     });
+    // A slow step is named while it runs (at warn: a drain that overruns must say where it waits).
+    const progress = setInterval(() => log.warn({ step: name, waitedMs: Date.now() - began, remainingMs: Math.max(0, deadline - Date.now()) }, 'shutdown step still running'), progressEveryMs);
     try {
       await Promise.race([step(), timeout]);
-      log.info({ step: name }, 'shutdown step done');
+      log.info({ step: name, tookMs: Date.now() - began }, 'shutdown step done');
     } catch (error) {
       failures.push(`${name}: ${errorMessage(error)}`);
-      log.error({ step: name, err: errorMessage(error) }, 'shutdown step failed');
+      log.error({ step: name, tookMs: Date.now() - began, err: errorMessage(error) }, 'shutdown step failed');
     } finally {
       clearTimeout(timer);
+      clearInterval(progress);
     }
   }
   return failures;

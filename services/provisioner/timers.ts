@@ -139,7 +139,8 @@ export function createBullmqTimers(options: BullmqTimersOptions): BullmqTimers {
         const closed = stopping.close();
         if (!(await settlesWithin(closed, closeWaitMs))) {
           log.warn({ waitedMs: closeWaitMs }, 'timer worker did not close in time; disconnecting it');
-          await stopping.disconnect().catch(() => undefined);
+          // Bounded too: BullMQ waits for ioredis' 'end', which a connection between reconnects never emits.
+          await settlesWithin(stopping.disconnect(), closeWaitMs);
           await settlesWithin(closed, closeWaitMs);
         }
       }
