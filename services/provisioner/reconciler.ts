@@ -51,8 +51,10 @@ export function repairFor(agent: AgentRecord, observed: ObservedAgent, context: 
       if (s.awaitingRetry) {
         return context.ageMs >= policy.maxDelayMs + context.stuckAfterMs ? { kind: 'input', input: { type: 'RETRY_DUE', ...fence }, why: 'retry timer lost' } : undefined;
       }
-      // The start report was lost (e.g. the provisioner died before the agent said ready).
-      if (observed.running && sameFence) {
+      // The start report was lost (e.g. the provisioner died after the agent said ready). Only a
+      // ready agent: one still booting (50 processes starting at once on 2 cores take longer than
+      // the stuck threshold) would be declared RUNNING before its first heartbeat, and lapse.
+      if (observed.running && observed.ready && sameFence) {
         const instance = observed.instanceId !== null ? { instanceId: observed.instanceId } : {};
         return { kind: 'input', input: { type: 'STARTED', ...fence, ...instance, reason: 'found running by the reconciler' }, why: 'missed start report' };
       }

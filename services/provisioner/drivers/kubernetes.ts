@@ -410,11 +410,11 @@ export function createKubernetesDriver(options: KubernetesDriverOptions): Alloca
       ensureOpen();
       const name = podNameFor(agentId);
       const pod = await readPod(name, `observing agent ${agentId}`);
-      if (pod === null) return { agentId, provisioned: false, running: false, fence: null, instanceId: null };
+      if (pod === null) return { agentId, provisioned: false, running: false, ready: false, fence: null, instanceId: null };
       const phase = pod.status?.phase;
       const running = pod.metadata?.deletionTimestamp === undefined && (phase === 'Running' || phase === 'Pending' || phase === undefined);
       const fence = running ? fenceOfPod(pod) : null;
-      return { agentId, provisioned: true, running, fence, instanceId: fence ? instanceIdOf(name, fence) : null };
+      return { agentId, provisioned: true, running, ready: running && isReady(pod), fence, instanceId: fence ? instanceIdOf(name, fence) : null };
     },
 
     async list() {

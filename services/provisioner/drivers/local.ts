@@ -225,6 +225,7 @@ export function createLocalDriver(options: LocalDriverOptions): AllocatorDriver 
           agentId,
           provisioned: existsSync(dir),
           running,
+          ready: running && inst.ready,
           fence: running ? { generation: inst.fence.generation, attempt: inst.fence.attempt } : null,
           instanceId: running ? inst.instanceId : null,
         };

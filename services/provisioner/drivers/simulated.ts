@@ -141,11 +141,13 @@ export function createSimulatedDriver(options: SimulatedDriverOptions): Simulate
     async observe(agentId: string): Promise<ObservedAgent> {
       ensureOpen();
       const agent = agents.get(agentId);
-      if (!agent) return { agentId, provisioned: false, running: false, fence: null, instanceId: null };
+      if (!agent) return { agentId, provisioned: false, running: false, ready: false, fence: null, instanceId: null };
       return {
         agentId,
         provisioned: true,
         running: agent.running,
+        // Its STARTED comes as it starts running.
+        ready: agent.running,
         fence: agent.running ? agent.fence : null,
         instanceId: agent.running ? agent.instanceId : null,
       };

@@ -44,6 +44,11 @@ export interface ObservedAgent {
   /** Resources exist (local: the agent's folder; Kubernetes: the Pod object). */
   readonly provisioned: boolean;
   readonly running: boolean;
+  /**
+   * It said it is ready, as the driver's STARTED report requires (local: its `ready` message;
+   * Kubernetes: the Pod's Ready condition). A process that is alive but still booting is not.
+   */
+  readonly ready: boolean;
   /** The fence of the running instance, when known. */
   readonly fence: StartFence | null;
   readonly instanceId: string | null;

@@ -17,8 +17,8 @@ function agent(patch: Partial<AgentSnapshot>): AgentRecord {
   };
 }
 
-const running: ObservedAgent = { agentId: 'a', provisioned: true, running: true, fence: { generation: 2, attempt: 1 }, instanceId: 'host:1' };
-const gone: ObservedAgent = { agentId: 'a', provisioned: true, running: false, fence: null, instanceId: null };
+const running: ObservedAgent = { agentId: 'a', provisioned: true, running: true, ready: true, fence: { generation: 2, attempt: 1 }, instanceId: 'host:1' };
+const gone: ObservedAgent = { agentId: 'a', provisioned: true, running: false, ready: false, fence: null, instanceId: null };
 const fresh = { ageMs: 100, stuckAfterMs: 10_000, retryPolicy: DEFAULT_RETRY_POLICY };
 const stale = { ...fresh, ageMs: 60_000 };
 
@@ -36,11 +36,14 @@ describe('reconciler repairs', () => {
     expect(repairFor(agent({ state: 'STARTING' }), { ...running, fence: { generation: 1, attempt: 1 } }, stale)).toBeUndefined();
     expect(repairFor(agent({ state: 'STARTING', awaitingRetry: true }), running, stale)).toBeUndefined();
     expect(repairFor(agent({ state: 'STARTING' }), gone, stale)).toBeUndefined();
+    // Alive but not ready yet (still booting): its own report (or the start timeout) decides, not the reconciler.
+    expect(repairFor(agent({ state: 'STARTING' }), { ...running, ready: false }, stale)).toBeUndefined();
   });
 
   it('delivers a lost start deadline or retry timer late, with the current fence', () => {
     const late = { ...fresh, ageMs: DEFAULT_RETRY_POLICY.startTimeoutMs + fresh.stuckAfterMs };
     expect(repairFor(agent({ state: 'STARTING' }), gone, late)).toMatchObject({ kind: 'input', input: { type: 'START_TIMEOUT', generation: 2, attempt: 1 } });
+    expect(repairFor(agent({ state: 'STARTING' }), { ...running, ready: false }, late)).toMatchObject({ kind: 'input', input: { type: 'START_TIMEOUT' } });
     const lateRetry = { ...fresh, ageMs: DEFAULT_RETRY_POLICY.maxDelayMs + fresh.stuckAfterMs };
     expect(repairFor(agent({ state: 'STARTING', awaitingRetry: true, startAttempt: 2 }), gone, lateRetry)).toMatchObject({ kind: 'input', input: { type: 'RETRY_DUE', generation: 2, attempt: 2 } });
     // Before the timers' own deadline plus the margin, the timers are trusted.

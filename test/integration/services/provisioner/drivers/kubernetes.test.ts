@@ -272,7 +272,7 @@ describe('kubernetes driver against a real API server (the test plays the kubele
     await two.start(workload(b), { generation: 3, attempt: 1 });
     expect(await one.list()).toEqual([a]);
     expect(await two.list()).toEqual([b]);
-    expect(await two.observe(b)).toEqual({ agentId: b, provisioned: true, running: true, fence: { generation: 3, attempt: 1 }, instanceId: `${podNameFor(b)}/3.1` });
+    expect(await two.observe(b)).toEqual({ agentId: b, provisioned: true, running: true, ready: true, fence: { generation: 3, attempt: 1 }, instanceId: `${podNameFor(b)}/3.1` });
 
     // A restarted provisioner (a new driver of the same instance) adopts the running Pod and reports its end.
     await two.close();

@@ -187,7 +187,7 @@ describe('local allocator driver with real agent processes', () => {
     const agentId = randomUUID();
     await d.provision(workload(agentId));
     expect(existsSync(join(stateDir, agentId))).toBe(true);
-    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: true, running: false, fence: null, instanceId: null });
+    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: true, running: false, ready: false, fence: null, instanceId: null });
 
     await d.start(workload(agentId), { generation: 1, attempt: 1 });
     const started = await nextEvent(agentId, 'STARTED');
@@ -196,7 +196,7 @@ describe('local allocator driver with real agent processes', () => {
     expect(state).toMatchObject({ agentId, generation: 1, attempt: 1, ready: true });
     expect(state.instanceId).toMatch(new RegExp(`:${state.pid}$`));
     expect(alive(state.pid)).toBe(true);
-    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: true, running: true, fence: { generation: 1, attempt: 1 }, instanceId: state.instanceId });
+    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: true, running: true, ready: true, fence: { generation: 1, attempt: 1 }, instanceId: state.instanceId });
     expect(await d.list()).toEqual([agentId]);
 
     // Heartbeats: key = agentId, a trace per record, sequence 0, 1, 2… from this instance.
@@ -225,7 +225,7 @@ describe('local allocator driver with real agent processes', () => {
     expect(stopped.at - stopAt).toBeLessThan(10_000);
     expect(alive(state.pid)).toBe(false);
     expect(eventsOf(agentId).map((e) => e.event.type)).toEqual(['STARTED', 'STARTED', 'STOPPED']);
-    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: true, running: false, fence: null, instanceId: null });
+    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: true, running: false, ready: false, fence: null, instanceId: null });
 
     // One JSON log line per event, in the agent's log file.
     const lines = readFileSync(join(stateDir, agentId, 'agent.log'), 'utf8')
@@ -328,7 +328,7 @@ describe('local allocator driver with real agent processes', () => {
     await eventually(() => heartbeatsOf(agentA).length > beatsBefore + 2, 15_000, 'heartbeats after close');
 
     const second = driver('second', {}, stateDir);
-    expect(await second.observe(agentA)).toEqual({ agentId: agentA, provisioned: true, running: true, fence: { generation: 3, attempt: 1 }, instanceId: a.instanceId });
+    expect(await second.observe(agentA)).toEqual({ agentId: agentA, provisioned: true, running: true, ready: true, fence: { generation: 3, attempt: 1 }, instanceId: a.instanceId });
     expect((await second.list()).sort()).toEqual([agentA, agentB].sort());
 
     // The same fence again: adopted, nothing launched, STARTED said again.
@@ -361,7 +361,7 @@ describe('local allocator driver with real agent processes', () => {
     expect(alive(pid)).toBe(false);
     expect(existsSync(join(stateDir, agentId))).toBe(false);
     await d.destroy(agentId);
-    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: false, running: false, fence: null, instanceId: null });
+    expect(await d.observe(agentId)).toEqual({ agentId, provisioned: false, running: false, ready: false, fence: null, instanceId: null });
     expect(await d.list()).not.toContain(agentId);
     await new Promise((r) => setTimeout(r, 300));
     expect(eventsOf(agentId).map((e) => e.event.type)).toEqual(['STARTED']);

@@ -361,7 +361,7 @@ describe('kubernetes allocator driver (fake PodApi, no cluster)', () => {
       await until(() => !api.pods.has(POD), 'the Pod gone');
       await settle();
       expect(types()).toEqual(['STARTED']);
-      expect(await d.observe(AGENT)).toEqual({ agentId: AGENT, provisioned: false, running: false, fence: null, instanceId: null });
+      expect(await d.observe(AGENT)).toEqual({ agentId: AGENT, provisioned: false, running: false, ready: false, fence: null, instanceId: null });
       expect(await d.list()).toEqual([]);
     });
   });

@@ -28,14 +28,14 @@ describe('simulated allocator driver', () => {
 
   it('provisions, starts on the next tick (not inside the call), observes and lists', async () => {
     await driver.provision(workload('a'));
-    expect(await driver.observe('a')).toEqual({ agentId: 'a', provisioned: true, running: false, fence: null, instanceId: null });
+    expect(await driver.observe('a')).toEqual({ agentId: 'a', provisioned: true, running: false, ready: false, fence: null, instanceId: null });
     await driver.start(workload('a'), { generation: 1, attempt: 1 });
     expect(events).toEqual([]);
     await tick();
     expect(events).toEqual([['a', { type: 'STARTED', generation: 1, attempt: 1, instanceId: 'simulated-1' }]]);
-    expect(await driver.observe('a')).toEqual({ agentId: 'a', provisioned: true, running: true, fence: { generation: 1, attempt: 1 }, instanceId: 'simulated-1' });
+    expect(await driver.observe('a')).toEqual({ agentId: 'a', provisioned: true, running: true, ready: true, fence: { generation: 1, attempt: 1 }, instanceId: 'simulated-1' });
     expect(await driver.list()).toEqual(['a']);
-    expect(await driver.observe('nope')).toEqual({ agentId: 'nope', provisioned: false, running: false, fence: null, instanceId: null });
+    expect(await driver.observe('nope')).toEqual({ agentId: 'nope', provisioned: false, running: false, ready: false, fence: null, instanceId: null });
   });
 
   it('is idempotent for the same fence, replaces an older one and ignores a stale one', async () => {
