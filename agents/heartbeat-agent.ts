@@ -17,8 +17,9 @@
  *   LOG_LEVEL              default info
  *
  * Once heartbeat #0 is acknowledged it tells its supervisor (when started with an IPC channel):
- * `{ type: 'ready', instanceId }`, then closes the channel so nothing ties it to its parent. SIGTERM
- * or SIGINT stop the heartbeater and exit 0. Logs: one JSON line per event on stdout.
+ * `{ type: 'ready', instanceId }`, then closes the channel so nothing ties it to its parent. If the
+ * channel closes before that (the supervisor died), it exits 1. SIGTERM or SIGINT stop the
+ * heartbeater (its last heartbeat says `stopping`) and exit 0. Logs: one JSON line per event on stdout.
  */
 import { hostname } from 'node:os';
 import { z } from 'zod';
@@ -113,6 +114,18 @@ if (config.AGENT_EXIT_AFTER_MS !== undefined) {
   }, exitAfter).unref();
 }
 
+// Started by a supervisor (the local driver) that dies before we said ready: it may not have
+// recorded us, and no other can ever hear our ready (the channel is the only way), so we would run
+// unknown beside the instance the next provisioner starts. Exit instead.
+let ready = false;
+if (process.send !== undefined) {
+  process.once('disconnect', () => {
+    if (ready || stopping) return;
+    log.error('the supervisor went away before this agent was ready; exiting');
+    process.exit(1);
+  });
+}
+
 log.info({ topic: config.HEARTBEAT_TOPIC, intervalMs: config.HEARTBEAT_INTERVAL_MS }, 'starting');
 try {
   await heartbeater.start();
@@ -122,6 +135,7 @@ try {
 }
 
 if (!stopping) {
+  ready = true;
   log.info({ sequence: heartbeater.sequence }, 'ready: first heartbeat acknowledged');
   if (process.send !== undefined && process.connected) {
     // Close the channel once the message is written: the agent must not stay tied to its parent.
