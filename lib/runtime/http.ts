@@ -14,6 +14,8 @@ export interface OpsServerOptions {
   readonly checkTimeoutMs?: number;
   /** Told why a check threw (for the log; the answer says only `error`). */
   readonly onCheckError?: (name: string, error: unknown) => void;
+  /** How long `close()` lets requests in flight finish before cutting their connections. Default 2 s. */
+  readonly closeWaitMs?: number;
 }
 
 /**
@@ -41,12 +43,16 @@ async function runCheck([name, check]: ReadinessCheck, timeoutMs: number, onErro
 
 /** `/livez`, `/readyz` and `/metrics` on one small listener per process. */
 export async function startOpsServer(options: OpsServerOptions): Promise<{ server: Server; port: number; close: () => Promise<void> }> {
+  let closing = false;
   const server = createServer((request, response) => {
     const path = (request.url ?? '/').split('?')[0];
     const reply = (status: number, body: string, type = 'application/json') => {
-      response.writeHead(status, { 'content-type': type }).end(body);
+      // Once closing, no connection is kept alive: a probe polling on one would hold close() open.
+      response.writeHead(status, { 'content-type': type, ...(closing ? { connection: 'close' } : {}) }).end(body);
     };
     if (path === '/livez') return reply(200, '{"status":"ok"}');
+    // Draining: not ready, whatever the dependencies say (and they may be closed already).
+    if (path === '/readyz' && !options.accepting()) return reply(503, '{"status":"not ready","draining":true,"checks":{}}');
     if (path === '/readyz') {
       void Promise.all(options.checks.map((c) => runCheck(c, options.checkTimeoutMs ?? 2000, options.onCheckError))).then((results) => {
         const checks = Object.fromEntries(results);
@@ -73,5 +79,19 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ serve
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
-  return { server, port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  const closeWaitMs = options.closeWaitMs ?? 2_000;
+  const close = async (): Promise<void> => {
+    closing = true;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // close() waits for every connection to end, and a keep-alive client (a probe, a scraper) may
+    // never let its connection go idle: idle ones go now, busy ones after their request or the wait.
+    server.closeIdleConnections();
+    const timer = setTimeout(() => server.closeAllConnections(), closeWaitMs);
+    try {
+      await closed;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  return { server, port, close };
 }

@@ -170,7 +170,9 @@ export async function createServiceContext(options: ServiceContextOptions): Prom
         onCheckError: (name, error) => logger.warn({ check: name, err: errorMessage(error) }, 'readiness check failed'),
       });
       logger.info({ port: ops.port }, 'ops listener on /livez /readyz /metrics');
-      onShutdown(['ops listener', () => ops.close()]);
+      // Closed last (not first, as its registration would have it): /readyz answers "draining" and
+      // /metrics stays scrapeable for the whole drain.
+      steps.push(['ops listener', () => ops.close()]);
     },
     async shutdown() {
       accepting = false;

@@ -41,4 +41,30 @@ describe('ops HTTP listener', () => {
       await ops.close();
     }
   });
+
+  it('closes while a keep-alive client keeps polling /readyz (as a probe does during a drain)', async () => {
+    const metrics = createMetrics('ops-close', { defaultMetrics: false });
+    let accepting = true;
+    // A check slower than the close's wait: a request in flight when close() begins.
+    const ops = await startOpsServer({ port: 0, host: '127.0.0.1', registry: metrics.registry, accepting: () => accepting, checks: [['slow', () => new Promise((r) => setTimeout(() => r(true), 300))]], closeWaitMs: 200 });
+    const base = `http://127.0.0.1:${ops.port}`;
+    let polling = true;
+    const answers: number[] = [];
+    const poller = (async () => {
+      while (polling) {
+        answers.push(await fetch(`${base}/readyz`).then((r) => r.status, () => 0));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      accepting = false;
+      // Before the fix this never resolved: the poller's connection was never idle.
+      await ops.close();
+      expect(answers).toContain(200);
+    } finally {
+      polling = false;
+      await poller;
+    }
+  });
 });
