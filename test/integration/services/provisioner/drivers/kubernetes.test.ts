@@ -272,7 +272,10 @@ describe('kubernetes driver against a real API server (the test plays the kubele
     await two.start(workload(b), { generation: 3, attempt: 1 });
     expect(await one.list()).toEqual([a]);
     expect(await two.list()).toEqual([b]);
-    expect(await two.observe(b)).toEqual({ agentId: b, provisioned: true, running: true, ready: true, fence: { generation: 3, attempt: 1 }, instanceId: `${podNameFor(b)}/3.1` });
+    // Created, not Ready yet: running (not gone) but not ready, so the reconciler delivers no STARTED for it.
+    expect(await two.observe(b)).toEqual({ agentId: b, provisioned: true, running: true, ready: false, fence: { generation: 3, attempt: 1 }, instanceId: `${podNameFor(b)}/3.1` });
+    await setPodStatus(ns.name, podNameFor(b), runningReady);
+    expect(await two.observe(b)).toMatchObject({ running: true, ready: true });
 
     // A restarted provisioner (a new driver of the same instance) adopts the running Pod and reports its end.
     await two.close();
